@@ -1,0 +1,281 @@
+"""Per-row ring buffers of fixed-size numpy records, guarded by a seqlock.
+
+Layout of a ring segment's payload (after the 1 KiB header of :mod:`shm.segment`)::
+
+    control  (n_rows, 64 bytes)   seq <u8 @0 | count <u8 @8 | name S16 @16 | pad
+    records  (n_rows, capacity)   of ``dtype``, 64-byte aligned
+
+Per row, ``count`` is the number of records ever written (monotonic); the newest record
+is at slot ``(count - 1) % capacity``. ``seq`` is the row's seqlock (odd while a write is
+in progress). Each control row sits on its own 64-byte cache line.
+
+Seqlock protocol (one writer per row, any number of readers)::
+
+    writer: seq += 1 (odd) -> write slots -> count -> seq += 1 (even); after a batch,
+            the segment's global seq += 1.
+    reader: s1 = seq (retry while odd) -> copy -> s2 = seq; retry unless s1 == s2.
+
+Memory ordering. This relies on x86-64 (TSO): stores are not reordered with other
+stores, loads are not reordered with other loads, and every numpy scalar store/load of
+an aligned 8-byte word used here is one ``mov`` issued from a separate C call, so the
+compiler cannot merge or reorder them across calls. On weakly ordered CPUs (ARM,
+POWER) the writer would need a release fence between the data and the even ``seq``
+store (and after the odd one), and the reader acquire fences after each ``seq`` load;
+pure Python cannot issue those, so this module would need a small C helper there.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .segment import Layout, Segment, ShmError
+
+CONTROL_DTYPE = np.dtype(
+    {"names": ["seq", "count", "name"], "formats": ["<u8", "<u8", "S16"],
+     "offsets": [0, 8, 16], "itemsize": 64}
+)
+_ALIGN = 64
+
+
+class TableFull(ShmError):
+    """Every row of the table is assigned; raise its ``rows`` setting."""
+
+
+class SeqlockTimeout(ShmError):
+    """A consistent read did not succeed within the retry budget (a writer
+    died mid-write, or writes are so frequent that the copy never fits between
+    two of them)."""
+
+
+class Overrun(ShmError):
+    """The requested records were already overwritten (the writer lapped the reader)."""
+
+
+def _round_up(n: int, k: int = _ALIGN) -> int:
+    return (n + k - 1) // k * k
+
+
+def ring_layout(table: str, dtype: np.dtype, n_rows: int, capacity: int) -> Layout:
+    """Layout of a ring table: hashed from dtype, rows and capacity."""
+    dtype = np.dtype(dtype)
+    size = _round_up(n_rows * CONTROL_DTYPE.itemsize) + n_rows * capacity * dtype.itemsize
+    return Layout(
+        kind="ring",
+        params={"table": table, "dtype": [list(d) for d in dtype.descr], "rows": n_rows,
+                "capacity": capacity},
+        size=size,
+    )
+
+
+class RingTable:
+    """A table of ``n_rows`` rings of ``capacity`` records of ``dtype``.
+
+    Construct with :meth:`create` (the single writer; re-attaching keeps the data when
+    the layout matches) or :meth:`open` (read-only). Rows are keyed by a short name
+    (a market code such as ``"KRW-BTC"``, at most 16 ASCII bytes).
+
+    ``seqlock=False`` (readers only) copies without the protocol: for the stress test
+    that shows the protocol is needed, never for real use.
+    """
+
+    def __init__(self, seg: Segment, table: str, dtype, n_rows: int, capacity: int, seqlock: bool = True):
+        self.seg = seg
+        self.table = table
+        self.dtype = np.dtype(dtype)
+        self.n_rows = n_rows
+        self.capacity = capacity
+        self.seqlock = seqlock
+        self.control = seg.payload(CONTROL_DTYPE, (n_rows,), 0)
+        # Strided single-field views: element access is one aligned 8-byte load/store.
+        self._seq = self.control["seq"]
+        self._count = self.control["count"]
+        self._names = self.control["name"]
+        self.data = seg.payload(self.dtype, (n_rows, capacity), _round_up(n_rows * CONTROL_DTYPE.itemsize))
+        self._name_cache: dict[str, int] = {}
+        self._name_cache_gseq = -1
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, table: str, dtype, n_rows: int, capacity: int) -> "RingTable":
+        """Create (or re-attach to, keeping its data) the table as its single writer.
+
+        A row left with an odd ``seq`` by a writer that died mid-write is closed
+        (made even again) so that readers do not wait on it forever.
+        Raises :class:`~shm.segment.LayoutMismatch`.
+        """
+        seg = Segment.create_or_attach(name, ring_layout(table, dtype, n_rows, capacity))
+        ring = cls(seg, table, dtype, n_rows, capacity)
+        if not seg.created:
+            torn = np.nonzero(ring._seq & 1)[0]
+            for row in torn:
+                ring._seq[row] += 1
+            if len(torn):
+                seg.bump_global_seq()
+        return ring
+
+    @classmethod
+    def open(cls, name: str, table: str, dtype, n_rows: int, capacity: int, *, seqlock: bool = True) -> "RingTable":
+        """Attach read-only. Raises SegmentNotFound / SegmentNotReady / LayoutMismatch."""
+        seg = Segment.attach(name, ring_layout(table, dtype, n_rows, capacity))
+        return cls(seg, table, dtype, n_rows, capacity, seqlock=seqlock)
+
+    def close(self) -> None:
+        self.control = self._seq = self._count = self._names = self.data = None
+        self.seg.close()
+
+    # -- rows -----------------------------------------------------------------------
+    @property
+    def global_seq(self) -> int:
+        return self.seg.global_seq
+
+    def names(self) -> list[str]:
+        """Assigned row names in row order ('' for a free row)."""
+        return [bytes(n).decode() for n in self._names]
+
+    def row_of(self, name: str) -> int | None:
+        """Row index of ``name``, or None if it has no row."""
+        gseq = self.seg.global_seq
+        if gseq != self._name_cache_gseq or name not in self._name_cache:
+            self._name_cache = {n: i for i, n in enumerate(self.names()) if n}
+            self._name_cache_gseq = gseq
+        return self._name_cache.get(name)
+
+    def assign_row(self, name: str, row: int | None = None) -> int:
+        """Writer: the row of ``name``, assigning a free one (or ``row``) if needed.
+
+        Raises :class:`TableFull` or ValueError for a name longer than 16 bytes.
+        """
+        existing = self.row_of(name)
+        if existing is not None:
+            return existing
+        raw = name.encode("ascii")
+        if not raw or len(raw) > 16:
+            raise ValueError(f"row name {name!r} must be 1..16 ASCII bytes")
+        if row is None:
+            free = [i for i, n in enumerate(self._names) if not bytes(n)]
+            if not free:
+                raise TableFull(f"{self.seg.name}: all {self.n_rows} rows are assigned; raise shm.rows")
+            row = free[0]
+        elif bytes(self._names[row]):
+            raise ValueError(f"{self.seg.name}: row {row} already belongs to {bytes(self._names[row]).decode()}")
+        self._names[row] = raw
+        self.seg.bump_global_seq()
+        return row
+
+    def count(self, row: int) -> int:
+        return int(self._count[row])
+
+    def counts(self) -> np.ndarray:
+        """Copy of every row's ``count`` (uint64, shape (n_rows,))."""
+        return self._count.copy()
+
+    def seqs(self) -> np.ndarray:
+        """Copy of every row's ``seq`` (uint64, shape (n_rows,))."""
+        return self._seq.copy()
+
+    # -- writer ---------------------------------------------------------------------
+    def write(self, row: int, index: int, record) -> None:
+        """Writer: put one record at absolute ``index`` of ``row`` (one seqlock section).
+
+        ``index == count`` appends; ``count - capacity <= index < count`` rewrites in place
+        (the open candle). ``record`` is a tuple in dtype field order or a structured scalar.
+        Raises IndexError outside that window, before touching the seqlock.
+        """
+        cnt = int(self._count[row])
+        if not (cnt - self.capacity <= index <= cnt) or index < 0:
+            raise IndexError(f"{self.seg.name} row {row}: index {index} outside [{max(cnt - self.capacity, 0)}, {cnt}]")
+        rec = record if isinstance(record, np.void) else np.array(record, dtype=self.dtype)[()]
+        s = int(self._seq[row])
+        self._seq[row] = s + 1
+        self.data[row, index % self.capacity] = rec
+        if index == cnt:
+            self._count[row] = cnt + 1
+        self._seq[row] = s + 2
+
+    def write_many(self, row: int, start: int, records: np.ndarray) -> None:
+        """Writer: put consecutive records from absolute index ``start`` (one seqlock section).
+
+        ``start`` may exceed ``count``: the skipped indices are then filled with zero
+        records (used when a consumer re-aligns to a producer that lapped it).
+        Raises IndexError if ``start`` lies before the window still held by the ring.
+        """
+        records = np.asarray(records, dtype=self.dtype)
+        n = len(records)
+        if n == 0:
+            return
+        cnt = int(self._count[row])
+        if start < cnt - self.capacity or start < 0:
+            raise IndexError(f"{self.seg.name} row {row}: start {start} already overwritten (count {cnt})")
+        if n > self.capacity:
+            records, start, n = records[-self.capacity:], start + n - self.capacity, self.capacity
+        s = int(self._seq[row])
+        self._seq[row] = s + 1
+        if start > cnt:
+            gap = np.arange(max(cnt, start - self.capacity), start) % self.capacity
+            self.data[row, gap] = np.zeros(1, dtype=self.dtype)
+        slots = np.arange(start, start + n) % self.capacity
+        self.data[row, slots] = records
+        if start + n > cnt:
+            self._count[row] = start + n
+        self._seq[row] = s + 2
+
+    def publish(self) -> None:
+        """Writer: bump the global seq after a batch of writes."""
+        self.seg.bump_global_seq()
+
+    # -- reader ---------------------------------------------------------------------
+    def _copy(self, row: int, start: int, end: int) -> np.ndarray:
+        n = end - start
+        if n <= 0:
+            return np.empty(0, dtype=self.dtype)
+        i0 = start % self.capacity
+        if i0 + n <= self.capacity:
+            return self.data[row, i0:i0 + n].copy()
+        return np.concatenate((self.data[row, i0:], self.data[row, :i0 + n - self.capacity]))
+
+    def read_last(self, row: int, n: int, max_spins: int = 100_000) -> tuple[np.ndarray, int]:
+        """Copy of the newest ``min(n, count, capacity)`` records, oldest first.
+
+        Returns ``(records, count)``: record ``k`` of the copy has absolute index
+        ``count - len(records) + k``. Raises :class:`SeqlockTimeout` after ``max_spins``
+        failed attempts.
+        """
+        for _ in range(max_spins):
+            s1 = int(self._seq[row])
+            if s1 & 1 and self.seqlock:
+                continue
+            cnt = int(self._count[row])
+            k = min(n, cnt, self.capacity)
+            out = self._copy(row, cnt - k, cnt)
+            if not self.seqlock or int(self._seq[row]) == s1:
+                return out, cnt
+        raise SeqlockTimeout(f"{self.seg.name} row {row}: no consistent read in {max_spins} attempts")
+
+    def read_range(self, row: int, start: int, end: int | None = None, max_spins: int = 100_000) -> tuple[np.ndarray, int]:
+        """Copy of records with absolute indices ``[start, min(end, count))``, oldest first.
+
+        Returns ``(records, count)``. Raises :class:`Overrun` if ``start`` was already
+        overwritten, :class:`SeqlockTimeout` as :meth:`read_last`.
+        """
+        for _ in range(max_spins):
+            s1 = int(self._seq[row])
+            if s1 & 1 and self.seqlock:
+                continue
+            cnt = int(self._count[row])
+            stop = cnt if end is None else min(end, cnt)
+            if start < cnt - self.capacity:
+                raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten (count {cnt}, capacity {self.capacity})")
+            out = self._copy(row, start, max(start, stop))
+            if not self.seqlock or int(self._seq[row]) == s1:
+                return out, cnt
+        raise SeqlockTimeout(f"{self.seg.name} row {row}: no consistent read in {max_spins} attempts")
+
+    def wait_change(self, last_global_seq: int, timeout_s: float) -> int:
+        """Poll the global seq with short sleeps until it differs; returns it (tools and tests)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            g = self.seg.global_seq
+            if g != last_global_seq or time.monotonic() > deadline:
+                return g
+            time.sleep(0.001)
