@@ -1,0 +1,478 @@
+"""The replay exchange: an Upbit-compatible server on loopback that replays real data.
+
+Serves, on one port (aiohttp):
+
+* ``GET /websocket/v1`` — Upbit's public WebSocket. A text message holding a JSON array
+  ``[{"ticket":..}, {"type":"trade","codes":[..]}, .., {"format":"DEFAULT|SIMPLE|JSON_LIST|SIMPLE_LIST"}]``
+  **replaces** the connection's subscription; data frames are binary frames of UTF-8
+  JSON; the text ``PING`` is answered ``{"status":"UP"}``; ``LIST_SUBSCRIPTIONS`` is
+  answered; errors come back as ``{"error":{"name":..,"message":..}}`` (NO_TICKET,
+  NO_TYPE, NO_CODES, WRONG_FORMAT, INVALID_PARAM). A connection idle for 120 s in both
+  directions is closed, as Upbit does. Types served: ``trade`` and ``candle.30m`` /
+  ``candle.60m`` / ``candle.240m`` (units the 30-minute data can build exactly).
+* ``GET /v1/market/all`` (``is_details``) — the recorded real response.
+* ``GET /v1/candles/minutes/{unit}`` (unit 30, 60, 240; ``market``, ``count`` 1–200,
+  ``to`` exclusive ISO-8601 end, naive = UTC) — newest first, only candles that have
+  started by the replay clock (the current one partial), as Upbit pages them.
+  Responses carry ``Remaining-Req: group=..; min=..; sec=..``.
+* ``GET /replay/status`` — replay position, progress and counters (JSON).
+
+Trades are synthesized from the real 30-minute candles (:mod:`procs.replay_data`) and
+replayed for all markets interleaved in time order, at ``speed`` replay seconds per
+wall second, or (``speed = 0``) as fast as the subscribers keep up (each send waits for
+the socket to drain). The replay clock starts at the first subscription.
+Not served (no order book in the data): ``best_ask_*`` / ``best_bid_*`` trade fields,
+orderbook and ticker streams.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from shm.status import State, StatusRow, StatusTable
+
+from .config import ConfigError, load_config
+from .replay_data import ReplayTape, load_market_all, rollup
+
+log = logging.getLogger("smtm.exchange")
+
+CANDLE_UNITS = (30, 60, 240)       # minutes the replay can serve exactly
+IDLE_TIMEOUT_S = 120.0
+KST = timezone(timedelta(hours=9))
+_FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
+
+_TRADE_SIMPLE = {"type": "ty", "code": "cd", "timestamp": "tms", "trade_date": "td", "trade_time": "ttm",
+                 "trade_timestamp": "ttms", "trade_price": "tp", "trade_volume": "tv", "ask_bid": "ab",
+                 "prev_closing_price": "pcp", "change": "c", "change_price": "cp", "sequential_id": "sid",
+                 "stream_type": "st"}
+_CANDLE_SIMPLE = {"type": "ty", "code": "cd", "candle_date_time_utc": "cdttmu", "candle_date_time_kst": "cdttmk",
+                  "opening_price": "op", "high_price": "hp", "low_price": "lp", "trade_price": "tp",
+                  "candle_acc_trade_volume": "catv", "candle_acc_trade_price": "catp", "timestamp": "tms",
+                  "stream_type": "st"}
+
+
+def _utc_str(ts_s: int, tz=timezone.utc) -> str:
+    return datetime.fromtimestamp(ts_s, tz).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class SubscriptionError(ValueError):
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+def parse_request(req) -> tuple[str, dict[str, set[str]], str, dict[str, bool]] | None:
+    """Validate an Upbit subscription request.
+
+    Returns ``(ticket, {type: codes}, format, {type: is_only_realtime})``, or None for a
+    ``LIST_SUBSCRIPTIONS`` request. Raises :class:`SubscriptionError` with Upbit's error name.
+    """
+    if not isinstance(req, list) or not req or not isinstance(req[0], dict) or "ticket" not in req[0]:
+        raise SubscriptionError("NO_TICKET", "the first element must be {\"ticket\": ...}")
+    ticket = str(req[0]["ticket"])
+    types: dict[str, set[str]] = {}
+    realtime: dict[str, bool] = {}
+    fmt = "DEFAULT"
+    method = None
+    for el in req[1:]:
+        if not isinstance(el, dict):
+            raise SubscriptionError("WRONG_FORMAT", "every element must be an object")
+        if "format" in el:
+            fmt = str(el["format"]).upper()
+            if fmt not in _FORMATS:
+                raise SubscriptionError("WRONG_FORMAT", f"unknown format {el['format']!r}")
+        elif "method" in el:
+            method = el["method"]
+        elif "type" in el:
+            ty = el["type"]
+            codes = el.get("codes")
+            if not codes or not isinstance(codes, list):
+                raise SubscriptionError("NO_CODES", f"type {ty!r} has no codes")
+            if ty != "trade" and ty not in {f"candle.{u}m" for u in CANDLE_UNITS}:
+                raise SubscriptionError("INVALID_PARAM", f"type {ty!r} is not served by the replay exchange")
+            if any(not isinstance(c, str) or c != c.upper() for c in codes):
+                raise SubscriptionError("INVALID_PARAM", "codes must be upper-case market codes")
+            types.setdefault(ty, set()).update(codes)
+            realtime[ty] = bool(el.get("is_only_realtime", el.get("isOnlyRealtime", False)))
+        else:
+            raise SubscriptionError("WRONG_FORMAT", f"unexpected element {el!r}")
+    if method == "LIST_SUBSCRIPTIONS":
+        return None
+    if not types:
+        raise SubscriptionError("NO_TYPE", "no type object in the request")
+    return ticket, types, fmt, realtime
+
+
+class Client:
+    """One WebSocket connection and its current subscription."""
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str):
+        self.ws = ws
+        self.peer = peer
+        self.types: dict[str, set[str]] = {}
+        self.format = "DEFAULT"
+        self.ticket = ""
+        self.last_activity = time.monotonic()
+        self.sent = 0
+
+    def wants(self, ty: str, code: str) -> bool:
+        codes = self.types.get(ty)
+        return codes is not None and code in codes
+
+    async def send_obj(self, default_obj: dict, simple_map: dict) -> None:
+        simple = self.format.startswith("SIMPLE")
+        obj = {simple_map.get(k, k): v for k, v in default_obj.items()} if simple else default_obj
+        if self.format.endswith("_LIST"):
+            obj = [obj]
+        await self.ws.send_bytes(json.dumps(obj, separators=(",", ":")).encode())
+        self.sent += 1
+        self.last_activity = time.monotonic()
+
+
+class ReplayExchange:
+    """Replay state, the WebSocket fan-out and the REST handlers."""
+
+    def __init__(self, tape: ReplayTape, market_all: list[dict], speed: float, status: StatusRow | None = None):
+        self.tape = tape
+        self.market_all_doc = market_all
+        self.speed = float(speed)
+        self.status = status
+        self.clients: set[Client] = set()
+        self.position = 0                      # index of the next trade to send
+        self.now_ms = tape.start_ms - 1        # replay clock: time of the last trade sent
+        self.started = asyncio.Event()
+        self.finished = False
+        self.subscriptions_received = 0
+        self.messages_sent = 0
+        self.rest_requests = 0
+        self._rollups = {u: {m: rollup(c, u * 60) for m, c in tape.candles.items()} for u in CANDLE_UNITS}
+        n = len(tape.markets)
+        # per market: [t, o, h, l, c, v, value, last_ts] of the open bucket per unit
+        self._partial: dict[int, list[list | None]] = {u: [None] * n for u in CANDLE_UNITS}
+        self._prev_close = [None] * n
+        self._day = [None] * n
+        self._last_price = [None] * n
+        self._last_trade: list[dict | None] = [None] * n
+        self._req_window: dict[str, list[int]] = {}
+
+    # -- replay -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Send every trade of the tape in order; returns when the tape is exhausted."""
+        await self.started.wait()
+        tr = self.tape.trades
+        ts_all = tr["ts"]
+        t0_ms = int(ts_all[0]) if len(tr) else 0
+        wall0 = time.monotonic()
+        i = 0
+        n = len(tr)
+        while i < n:
+            if self.speed > 0:
+                due = t0_ms + (time.monotonic() - wall0) * self.speed * 1000.0
+                j = int(np.searchsorted(ts_all, due, side="right"))
+                if j <= i:
+                    await asyncio.sleep(min(0.05, max(0.0005, (int(ts_all[i]) - due) / 1000.0 / self.speed)))
+                    continue
+            else:
+                j = min(n, i + 256)
+            for rec in tr[i:j]:
+                await self._emit(rec)
+            self.position = i = j
+            if self.speed <= 0:
+                await asyncio.sleep(0)  # let REST handlers and new subscribers in
+        self.finished = True
+        log.info("replay finished: %d trades sent", n)
+
+    async def _emit(self, rec) -> None:
+        mi = int(rec["market"])
+        code = self.tape.markets[mi]
+        ts = int(rec["ts"])
+        price = float(rec["price"])
+        vol = float(rec["volume"])
+        self.now_ms = ts
+        day = ts // 86_400_000
+        if self._day[mi] != day:
+            self._prev_close[mi] = self._last_price[mi] if self._last_price[mi] is not None else price
+            self._day[mi] = day
+        self._last_price[mi] = price
+        for u in CANDLE_UNITS:
+            self._update_partial(u, mi, ts, price, vol)
+        pcp = self._prev_close[mi]
+        dt = datetime.fromtimestamp(ts / 1000, timezone.utc)
+        trade = {"type": "trade", "code": code, "timestamp": int(time.time() * 1000),
+                 "trade_date": dt.strftime("%Y-%m-%d"), "trade_time": dt.strftime("%H:%M:%S"),
+                 "trade_timestamp": ts, "trade_price": price, "trade_volume": vol,
+                 "ask_bid": "BID" if rec["bid"] else "ASK", "prev_closing_price": pcp,
+                 "change": "RISE" if price > pcp else "FALL" if price < pcp else "EVEN",
+                 "change_price": abs(price - pcp), "sequential_id": int(rec["seq_id"]),
+                 "stream_type": "REALTIME"}
+        self._last_trade[mi] = trade
+        for cl in list(self.clients):
+            try:
+                if cl.wants("trade", code):
+                    await cl.send_obj(trade, _TRADE_SIMPLE)
+                    self.messages_sent += 1
+                for u in CANDLE_UNITS:
+                    if cl.types and cl.wants(f"candle.{u}m", code):
+                        await cl.send_obj(self._candle_msg(u, mi, "REALTIME"), _CANDLE_SIMPLE)
+                        self.messages_sent += 1
+            except (ConnectionResetError, RuntimeError) as e:  # closed under us
+                log.info("dropping client %s: %s", cl.peer, e)
+                self.clients.discard(cl)
+
+    def _update_partial(self, u: int, mi: int, ts: int, price: float, vol: float) -> None:
+        b = ts // 1000 // (u * 60) * (u * 60)
+        p = self._partial[u][mi]
+        if p is None or p[0] != b:
+            self._partial[u][mi] = [b, price, price, price, price, vol, price * vol, ts]
+        else:
+            p[2] = max(p[2], price)
+            p[3] = min(p[3], price)
+            p[4] = price
+            p[5] += vol
+            p[6] += price * vol
+            p[7] = ts
+
+    def _candle_msg(self, u: int, mi: int, stream: str) -> dict:
+        t, o, h, l, c, v, val, last = self._partial[u][mi]
+        return {"type": f"candle.{u}m", "code": self.tape.markets[mi], "candle_date_time_utc": _utc_str(t),
+                "candle_date_time_kst": _utc_str(t, KST), "opening_price": o, "high_price": h, "low_price": l,
+                "trade_price": c, "candle_acc_trade_volume": v, "candle_acc_trade_price": val,
+                "timestamp": last, "stream_type": stream}
+
+    # -- WebSocket -------------------------------------------------------------------
+    async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        cl = Client(ws, request.remote or "?")
+        self.clients.add(cl)
+        watchdog = asyncio.create_task(self._idle_watchdog(cl))
+        try:
+            async for msg in ws:
+                cl.last_activity = time.monotonic()
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    data = msg.data if isinstance(msg.data, str) else msg.data.decode("utf-8", "replace")
+                    await self._on_text(cl, data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            watchdog.cancel()
+            self.clients.discard(cl)
+        return ws
+
+    async def _idle_watchdog(self, cl: Client) -> None:
+        while not cl.ws.closed:
+            await asyncio.sleep(1.0)
+            if time.monotonic() - cl.last_activity > IDLE_TIMEOUT_S:
+                log.info("closing idle connection %s", cl.peer)
+                await cl.ws.close(code=1000, message=b"idle timeout")
+
+    async def _on_text(self, cl: Client, data: str) -> None:
+        if data.strip() == "PING":
+            await cl.ws.send_bytes(b'{"status":"UP"}')
+            return
+        try:
+            parsed = parse_request(json.loads(data))
+        except json.JSONDecodeError:
+            await self._send_error(cl, "WRONG_FORMAT", "request is not JSON")
+            return
+        except SubscriptionError as e:
+            await self._send_error(cl, e.name, str(e))
+            return
+        self.subscriptions_received += 1
+        if parsed is None:
+            result = [{"type": t, "codes": sorted(c)} for t, c in cl.types.items()]
+            await cl.send_obj({"method": "LIST_SUBSCRIPTIONS", "result": result, "ticket": cl.ticket},
+                              {"method": "mthd", "result": "rslt", "ticket": "tckt"})
+            return
+        cl.ticket, cl.types, cl.format, realtime = parsed  # a new request replaces the old one
+        log.info("subscription from %s: %s (%s)", cl.peer, {t: len(c) for t, c in cl.types.items()}, cl.format)
+        for ty, codes in cl.types.items():
+            if realtime.get(ty):
+                continue
+            for code in sorted(codes):
+                if code not in self.tape.markets:
+                    continue
+                mi = self.tape.markets.index(code)
+                if ty == "trade" and self._last_trade[mi] is not None:
+                    await cl.send_obj({**self._last_trade[mi], "stream_type": "SNAPSHOT"}, _TRADE_SIMPLE)
+                elif ty.startswith("candle.") and self._partial[int(ty[7:-1])][mi] is not None:
+                    await cl.send_obj(self._candle_msg(int(ty[7:-1]), mi, "SNAPSHOT"), _CANDLE_SIMPLE)
+        self.started.set()
+
+    @staticmethod
+    async def _send_error(cl: Client, name: str, message: str) -> None:
+        await cl.ws.send_bytes(json.dumps({"error": {"name": name, "message": message}}).encode())
+
+    # -- REST ------------------------------------------------------------------------
+    def _remaining(self, group: str) -> str:
+        sec = int(time.time())
+        w = self._req_window.setdefault(group, [sec, 0])
+        if w[0] != sec:
+            w[0], w[1] = sec, 0
+        w[1] += 1
+        self.rest_requests += 1
+        return f"group={group}; min=1800; sec={max(0, 10 - w[1])}"
+
+    @staticmethod
+    def _error(status: int, name, message: str, remaining: str) -> web.Response:
+        return web.json_response({"error": {"name": name, "message": message}}, status=status,
+                                 headers={"Remaining-Req": remaining})
+
+    async def market_all(self, request: web.Request) -> web.Response:
+        rem = self._remaining("market")
+        details = request.query.get("is_details", request.query.get("isDetails", "false")).lower() == "true"
+        body = self.market_all_doc if details else [{k: v for k, v in m.items() if k != "market_event"}
+                                                 for m in self.market_all_doc]
+        return web.json_response(body, headers={"Remaining-Req": rem})
+
+    async def candles_minutes(self, request: web.Request) -> web.Response:
+        rem = self._remaining("candle")
+        try:
+            unit = int(request.match_info["unit"])
+        except ValueError:
+            return self._error(400, "invalid_parameter", "unit must be a number", rem)
+        if unit not in (1, 3, 5, 10, 15, 30, 60, 240):
+            return self._error(400, "invalid_parameter", f"unit {unit} is not an Upbit minute unit", rem)
+        if unit not in CANDLE_UNITS:
+            return self._error(400, "invalid_parameter",
+                               f"unit {unit} cannot be built from the replay's 30-minute data; use 30, 60 or 240", rem)
+        market = request.query.get("market")
+        if not market:
+            return self._error(400, "validation_error", "market is required", rem)
+        if market not in self.tape.candles:
+            return self._error(404, 404, "Code not found", rem)
+        try:
+            count = int(request.query.get("count", "1"))
+        except ValueError:
+            return self._error(400, "validation_error", "count must be an integer", rem)
+        if not 1 <= count <= 200:
+            return self._error(400, "validation_error", "count must be between 1 and 200", rem)
+        to_s = None
+        if "to" in request.query:
+            try:
+                to = datetime.fromisoformat(request.query["to"].replace("Z", "+00:00").replace(" ", "T"))
+            except ValueError:
+                return self._error(400, "validation_error", "to must be ISO-8601 (yyyy-MM-ddTHH:mm:ss)", rem)
+            if to.tzinfo is None:
+                to = to.replace(tzinfo=timezone.utc)
+            to_s = int(to.timestamp())
+        rows = self._candles_upto(market, unit, to_s, count)
+        body = [{"market": market, "candle_date_time_utc": _utc_str(int(r[0])),
+                 "candle_date_time_kst": _utc_str(int(r[0]), KST), "opening_price": r[1], "high_price": r[2],
+                 "low_price": r[3], "trade_price": r[4], "timestamp": int(r[7]),
+                 "candle_acc_trade_price": r[6], "candle_acc_trade_volume": r[5], "unit": unit} for r in rows]
+        return web.json_response(body, headers={"Remaining-Req": rem})
+
+    def _candles_upto(self, market: str, unit: int, to_s: int | None, count: int) -> list[tuple]:
+        """Newest first, at most ``count``: candles complete by the replay clock, then the
+        open one (partial, from the trades sent so far); only starts before ``to_s``."""
+        u_s = unit * 60
+        hist = self._rollups[unit][market]
+        complete = hist[(hist["t"] + u_s) * 1000 <= self.now_ms]
+        if to_s is not None:
+            complete = complete[complete["t"] < to_s]
+        rows = [tuple(r) for r in complete[-count:]]
+        p = self._partial[unit][self.tape.markets.index(market)]
+        if (p is not None and (p[0] + u_s) * 1000 > self.now_ms and (to_s is None or p[0] < to_s)
+                and (not rows or rows[-1][0] < p[0])):
+            rows.append(tuple(p))
+        return list(reversed(rows[-count:]))
+
+    async def replay_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.progress())
+
+    def progress(self) -> dict:
+        n = len(self.tape.trades)
+        return {"position": self.position, "trades": n, "percent": 100.0 * self.position / n if n else 100.0,
+                "replay_time": _utc_str(max(self.now_ms, self.tape.start_ms) // 1000) + "Z",
+                "speed": self.speed, "started": self.started.is_set(), "finished": self.finished,
+                "clients": len(self.clients), "subscriptions_received": self.subscriptions_received,
+                "messages_sent": self.messages_sent, "rest_requests": self.rest_requests,
+                "markets": self.tape.markets}
+
+    async def heartbeat(self, period_s: float = 0.25) -> None:
+        while True:
+            if self.status is not None:
+                pr = self.progress()
+                self.status.msgs_out = self.messages_sent
+                self.status.msgs_in = self.subscriptions_received + self.rest_requests
+                self.status.detail = (f"replay {pr['replay_time']} {pr['percent']:.1f}% x{self.speed:g}"
+                                      + (" finished" if self.finished else ""))
+                self.status.beat(State.RUNNING)
+            await asyncio.sleep(period_s)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/websocket/v1", self.ws_handler)
+        app.router.add_get("/v1/market/all", self.market_all)
+        app.router.add_get("/v1/candles/minutes/{unit}", self.candles_minutes)
+        app.router.add_get("/replay/status", self.replay_status)
+        return app
+
+
+async def serve(exchange: ReplayExchange, host: str, port: int, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(exchange.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("replay exchange on http://%s:%d (%d markets, %d trades, speed %g)", host, port,
+             len(exchange.tape.markets), len(exchange.tape.trades), exchange.speed)
+    tasks = [asyncio.create_task(exchange.run()), asyncio.create_task(exchange.heartbeat())]
+    try:
+        await stop.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m procs.exchange", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", help="configuration profile (default: SMTM_PROFILE or replay)")
+    ap.add_argument("--speed", type=float, help="replay seconds per wall second; 0 = as fast as consumers keep up")
+    ap.add_argument("--port", type=int, help="TCP port on the configured host (loopback)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.profile)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return 2
+    ex_cfg = cfg.exchange
+    speed = ex_cfg.speed if args.speed is None else args.speed
+    port = ex_cfg.port if args.port is None else args.port
+    if ex_cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.error("exchange.host = %r: the replay exchange listens on loopback only", ex_cfg.host)
+        return 2
+    table = StatusTable.writer(cfg.instance)
+    row = StatusRow(table, "exchange")
+    t0 = time.monotonic()
+    tape = ReplayTape.build(cfg.data_path(), cfg.markets, ex_cfg.trades_per_candle)
+    log.info("tape built in %.2f s: %s", time.monotonic() - t0,
+             ", ".join(f"{m} {len(c)} candles" for m, c in tape.candles.items()))
+    exchange = ReplayExchange(tape, load_market_all(cfg.data_path()), speed, row)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(exchange, ex_cfg.host, port, stop)
+
+    try:
+        asyncio.run(_main())
+    finally:
+        row.stopped()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
