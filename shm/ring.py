@@ -133,6 +133,10 @@ class RingTable:
         """Assigned row names in row order ('' for a free row)."""
         return [bytes(n).decode() for n in self._names]
 
+    def name(self, row: int) -> str:
+        """Name of ``row`` ('' if unassigned)."""
+        return bytes(self._names[row]).decode()
+
     def row_of(self, name: str) -> int | None:
         """Row index of ``name``, or None if it has no row."""
         gseq = self.seg.global_seq

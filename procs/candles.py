@@ -1,0 +1,85 @@
+"""Candle aggregation: trades → OHLCV candles in a ``candles.<tf>`` ring (ingest's core).
+
+Upbit's rules: a candle's start is aligned to the timeframe in UTC
+(``t = floor(ts / tf) * tf``); the open candle is updated in place until a trade
+crosses its end; an interval without trades has no candle (the next candle carries
+:data:`~shm.tables.GAP`).
+
+Late trades: a trade older than the market's open candle (it belongs to a candle that
+was already closed) is **not** written: it is counted in ``late`` and dropped, so a
+closed candle never changes. (Gap backfill from REST, which may rewrite history with
+the ``BACKFILLED`` flag, is a separate path.)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shm.ring import RingTable
+from shm.tables import CANDLE_DTYPE, CLOSED, GAP
+
+
+class CandleBuilder:
+    """Builds one timeframe's candles for every market row of ``ring`` (its single writer).
+
+    State is the ring itself: on construction the open candle of each row is read back,
+    so a restarted ingest continues the candle it was building.
+    """
+
+    def __init__(self, ring: RingTable, tf_seconds: int):
+        self.ring = ring
+        self.tf = tf_seconds
+        self.late = 0
+        self.writes = 0
+        # per row: [index, t, o, h, l, c, v, value, n, flags] of the newest candle, or None
+        self._open: list[list | None] = [None] * ring.n_rows
+        self._buf = np.zeros(2, dtype=CANDLE_DTYPE)
+        for row in range(ring.n_rows):
+            cnt = ring.count(row)
+            if cnt:
+                rec = ring.read_last(row, 1)[0][0]
+                self._open[row] = [cnt - 1, int(rec["t"]), float(rec["o"]), float(rec["h"]), float(rec["l"]),
+                                   float(rec["c"]), float(rec["v"]), float(rec["value"]), int(rec["n"]),
+                                   int(rec["flags"])]
+
+    def on_trade(self, row: int, ts_ms: int, price: float, volume: float) -> bool:
+        """Apply one trade (``ts_ms`` ms UTC, ``price`` KRW, ``volume`` base units).
+
+        Returns True if the ring was written, False for a late trade.
+        The caller validates the inputs (finite, positive) before calling.
+        """
+        t = ts_ms // 1000 // self.tf * self.tf
+        st = self._open[row]
+        buf = self._buf
+        if st is not None and t == st[1]:
+            if price > st[3]:
+                st[3] = price
+            if price < st[4]:
+                st[4] = price
+            st[5] = price
+            st[6] += volume
+            st[7] += price * volume
+            st[8] += 1
+            buf[0] = tuple(st[1:])
+            self.ring.write(row, st[0], buf[0])
+        elif st is None or t > st[1]:
+            new = [0 if st is None else st[0] + 1, t, price, price, price, price, volume, price * volume, 1,
+                   GAP if st is not None and t > st[1] + self.tf else 0]
+            if st is not None and not st[9] & CLOSED:
+                st[9] |= CLOSED
+                buf[0] = tuple(st[1:])
+                buf[1] = tuple(new[1:])
+                self.ring.write_many(row, st[0], buf)  # close + open in one seqlock section
+            else:
+                buf[0] = tuple(new[1:])
+                self.ring.write(row, new[0], buf[0])
+            self._open[row] = new
+        else:
+            self.late += 1
+            return False
+        self.writes += 1
+        return True
+
+    def open_candle(self, row: int) -> tuple | None:
+        """(index, t, o, h, l, c, v, value, n, flags) of the row's newest candle, or None."""
+        st = self._open[row]
+        return None if st is None else tuple(st)
