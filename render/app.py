@@ -1,0 +1,188 @@
+"""Running the chart: a PyQt6 window with a render timer, or off-screen through EGL.
+
+Both modes drive the same :class:`render.chart.CandleChart` from a *source* (the
+monitor's read-only view of shared memory, :class:`procs.monitor.MonitorSource`) with
+this duck-typed interface:
+
+``poll() -> bool``                    cheap: did anything shown change (global seq, selection)?
+``snapshot() -> (candles, fast, slow)``copies of the selected market and timeframe
+``status_text(stats) -> str``         the status line
+``report(stats)``                     heartbeat into the monitor's status row
+``select(market_step, tf_step)``      keyboard navigation
+``snapshot_path``                     where the off-screen PNG goes
+
+* :func:`run_window` — VisPy on PyQt6. A timer at ``fps`` polls; buffers are touched and a
+  redraw requested only when ``poll()`` says something changed (dirty flag); the status
+  line is refreshed twice a second. Keys: ←/→ market, ↑/↓ or 1–9 timeframe.
+* :func:`run_offscreen` — no display: VisPy's EGL backend (``EGL_PLATFORM=surfaceless``,
+  no X, no Qt), rendering at ``headless_fps`` when something changed and writing a PNG
+  snapshot every ``snapshot_interval_s`` (atomically: write then rename).
+
+Qt is only imported in window mode: with no display Qt aborts the process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FrameStats:
+    """Render-loop figures for the status line and the status row."""
+    ticks: int = 0          # timer ticks (loop iterations)
+    frames: int = 0         # frames drawn
+    loop_hz: float = 0.0    # ticks per second, last second
+    fps: float = 0.0        # frames drawn per second, last second
+    draw_ms: float = 0.0    # last frame's draw (or render) time
+    max_draw_ms: float = 0.0
+    _t0: float = field(default_factory=time.perf_counter)
+    _ticks0: int = 0
+    _frames0: int = 0
+
+    def roll(self) -> bool:
+        now = time.perf_counter()
+        dt = now - self._t0
+        if dt < 1.0:
+            return False
+        self.loop_hz = (self.ticks - self._ticks0) / dt
+        self.fps = (self.frames - self._frames0) / dt
+        self._t0, self._ticks0, self._frames0 = now, self.ticks, self.frames
+        self.max_draw_ms = self.draw_ms
+        return True
+
+
+def _write_png(path: str, img: np.ndarray) -> None:
+    from vispy.io import write_png
+    tmp = f"{path}.tmp.png"
+    write_png(tmp, img)
+    os.replace(tmp, path)
+
+
+def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str) -> int:
+    """Open the PyQt6 window and run until closed or SIGTERM. Returns an exit code."""
+    import vispy
+    vispy.use(app="pyqt6")
+    from vispy import app, scene
+
+    from .chart import BACKGROUND, CandleChart
+
+    canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
+    chart = CandleChart(canvas, max_candles)
+    stats = FrameStats()
+    state = {"last_status": 0.0, "draw_start": 0.0}
+
+    def on_draw_start(ev):
+        state["draw_start"] = time.perf_counter()
+
+    def on_draw_end(ev):
+        stats.frames += 1
+        stats.draw_ms = (time.perf_counter() - state["draw_start"]) * 1000
+        stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
+
+    canvas.events.draw.connect(on_draw_start, position="first")
+    canvas.events.draw.connect(on_draw_end, position="last")
+
+    def on_key(ev):
+        k = ev.key.name if ev.key is not None else ""
+        steps = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}
+        if k in steps:
+            source.select(*steps[k])
+        elif ev.text and ev.text.isdigit() and ev.text != "0":
+            source.select(0, None, int(ev.text) - 1)
+
+    canvas.events.key_press.connect(on_key)
+
+    def tick(ev):
+        stats.ticks += 1
+        dirty = False
+        if source.poll():
+            chart.set_data(*source.snapshot())
+            dirty = True
+        now = time.monotonic()
+        if now - state["last_status"] >= 0.5:
+            state["last_status"] = now
+            stats.roll()
+            chart.set_status(source.status_text(stats))
+            source.report(stats)
+            dirty = True
+        if dirty:
+            canvas.update()
+
+    timer = app.Timer(interval=1.0 / fps, connect=tick, start=True)
+    signal.signal(signal.SIGTERM, lambda *a: app.quit())
+    signal.signal(signal.SIGINT, lambda *a: app.quit())
+    app.run()
+    timer.stop()
+    return 0
+
+
+def make_offscreen_canvas(size: tuple[int, int]):
+    """An off-screen SceneCanvas on VisPy's EGL backend (no X server, no Qt)."""
+    os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+    import vispy
+    vispy.use(app="egl")
+    from vispy import scene
+
+    from .chart import BACKGROUND
+    return scene.SceneCanvas(size=size, bgcolor=BACKGROUND, show=False, keys=None)
+
+
+def render_once(source, *, size: tuple[int, int], max_candles: int) -> np.ndarray:
+    """Render one frame of ``source`` off-screen; returns RGBA uint8 (h, w, 4)."""
+    from .chart import CandleChart
+    canvas = make_offscreen_canvas(size)
+    chart = CandleChart(canvas, max_candles)
+    source.poll()
+    chart.set_data(*source.snapshot())
+    chart.set_status(source.status_text(FrameStats()))
+    img = canvas.render()
+    canvas.close()
+    return img
+
+
+def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, snapshot_interval_s: float,
+                  should_run=lambda: True) -> int:
+    """Render off-screen until ``should_run()`` is false, writing PNG snapshots."""
+    from .chart import CandleChart
+    canvas = make_offscreen_canvas(size)
+    chart = CandleChart(canvas, max_candles)
+    stats = FrameStats()
+    period = 1.0 / fps
+    last_status = last_snap = 0.0
+    img = None
+    dirty = True
+    next_tick = time.monotonic()
+    while should_run():
+        stats.ticks += 1
+        if source.poll():
+            chart.set_data(*source.snapshot())
+            dirty = True
+        now = time.monotonic()
+        if now - last_status >= 0.5:
+            last_status = now
+            stats.roll()
+            chart.set_status(source.status_text(stats))
+            source.report(stats)
+            dirty = True
+        if dirty:
+            t0 = time.perf_counter()
+            img = canvas.render()
+            stats.draw_ms = (time.perf_counter() - t0) * 1000
+            stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
+            stats.frames += 1
+            dirty = False
+        if img is not None and now - last_snap >= snapshot_interval_s:
+            _write_png(str(source.snapshot_path), img)
+            last_snap = now
+        next_tick += period
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            next_tick = time.monotonic()
+    canvas.close()
+    return 0

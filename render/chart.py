@@ -1,0 +1,243 @@
+"""The candlestick chart: every pixel the monitor draws (VisPy scene graph).
+
+Layout (a VisPy grid): a status line on top; the price pane (candles + EMA lines) with
+the price axis on its right; time labels under it.
+
+Candles are drawn by two instances of one small custom visual (:class:`ColoredVertices`):
+bodies as triangles, wicks as 1-pixel GL lines. Each owns fixed-size vertex buffers
+(``max_candles`` capacity) that are updated **in place** (same size each upload, so no
+reallocation and no shader rebuild — on llvmpipe 2–4x faster than ``Mesh.set_data``).
+Unused vertices are transparent and degenerate.
+
+Coordinates: x is the candle's position in the window (0 … n-1, equally spaced, no
+gaps for intervals without trades, as trading charts do); y is the price normalized to
+the window's [low, high] range, so float32 vertex precision never matters even for
+prices of 10^8 KRW. The price axis shows the real KRW range and is only re-laid out
+when that range changes (text layout each frame costs frames on llvmpipe).
+
+Colours follow Upbit (Korean convention): a rising candle (close >= open) is red, a
+falling one blue.
+"""
+from __future__ import annotations
+
+import numpy as np
+from vispy import gloo, scene
+from vispy.visuals import Visual
+
+from .text import format_krw
+
+RISE = (0.85, 0.22, 0.20, 1.0)      # red: close >= open
+FALL = (0.16, 0.42, 0.85, 1.0)      # blue: close < open
+EMA_FAST = (0.98, 0.75, 0.05, 1.0)  # amber
+EMA_SLOW = (0.80, 0.35, 1.00, 1.0)  # violet
+BACKGROUND = (0.06, 0.07, 0.09, 1.0)
+TEXT = (0.85, 0.87, 0.90, 1.0)
+
+_VERT = """
+attribute vec2 a_position;
+attribute vec4 a_color;
+varying vec4 v_color;
+void main() {
+    gl_Position = $transform(vec4(a_position, 0.0, 1.0));
+    v_color = a_color;
+}
+"""
+_FRAG = """
+varying vec4 v_color;
+void main() {
+    if (v_color.a <= 0.0) discard;
+    gl_FragColor = v_color;
+}
+"""
+
+
+class ColoredVerticesVisual(Visual):
+    """Per-vertex coloured primitives (``"triangles"`` or ``"lines"``) from fixed-size buffers."""
+
+    def __init__(self, mode: str, max_vertices: int):
+        super().__init__(vcode=_VERT, fcode=_FRAG)
+        self._draw_mode = mode
+        self._pos = np.zeros((max_vertices, 2), np.float32)
+        self._col = np.zeros((max_vertices, 4), np.float32)
+        self._vbo_pos = gloo.VertexBuffer(self._pos)
+        self._vbo_col = gloo.VertexBuffer(self._col)
+        self.shared_program["a_position"] = self._vbo_pos
+        self.shared_program["a_color"] = self._vbo_col
+        self.n = 0
+        self.set_gl_state("translucent", depth_test=False, cull_face=False)
+
+    def set_vertices(self, pos: np.ndarray, col: np.ndarray) -> None:
+        """``pos`` float32 (n, 2), ``col`` float32 (n, 4); n <= max_vertices."""
+        n = len(pos)
+        self._pos[:n] = pos
+        self._col[:n] = col
+        if n < self.n:  # clear what the previous frame used beyond n
+            self._pos[n:self.n] = 0
+            self._col[n:self.n] = 0
+        self.n = n
+        self._vbo_pos.set_data(self._pos)
+        self._vbo_col.set_data(self._col)
+
+    def _prepare_transforms(self, view):
+        view.view_program.vert["transform"] = view.get_transform()
+
+    def _prepare_draw(self, view):
+        return self.n > 0
+
+
+ColoredVertices = scene.visuals.create_visual_node(ColoredVerticesVisual)
+
+
+def candle_vertices(o, h, l, c, lo: float, hi: float, body_width: float = 0.7):
+    """Vertices for n candles at x = 0..n-1 in a window whose price range is [lo, hi].
+
+    Returns ``(body_pos (6n,2), body_col (6n,4), wick_pos (2n,2), wick_col (2n,4))`` float32,
+    y normalized to [0, 1]. A body never collapses below a visible sliver (doji).
+    """
+    n = len(o)
+    span = (hi - lo) or 1.0
+    x = np.arange(n, dtype=np.float64)
+    yo, yh, yl, yc = ((np.asarray(a, np.float64) - lo) / span for a in (o, h, l, c))
+    top = np.maximum(yo, yc)
+    bot = np.minimum(yo, yc)
+    thin = top - bot < 0.002
+    top = np.where(thin, bot + 0.002, top)
+    x0, x1 = x - body_width / 2, x + body_width / 2
+    body = np.empty((n, 6, 2), np.float32)
+    body[:, 0] = np.c_[x0, bot]
+    body[:, 1] = np.c_[x1, bot]
+    body[:, 2] = np.c_[x1, top]
+    body[:, 3] = np.c_[x0, bot]
+    body[:, 4] = np.c_[x1, top]
+    body[:, 5] = np.c_[x0, top]
+    colors = np.where((np.asarray(c) >= np.asarray(o))[:, None], np.array(RISE, np.float32), np.array(FALL, np.float32))
+    body_col = np.repeat(colors, 6, axis=0).astype(np.float32)
+    wick = np.empty((n, 2, 2), np.float32)
+    wick[:, 0] = np.c_[x, yl]
+    wick[:, 1] = np.c_[x, yh]
+    wick_col = np.repeat(colors, 2, axis=0).astype(np.float32)
+    return body.reshape(-1, 2), body_col, wick.reshape(-1, 2), wick_col
+
+
+def nice_ticks(lo: float, hi: float, target: int = 8) -> np.ndarray:
+    """Round price levels inside [lo, hi] at a 1-2-5 step, about ``target`` of them."""
+    span = hi - lo
+    if not span > 0:
+        return np.array([lo])
+    raw = span / target
+    mag = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = np.ceil(lo / step) * step
+    return np.arange(first, hi, step)
+
+
+class CandleChart:
+    """The monitor's scene: call :meth:`set_data` when the data changed, :meth:`set_status` to
+    change the status line. Both only touch GPU buffers/text when the content differs."""
+
+    def __init__(self, canvas: scene.SceneCanvas, max_candles: int = 200):
+        self.canvas = canvas
+        self.max_candles = max_candles
+        grid = canvas.central_widget.add_grid(spacing=0, margin=6)
+        status_box = grid.add_widget(scene.Widget(), row=0, col=0, col_span=2)
+        status_box.height_max = 46
+        self.status = scene.Text("", color=TEXT, font_size=9, anchor_x="left", anchor_y="center",
+                                 pos=(6, 23), parent=status_box)
+        self.view = grid.add_view(row=1, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        self.view.camera = scene.PanZoomCamera(interactive=False)
+        self.price_view = grid.add_view(row=1, col=1)
+        self.price_view.width_max = 110
+        self.price_view.camera = scene.PanZoomCamera(interactive=False)
+        self.price_view.camera.set_range(x=(0, 1), y=(0, 1), margin=0)
+        self.price_labels = scene.Text(["-"], pos=[(0.12, 0.5)], color=TEXT, font_size=7, anchor_x="left",
+                                       parent=self.price_view.scene)
+        self.price_ticks = scene.Line(np.zeros((2, 2), np.float32), color=TEXT, connect="segments", method="gl",
+                                      parent=self.price_view.scene)
+        self.xlabels_view = grid.add_view(row=2, col=0)
+        self.xlabels_view.height_max = 26
+        self.xlabels_view.camera = scene.PanZoomCamera(interactive=False)
+        self.xlabels = scene.Text(["-"], pos=[(0, 0.5)], color=TEXT, font_size=7, anchor_x="center",
+                                  parent=self.xlabels_view.scene)
+        self.wicks = ColoredVertices("lines", 2 * max_candles, parent=self.view.scene)
+        self.bodies = ColoredVertices("triangles", 6 * max_candles, parent=self.view.scene)
+        self.ema_fast = scene.Line(np.zeros((2, 2), np.float32), color=EMA_FAST, width=2, method="gl",
+                                   parent=self.view.scene)
+        self.ema_slow = scene.Line(np.zeros((2, 2), np.float32), color=EMA_SLOW, width=2, method="gl",
+                                   parent=self.view.scene)
+        self.placeholder = scene.Text("waiting for data", color=TEXT, font_size=14, pos=(0.5, 0.5),
+                                      parent=self.view.scene)
+        self._range: tuple | None = None
+        self._xkey: tuple | None = None
+        self._status = None
+        self.view.camera.set_range(x=(-1, 10), y=(-0.05, 1.05), margin=0)
+        self.xlabels_view.camera.set_range(x=(-1, 10), y=(0, 1), margin=0)
+
+    def set_status(self, text: str) -> None:
+        if text != self._status:
+            self.status.text = text
+            self._status = text
+
+    def set_data(self, candles: np.ndarray, ema_fast: np.ndarray, ema_slow: np.ndarray) -> None:
+        """``candles``: structured array with t, o, h, l, c (oldest first, ≤ max_candles);
+        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up)."""
+        candles = candles[-self.max_candles:]
+        ema_fast = ema_fast[-self.max_candles:]
+        ema_slow = ema_slow[-self.max_candles:]
+        n = len(candles)
+        if n == 0:
+            self.bodies.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+            self.wicks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+            self.ema_fast.visible = self.ema_slow.visible = False
+            self.placeholder.visible = True
+            return
+        self.placeholder.visible = False
+        lo = float(candles["l"].min())
+        hi = float(candles["h"].max())
+        for e in (ema_fast, ema_slow):
+            ok = e[np.isfinite(e)]
+            if len(ok):
+                lo, hi = min(lo, float(ok.min())), max(hi, float(ok.max()))
+        pad = (hi - lo) * 0.04 or max(abs(hi) * 0.01, 1e-8)
+        lo, hi = lo - pad, hi + pad
+        bp, bc, wp, wc = candle_vertices(candles["o"], candles["h"], candles["l"], candles["c"], lo, hi)
+        self.bodies.set_vertices(bp, bc)
+        self.wicks.set_vertices(wp, wc)
+        for line, e in ((self.ema_fast, ema_fast), (self.ema_slow, ema_slow)):
+            idx = np.flatnonzero(np.isfinite(e))
+            if len(idx) >= 2:
+                pts = np.c_[idx, (e[idx] - lo) / (hi - lo)].astype(np.float32)
+                line.set_data(pos=pts)
+                line.visible = True
+            else:
+                line.visible = False
+        if self._range != (lo, hi, n):
+            self._range = (lo, hi, n)
+            self._set_price_labels(lo, hi)
+            self.price_view.camera.set_range(x=(0, 1), y=(0, 1), margin=0)
+            self.view.camera.set_range(x=(-1, max(n, 10)), y=(0, 1), margin=0)
+            self.xlabels_view.camera.set_range(x=(-1, max(n, 10)), y=(0, 1), margin=0)
+        key = (n, int(candles["t"][0]), int(candles["t"][-1]))
+        if key != self._xkey:
+            self._xkey = key
+            self._set_time_labels(candles["t"])
+
+    def _set_price_labels(self, lo: float, hi: float) -> None:
+        ticks = nice_ticks(lo, hi)
+        y = (ticks - lo) / (hi - lo)
+        self.price_labels.text = [format_krw(v) for v in ticks]
+        self.price_labels.pos = np.c_[np.full(len(ticks), 0.12), y].astype(np.float32)
+        seg = np.zeros((2 * len(ticks), 2), np.float32)
+        seg[0::2, 0], seg[1::2, 0] = 0.0, 0.08
+        seg[0::2, 1] = seg[1::2, 1] = y
+        self.price_ticks.set_data(pos=seg)
+
+    def _set_time_labels(self, t: np.ndarray) -> None:
+        n = len(t)
+        k = min(6, n)
+        lo_i, hi_i = (round(n * 0.06), round(n * 0.94)) if n >= 20 else (0, n - 1)
+        idx = np.unique(np.linspace(lo_i, hi_i, k).round().astype(int))
+        from datetime import datetime, timezone
+        fmt = "%m-%d %H:%M" if n > 1 and (t[-1] - t[0]) / max(n - 1, 1) < 86400 else "%Y-%m-%d"
+        labels = [datetime.fromtimestamp(int(t[i]), timezone.utc).strftime(fmt) for i in idx]
+        self.xlabels.text = labels
+        self.xlabels.pos = np.c_[idx, np.full(len(idx), 0.5)].astype(np.float32)
