@@ -175,6 +175,8 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
             stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
             stats.frames += 1
             dirty = False
+            if stats.frames == 1:
+                source.report(stats)  # announce the first frame at once (restart time)
         if img is not None and now - last_snap >= snapshot_interval_s:
             _write_png(str(source.snapshot_path), img)
             last_snap = now

@@ -24,7 +24,10 @@ import numpy as np
 from vispy import gloo, scene
 from vispy.visuals import Visual
 
+from . import fonts
 from .text import format_krw
+
+fonts.install()
 
 RISE = (0.85, 0.22, 0.20, 1.0)      # red: close >= open
 FALL = (0.16, 0.42, 0.85, 1.0)      # blue: close < open

@@ -1,0 +1,58 @@
+# SMTM-NG — `make run` starts the replay pipeline, `make test` runs the test suite.
+# Both install what they need: a venv with the pinned Python packages and, when run as
+# root on Debian, the system libraries the monitor and its tests need (Mesa EGL, Xvfb).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Mesa/EGL for off-screen rendering; Xvfb and the xcb libraries for a PyQt6 window.
+DEBS   := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libfontconfig1 libfreetype6 \
+          libglib2.0-0 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0 xvfb xauth \
+          libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
+          libxcb-shape0 libxcb-xkb1
+
+.PHONY: run stop status test bench debs venv dev clean
+
+$(BIN)/smtm: requirements.txt setup.cfg pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/smtm requirements-dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(BIN)/smtm
+dev: $(VENV)/.dev
+
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "warning: missing Debian packages (install as root): $$missing" >&2; \
+	fi
+
+run: venv debs
+	$(BIN)/smtm up --profile replay
+
+stop: venv
+	$(BIN)/smtm down
+
+status: venv
+	$(BIN)/smtm status
+
+test: dev debs
+	$(BIN)/python -m pytest -q tests
+
+bench: dev debs
+	$(BIN)/python -m pytest -q bench --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+
+clean:
+	-$(BIN)/smtm down
+	rm -rf $(VENV) run .pytest_cache .benchmarks

@@ -1,0 +1,272 @@
+"""``smtm`` — start, stop and look into an SMTM-NG instance.
+
+    smtm up [--profile replay|live]   start supervisord and every program, wait until RUNNING
+    smtm down                         stop supervisord, unlink the instance's shared memory
+    smtm status                       programs (state, pid, uptime), heartbeats, counters, rings
+    smtm tail MARKET [--tf 30m] [-n 10]  latest candles and EMAs, read from shared memory
+
+The supervisord configuration is ``supervisord.conf`` at the repository root (``--conf``
+names another). Supervision itself is supervisord's (XML-RPC over its Unix socket);
+this tool only starts it with the right environment and reads state.
+"""
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from render.text import format_krw
+from shm.ring import SeqlockTimeout
+from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady, unlink_instance
+from shm.status import PROCESSES, State, StatusTable
+from shm.tables import CLOSED, BACKFILLED, GAP, open_candles, open_indicators
+
+from .config import ROOT, Config, ConfigError, load_config
+
+DEFAULT_CONF = ROOT / "supervisord.conf"
+
+
+class Supervisor:
+    """Paths and XML-RPC access of one supervisord configuration file."""
+
+    def __init__(self, conf: Path):
+        self.conf = Path(conf).resolve()
+        cp = configparser.RawConfigParser()
+        cp.read(self.conf)
+        here = str(self.conf.parent)
+        url = cp.get("supervisorctl", "serverurl").replace("%(here)s", here)
+        if not url.startswith("unix://"):
+            raise SystemExit(f"{self.conf}: [supervisorctl] serverurl must be unix:// (got {url})")
+        self.socket = url[len("unix://"):]
+        self.pidfile = Path(cp.get("supervisord", "pidfile").replace("%(here)s", here))
+        self.logdir = Path(cp.get("supervisord", "childlogdir").replace("%(here)s", here))
+        self.logfile = Path(cp.get("supervisord", "logfile").replace("%(here)s", here))
+        if len(self.socket.encode()) > 100:
+            raise SystemExit(f"supervisord socket path is {len(self.socket)} bytes (Unix sockets allow ~107): "
+                             f"{self.socket}; clone the repository to a shorter path")
+
+    def rpc(self):
+        """A fresh proxy each call: supervisor's transport is unusable after one failed call."""
+        from supervisor.xmlrpc import SupervisorTransport
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.socket}"))
+
+    def running(self) -> bool:
+        try:
+            return self.rpc().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, xmlrpc.client.Fault):
+            return False
+
+    def processes(self) -> list[dict]:
+        return self.rpc().supervisor.getAllProcessInfo()
+
+
+def _env(cfg: Config) -> dict:
+    env = dict(os.environ)
+    env.update(SMTM_PROFILE=cfg.profile, SMTM_INSTANCE=cfg.instance,
+               SMTM_REPLAY="true" if cfg.exchange.enabled else "false")
+    return env
+
+
+def cmd_up(args, cfg: Config, sup: Supervisor) -> int:
+    sup.logdir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if sup.running():
+        print(f"supervisord is already running ({sup.socket}); `smtm down` first to change profile.")
+    else:
+        exe = Path(sys.executable).parent / "supervisord"
+        cmd = [str(exe) if exe.exists() else "supervisord", "-c", str(sup.conf)]
+        r = subprocess.run(cmd, env=_env(cfg), capture_output=True, text=True)
+        if r.returncode != 0:
+            print(r.stdout + r.stderr, file=sys.stderr)
+            return 1
+        (ROOT / "run" / "profile").write_text(cfg.profile + "\n")
+        print(f"supervisord started (profile {cfg.profile}, instance {cfg.instance})")
+    deadline = time.monotonic() + args.timeout
+    expected = [p for p in ("exchange", "ingest", "indicator", "monitor") if p != "exchange" or cfg.exchange.enabled]
+    states: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            states = {p["name"]: p["statename"] for p in sup.processes()}
+        except (OSError, xmlrpc.client.Fault):
+            states = {}
+        if states and all(states.get(p) == "RUNNING" for p in expected):
+            break
+        if any(states.get(p) in ("FATAL", "BACKOFF") for p in expected):
+            time.sleep(0.5)
+        time.sleep(0.25)
+    cmd_status(args, cfg, sup)
+    bad = [p for p in expected if states.get(p) != "RUNNING"]
+    if bad:
+        print(f"\nnot RUNNING after {args.timeout:.0f} s: {', '.join(bad)} — see {sup.logdir}/<name>.log", file=sys.stderr)
+        return 1
+    if os.environ.get("DISPLAY") and os.environ.get("SMTM_MONITOR_OFFSCREEN") != "1":
+        print(f"\nmonitor: a window on display {os.environ['DISPLAY']}")
+    else:
+        print(f"\nmonitor: no display, rendering off-screen; snapshot every "
+              f"{cfg.monitor.snapshot_interval_s:g} s at {cfg.run_dir / 'monitor.png'}")
+    print(f"programs: supervisorctl -c {sup.conf} status   |   candles: smtm tail KRW-BTC")
+    return 0
+
+
+def cmd_down(args, cfg: Config, sup: Supervisor) -> int:
+    if sup.running():
+        pid = None
+        try:
+            pid = sup.rpc().supervisor.getPID()
+            sup.rpc().supervisor.shutdown()
+        except (OSError, xmlrpc.client.Fault) as e:
+            print(f"shutdown request failed: {e}", file=sys.stderr)
+        deadline = time.monotonic() + args.timeout
+        while pid and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        print("supervisord stopped")
+    else:
+        print("supervisord was not running")
+    removed = unlink_instance(cfg.instance)
+    print(f"unlinked {len(removed)} shared-memory objects of instance {cfg.instance!r}"
+          + (": " + ", ".join(removed) if removed else ""))
+    return 0
+
+
+def _age(ns: int) -> str:
+    s = (time.monotonic_ns() - ns) / 1e9
+    return f"{s:.1f}s" if s < 100 else f"{s:.0f}s"
+
+
+def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
+    print(f"instance {cfg.instance}  profile {cfg.profile}")
+    procs = {}
+    if sup.running():
+        procs = {p["name"]: p for p in sup.processes()}
+    else:
+        print("supervisord: not running")
+    try:
+        st = StatusTable.open(cfg.instance)
+        rows = st.read_all()
+    except (SegmentNotFound, SegmentNotReady, LayoutMismatch):
+        rows = {}
+    print(f"\n{'program':<10} {'supervisor':<10} {'pid':>7} {'uptime':>8}  {'state':<12} {'heartbeat':>9} "
+          f"{'in':>9} {'out':>9} {'dropped':>7} {'errors':>6}  detail")
+    for name in PROCESSES:
+        p = procs.get(name, {})
+        r = rows.get(name)
+        up = ""
+        if p.get("statename") == "RUNNING":
+            up = f"{p['now'] - p['start']}s"
+        if r is not None and int(r["pid"]):
+            hb = _age(int(r["heartbeat_ns"])) if r["state"] != State.STOPPED else "-"
+            line = (f"{State(int(r['state'])).name:<12} {hb:>9} {int(r['msgs_in']):>9} {int(r['msgs_out']):>9} "
+                    f"{int(r['dropped']):>7} {int(r['errors']):>6}  {bytes(r['detail']).decode(errors='replace')}")
+        else:
+            line = f"{'-':<12} {'-':>9}"
+        print(f"{name:<10} {p.get('statename', '-'):<10} {p.get('pid', 0) or '-':>7} {up:>8}  {line}")
+    print(f"\n{'ring':<16} {'rows':>4} {'candles':>9} {'global seq':>10}   {'ring':<18} {'records':>9}")
+    for tf in cfg.ingest.timeframes:
+        cells = []
+        for opener in (open_candles, open_indicators):
+            try:
+                t = opener(cfg.instance, tf, cfg.shm.rows, cfg.shm.capacity)
+                names = [n for n in t.names() if n]
+                cells.append((t.table, len(names), int(t.counts().sum()), t.global_seq))
+                t.close()
+            except (SegmentNotFound, SegmentNotReady) as e:
+                cells.append((f"{'candles' if opener is open_candles else 'indicators'}.{tf}", 0, 0, "absent"))
+            except LayoutMismatch as e:
+                cells.append((f"{tf}", 0, 0, "LAYOUT MISMATCH"))
+        (a, an, ac, ag), (b, bn, bc, bg) = cells
+        print(f"{a:<16} {an:>4} {ac:>9} {ag!s:>10}   {b:<18} {bc:>9}")
+    return 0
+
+
+def _flags(f: int) -> str:
+    return "".join(c for bit, c in ((CLOSED, "C"), (BACKFILLED, "B"), (GAP, "G")) if f & bit) or "open"
+
+
+def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
+    tf = args.tf or cfg.monitor.timeframe
+    if tf not in cfg.ingest.timeframes:
+        print(f"--tf {tf}: this profile's timeframes are {', '.join(cfg.ingest.timeframes)}", file=sys.stderr)
+        return 2
+    try:
+        cand = open_candles(cfg.instance, tf, cfg.shm.rows, cfg.shm.capacity)
+    except (SegmentNotFound, SegmentNotReady) as e:
+        print(f"{e}\nIs the instance up? (`smtm up`)", file=sys.stderr)
+        return 1
+    market = args.market.upper()
+    row = cand.row_of(market)
+    if row is None:
+        print(f"{market} has no candles in instance {cfg.instance!r}; markets: "
+              f"{', '.join(n for n in cand.names() if n)}", file=sys.stderr)
+        return 1
+    recs, cnt = cand.read_last(row, args.n)
+    first = cnt - len(recs)
+    fast = np.full(len(recs), np.nan)
+    slow = np.full(len(recs), np.nan)
+    try:
+        ind = open_indicators(cfg.instance, tf, cfg.shm.rows, cfg.shm.capacity)
+        irow = ind.row_of(market)
+        if irow is not None:
+            irecs, _ = ind.read_range(irow, first, cnt)
+            k = len(irecs)
+            ok = irecs["t"] == recs["t"][:k]
+            fast[:k] = np.where(ok, irecs["ema_fast"], np.nan)
+            slow[:k] = np.where(ok, irecs["ema_slow"], np.nan)
+    except (SegmentNotFound, SegmentNotReady, SeqlockTimeout):
+        pass
+    ef, es = cfg.indicator.ema_fast, cfg.indicator.ema_slow
+    print(f"{market} {tf}  ({cnt} candles written, instance {cfg.instance})")
+    hdr = (f"{'start (UTC)':<17} {'open':>14} {'high':>14} {'low':>14} {'close':>14} {'volume':>16} "
+           f"{'trades':>6} {'EMA' + str(ef):>16} {'EMA' + str(es):>16}  flags")
+    print(hdr)
+    for r, f, s in zip(recs, fast, slow):
+        when = datetime.fromtimestamp(int(r["t"]), timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"{when:<17} {format_krw(r['o']):>14} {format_krw(r['h']):>14} {format_krw(r['l']):>14} "
+              f"{format_krw(r['c']):>14} {float(r['v']):>16.8f} {int(r['n']):>6} {format_krw(f):>16} "
+              f"{format_krw(s):>16}  {_flags(int(r['flags']))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `smtm status | head` must not trace back
+    ap = argparse.ArgumentParser(prog="smtm", description="SMTM-NG: start, stop and inspect an instance")
+    ap.add_argument("--conf", type=Path, default=DEFAULT_CONF, help="supervisord configuration (default: %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start supervisord and every program")
+    up.add_argument("--profile", choices=("replay", "live"), default=None)
+    up.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for RUNNING")
+    down = sub.add_parser("down", help="stop everything and unlink the instance's shared memory")
+    down.add_argument("--timeout", type=float, default=20.0)
+    sub.add_parser("status", help="programs, heartbeats, counters and rings")
+    tail = sub.add_parser("tail", help="latest candles with their EMAs, from shared memory")
+    tail.add_argument("market", help="market code, e.g. KRW-BTC")
+    tail.add_argument("--tf", help="timeframe (default: monitor.timeframe)")
+    tail.add_argument("-n", type=int, default=10, help="candles (default 10)")
+    args = ap.parse_args(argv)
+    profile_file = ROOT / "run" / "profile"
+    profile = getattr(args, "profile", None) or os.environ.get("SMTM_PROFILE")
+    if profile is None and profile_file.exists():
+        profile = profile_file.read_text().strip() or None  # the profile `smtm up` started
+    try:
+        cfg = load_config(profile)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    sup = Supervisor(args.conf)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail}[args.cmd](args, cfg, sup)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
