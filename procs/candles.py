@@ -5,9 +5,11 @@ Upbit's rules: a candle's start is aligned to the timeframe in UTC
 crosses its end; an interval without trades has no candle (the next candle carries
 :data:`~shm.tables.GAP`).
 
-Late trades: a trade older than the market's open candle (it belongs to a candle that
-was already closed) is **not** written: it is counted in ``late`` and dropped, so a
-closed candle never changes. (Gap backfill from REST, which may rewrite history with
+Late trades: a trade older than the market's newest candle in *any* timeframe (it
+belongs to a candle that was already closed) is **not** written to any timeframe:
+ingest checks :meth:`CandleBuilder.is_late` on every builder first and drops the trade
+whole, so a closed candle never changes and the roll-ups stay consistent with the
+finest timeframe. (Gap backfill from REST, which may rewrite history with
 the ``BACKFILLED`` flag, is a separate path.)
 """
 from __future__ import annotations
@@ -40,6 +42,11 @@ class CandleBuilder:
                 self._open[row] = [cnt - 1, int(rec["t"]), float(rec["o"]), float(rec["h"]), float(rec["l"]),
                                    float(rec["c"]), float(rec["v"]), float(rec["value"]), int(rec["n"]),
                                    int(rec["flags"])]
+
+    def is_late(self, row: int, ts_ms: int) -> bool:
+        """True if a trade at ``ts_ms`` falls before the row's newest candle."""
+        st = self._open[row]
+        return st is not None and ts_ms // 1000 // self.tf * self.tf < st[1]
 
     def on_trade(self, row: int, ts_ms: int, price: float, volume: float) -> bool:
         """Apply one trade (``ts_ms`` ms UTC, ``price`` KRW, ``volume`` base units).

@@ -103,12 +103,13 @@ class Ingest:
             self._drop("bad_trade")
             return
         price, vol = float(price), float(vol)
-        wrote = False
         for b in self.builders:
-            wrote |= b.on_trade(row, ts, price, vol)
-        if not wrote:
-            self._drop("late_trade")
-            return
+            if b.is_late(row, ts):
+                b.late += 1
+                self._drop("late_trade")
+                return
+        for b in self.builders:
+            b.on_trade(row, ts, price, vol)
         self.trades += 1
         self.last_price[code] = price
         for ring in self.rings.values():
