@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -168,13 +169,18 @@ class IngestProcess:
             self.stopping.wait(self.cfg.ingest.heartbeat_s)
 
     def stop(self, *_):
+        """SIGTERM/SIGINT: end the read loop by shutting the socket down (a syscall, safe in a
+        signal handler). Never raise here: that could interrupt a seqlock write half-way."""
         self.stopping.set()
-        if self.app is not None:
-            self.app.keep_running = False
-            try:
-                self.app.close()
-            except Exception:  # closing from a signal handler: the socket may be half gone
-                pass
+        app = self.app
+        if app is not None:
+            app.keep_running = False
+            sock = getattr(getattr(app, "sock", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)

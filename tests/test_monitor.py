@@ -1,0 +1,98 @@
+"""The monitor draws what the rings hold: rendered off-screen from real data (pixel counts),
+and as a PyQt6 window under Xvfb (its render loop runs and reports through its status row)."""
+import os
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from procs.config import load_config
+from procs.indicators import ema
+from procs.monitor import MonitorSource
+from procs.replay_data import load_dataset
+from shm.status import StatusTable
+from shm.tables import CANDLE_DTYPE, CLOSED, INDICATOR_DTYPE, create_candles, create_indicators
+from tests.conftest import ROOT, wait_for
+
+
+def fill_rings(instance, market="KRW-BTC", n=300, start=1000):
+    src = load_dataset(ROOT / "data" / "upbit", [market])[market][start:start + n]
+    for tf in ("30m", "4h", "1d"):
+        c = create_candles(instance, tf, 32, 2048)
+        i = create_indicators(instance, tf, 32, 2048)
+        row = c.assign_row(market)
+        i.assign_row(market, row)
+        rec = np.zeros(len(src), CANDLE_DTYPE)
+        for f in ("t", "o", "h", "l", "c", "v", "value"):
+            rec[f] = src[f]
+        rec["flags"] = CLOSED
+        c.write_many(row, 0, rec)
+        c.publish()
+        ind = np.zeros(len(src), INDICATOR_DTYPE)
+        ind["t"], ind["ema_fast"], ind["ema_slow"] = src["t"], ema(src["c"], 12), ema(src["c"], 26)
+        i.write_many(row, 0, ind)
+        i.publish()
+    return src
+
+
+def count_colour(img, rgb, tol=40):
+    d = np.abs(img[..., :3].astype(int) - np.array(rgb)).max(axis=2)
+    return int((d <= tol).sum())
+
+
+def test_offscreen_render_shows_candles_of_both_colours_and_ema_lines(instance, monkeypatch):
+    from render import chart
+    from render.app import render_once
+    monkeypatch.setenv("SMTM_INSTANCE", instance)
+    src = fill_rings(instance)
+    img = render_once(MonitorSource(load_config("replay")), size=(1000, 600), max_candles=120)
+    assert img.shape == (600, 1000, 4)
+    rgb = lambda c: tuple(int(round(x * 255)) for x in c[:3])
+    rise, fall = count_colour(img, rgb(chart.RISE)), count_colour(img, rgb(chart.FALL))
+    fast, slow = count_colour(img, rgb(chart.EMA_FAST)), count_colour(img, rgb(chart.EMA_SLOW))
+    last = src[-120:]
+    n_rise = int((last["c"] >= last["o"]).sum())
+    assert 0 < n_rise < 120
+    assert rise > 20 * n_rise and fall > 20 * (120 - n_rise), (rise, fall)
+    assert fast > 500 and slow > 500, (fast, slow)
+    # nothing else tints the chart in candle colours: an empty market renders none of them
+    empty = MonitorSource(load_config("replay"))
+    empty.market = "KRW-ETH"
+    img2 = render_once(empty, size=(1000, 600), max_candles=120)
+    assert count_colour(img2, rgb(chart.RISE)) == 0 and count_colour(img2, rgb(chart.FALL)) == 0
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb not installed (make test installs it as root)")
+def test_qt_window_runs_its_render_loop(env):
+    fill_rings(env.instance)
+    env.write_overlay()
+    display = f":{90 + os.getpid() % 100}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        env.env["DISPLAY"] = display
+        env.env["QT_QPA_PLATFORM"] = "xcb"
+        env.start("monitor")
+        st = wait_for(lambda: _open(env.instance), 30, "the monitor's status row")
+        r0 = wait_for(lambda: (lambda r: r if int(r["msgs_out"]) > 0 else None)(st.read("monitor")), 60,
+                      "the first frame in the window")
+        assert bytes(r0["detail"]).startswith(b"window on")
+        t0, ticks0 = time.monotonic(), int(r0["msgs_in"])
+        time.sleep(3.0)
+        r1 = st.read("monitor")
+        hz = (int(r1["msgs_in"]) - ticks0) / (time.monotonic() - t0)
+        assert hz > 30, f"render timer ran at {hz:.1f} Hz"
+    finally:
+        env.stop_all()
+        xvfb.terminate()
+        xvfb.wait(timeout=10)
+
+
+def _open(instance):
+    try:
+        return StatusTable.open(instance)
+    except Exception:
+        return None

@@ -1,0 +1,99 @@
+"""Under supervisord: kill -9 of the monitor is repaired without the engine noticing, and
+`supervisorctl stop ingest` stops only ingest. Uses the repository's own supervisord.conf,
+with its run directory and interpreter pointed at this test's."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from procs.cli import Supervisor
+from shm.status import State, StatusTable
+from shm.tables import open_candles
+from tests.conftest import ROOT, wait_for
+
+
+@pytest.fixture
+def supervised(env):
+    env.write_overlay(markets=["KRW-BTC", "KRW-ETH", "KRW-XRP"], speed=3600.0)
+    run = env.tmp / "sv"
+    (run / "run" / "logs").mkdir(parents=True)
+    text = (ROOT / "supervisord.conf").read_text()
+    text = text.replace("%(here)s/.venv/bin/python", sys.executable).replace("%(here)s/run", str(run / "run"))
+    text = text.replace("%(here)s", str(ROOT))
+    conf = run / "supervisord.conf"
+    conf.write_text(text)
+    e = dict(env.env, SMTM_REPLAY="true")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", str(conf)], env=e, check=True)
+    sup = Supervisor(conf)
+    try:
+        wait_for(lambda: sup.running() and all(p["statename"] == "RUNNING" for p in sup.processes()), 60,
+                 "every program RUNNING")
+        yield env, sup, conf
+    finally:
+        try:
+            pid = sup.rpc().supervisor.getPID()
+            sup.rpc().supervisor.shutdown()
+            wait_for(lambda: not _alive(pid), 30, "supervisord to exit")
+        except OSError:
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_monitor_crash_is_invisible_to_the_engine(supervised):
+    env, sup, conf = supervised
+    st = wait_for(lambda: _status(env.instance), 30, "the status table")
+    wait_for(lambda: int(st.read("monitor")["msgs_out"]) > 0, 60, "the monitor's first frame")
+    ring = wait_for(lambda: _ring(env.instance), 30, "candles.30m")
+    wait_for(lambda: ring.counts().sum() > 0, 60, "candles")
+    pids = {p["name"]: p["pid"] for p in sup.processes()}
+    count0 = int(ring.counts().sum())
+    t0 = time.monotonic()
+    os.kill(pids["monitor"], signal.SIGKILL)
+    r = wait_for(lambda: (lambda r: r if int(r["pid"]) not in (0, pids["monitor"]) and int(r["msgs_out"]) > 0
+                          else None)(st.read("monitor")), 30, "the restarted monitor's first frame")
+    restart_s = time.monotonic() - t0
+    print(f"monitor drawing again {restart_s:.2f} s after kill -9")
+    now = {p["name"]: p["pid"] for p in sup.processes()}
+    assert now["monitor"] == int(r["pid"]) != pids["monitor"]
+    for name in ("exchange", "ingest", "indicator"):
+        assert now[name] == pids[name], f"{name} was restarted"
+    wait_for(lambda: int(ring.counts().sum()) > count0, 30, "ring counts to keep growing")
+    assert restart_s < 10
+
+
+def test_stop_ingest_stops_only_ingest(supervised):
+    env, sup, conf = supervised
+    st = wait_for(lambda: _status(env.instance), 30, "the status table")
+    wait_for(lambda: st.read("ingest")["state"] == State.RUNNING, 60, "ingest RUNNING")
+    ctl = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+    out = subprocess.run([ctl, "-c", str(conf), "stop", "ingest"], capture_output=True, text=True, timeout=30)
+    assert "ingest: stopped" in out.stdout
+    states = {p["name"]: p["statename"] for p in sup.processes()}
+    assert states == {"exchange": "RUNNING", "ingest": "STOPPED", "indicator": "RUNNING", "monitor": "RUNNING"}
+    assert st.read("ingest")["state"] == State.STOPPED
+    out = subprocess.run([ctl, "-c", str(conf), "start", "ingest"], capture_output=True, text=True, timeout=30)
+    assert "ingest: started" in out.stdout
+
+
+def _status(instance):
+    try:
+        return StatusTable.open(instance)
+    except Exception:
+        return None
+
+
+def _ring(instance):
+    try:
+        return open_candles(instance, "30m", 32, 2048)
+    except Exception:
+        return None
