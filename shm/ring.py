@@ -91,7 +91,11 @@ class RingTable:
         self._seq = self.control["seq"]
         self._count = self.control["count"]
         self._names = self.control["name"]
-        self.data = seg.payload(self.dtype, (n_rows, capacity), _round_up(n_rows * CONTROL_DTYPE.itemsize))
+        data_off = _round_up(n_rows * CONTROL_DTYPE.itemsize)
+        self.data = seg.payload(self.dtype, (n_rows, capacity), data_off)
+        # The same bytes as uint8: numpy copies structured records field by field (~13 µs for
+        # 200 candles); copying raw bytes and viewing them as records is one memcpy (~1 µs).
+        self._raw = seg.payload(np.uint8, (n_rows, capacity * self.dtype.itemsize), data_off)
         self._name_cache: dict[str, int] = {}
         self._name_cache_gseq = -1
 
@@ -121,7 +125,7 @@ class RingTable:
         return cls(seg, table, dtype, n_rows, capacity, seqlock=seqlock)
 
     def close(self) -> None:
-        self.control = self._seq = self._count = self._names = self.data = None
+        self.control = self._seq = self._count = self._names = self.data = self._raw = None
         self.seg.close()
 
     # -- rows -----------------------------------------------------------------------
@@ -234,9 +238,13 @@ class RingTable:
         if n <= 0:
             return np.empty(0, dtype=self.dtype)
         i0 = start % self.capacity
+        sz = self.dtype.itemsize
+        raw = self._raw[row]
         if i0 + n <= self.capacity:
-            return self.data[row, i0:i0 + n].copy()
-        return np.concatenate((self.data[row, i0:], self.data[row, :i0 + n - self.capacity]))
+            out = raw[i0 * sz:(i0 + n) * sz].copy()
+        else:
+            out = np.concatenate((raw[i0 * sz:], raw[:(i0 + n - self.capacity) * sz]))
+        return out.view(self.dtype)
 
     def read_last(self, row: int, n: int, max_spins: int = 100_000) -> tuple[np.ndarray, int]:
         """Copy of the newest ``min(n, count, capacity)`` records, oldest first.

@@ -1,0 +1,46 @@
+"""Collects the figures the benchmarks measure and prints p50/p99 and ratios at the end."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shm.segment import unlink_instance
+
+RESULTS: dict[str, dict] = {}
+
+
+@pytest.fixture
+def instance():
+    name = f"b{uuid.uuid4().hex[:10]}"
+    yield name
+    unlink_instance(name)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    w = terminalreporter.write_line
+    w("")
+    w("SMTM-NG data-plane figures (this run)")
+    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v]
+    if lat:
+        w(f"  {'one-way wake latency, writer -> reader process':<52} {'p50 us':>8} {'p99 us':>8} {'msgs':>7}")
+        for k, v in lat:
+            w(f"  {k:<52} {v['p50_us']:>8.1f} {v['p99_us']:>8.1f} {v['n']:>7}")
+        base = RESULTS.get("ring, spin-then-park")
+        zmq = RESULTS.get("pyzmq PUB/SUB ipc://")
+        sem = RESULTS.get("ring, semaphore wake")
+        if base and zmq:
+            w(f"  ratio ZeroMQ / ring spin-then-park: p50 {zmq['p50_us'] / base['p50_us']:.1f}x, "
+              f"p99 {zmq['p99_us'] / base['p99_us']:.1f}x")
+        if sem and zmq:
+            w(f"  ratio ZeroMQ / ring semaphore:      p50 {zmq['p50_us'] / sem['p50_us']:.1f}x, "
+              f"p99 {zmq['p99_us'] / sem['p99_us']:.1f}x")
+    cp = RESULTS.get("copy"), RESULTS.get("json")
+    if all(cp):
+        w(f"  200 candles: ring copy {cp[0]['median_us']:.2f} us vs json.loads {cp[1]['median_us']:.1f} us "
+          f"(median) -> {cp[1]['median_us'] / cp[0]['median_us']:.0f}x")
+    for k, v in RESULTS.items():
+        if "cpu_pct" in v:
+            w(f"  idle consumer CPU, {k:<34} {v['cpu_pct']:>6.1f} % of a core")
