@@ -167,7 +167,7 @@ class CandleChart:
                                    parent=self.view.scene)
         self.ema_slow = scene.Line(np.zeros((2, 2), np.float32), color=EMA_SLOW, width=2, method="gl",
                                    parent=self.view.scene)
-        self.placeholder = scene.Text("waiting for data", color=TEXT, font_size=14, pos=(0.5, 0.5),
+        self.waiting_text = scene.Text("waiting for data", color=TEXT, font_size=14, pos=(0.5, 0.5),
                                       parent=self.view.scene)
         self._range: tuple | None = None
         self._xkey: tuple | None = None
@@ -191,9 +191,9 @@ class CandleChart:
             self.bodies.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
             self.wicks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
             self.ema_fast.visible = self.ema_slow.visible = False
-            self.placeholder.visible = True
+            self.waiting_text.visible = True
             return
-        self.placeholder.visible = False
+        self.waiting_text.visible = False
         lo = float(candles["l"].min())
         hi = float(candles["h"].max())
         for e in (ema_fast, ema_slow):
