@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     source = MonitorSource(cfg, row)
     mc = cfg.monitor
     offscreen = args.offscreen or os.environ.get("SMTM_MONITOR_OFFSCREEN") == "1" or not os.environ.get("DISPLAY")
+    t0 = time.perf_counter()
     from render.app import run_offscreen, run_window  # imports VisPy (and Qt for the window)
+    log.info("render imported in %.0f ms", (time.perf_counter() - t0) * 1e3)
     try:
         if offscreen:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)

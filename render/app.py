@@ -72,6 +72,7 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
 
     canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
     chart = CandleChart(canvas, max_candles)
+    chart.show_text(False)  # candles first; glyphs on the next frame
     stats = FrameStats()
     state = {"last_status": 0.0, "draw_start": 0.0}
 
@@ -82,6 +83,10 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
         stats.frames += 1
         stats.draw_ms = (time.perf_counter() - state["draw_start"]) * 1000
         stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
+        if stats.frames == 1:
+            source.report(stats)
+            chart.show_text(True)
+            canvas.update()
 
     canvas.events.draw.connect(on_draw_start, position="first")
     canvas.events.draw.connect(on_draw_end, position="last")
@@ -147,9 +152,15 @@ def render_once(source, *, size: tuple[int, int], max_candles: int) -> np.ndarra
 def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, snapshot_interval_s: float,
                   should_run=lambda: True) -> int:
     """Render off-screen until ``should_run()`` is false, writing PNG snapshots."""
+    import logging
+    log = logging.getLogger("smtm.monitor")
+    t_start = time.perf_counter()
     from .chart import CandleChart
     canvas = make_offscreen_canvas(size)
+    t_canvas = time.perf_counter()
     chart = CandleChart(canvas, max_candles)
+    t_chart = time.perf_counter()
+    chart.show_text(False)  # candles first; glyphs on the next frame
     stats = FrameStats()
     period = 1.0 / fps
     last_status = last_snap = 0.0
@@ -177,6 +188,12 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
             dirty = False
             if stats.frames == 1:
                 source.report(stats)  # announce the first frame at once (restart time)
+                log.info("first frame (candles, no text): EGL canvas %.0f ms, scene %.0f ms, render %.0f ms",
+                         (t_canvas - t_start) * 1e3, (t_chart - t_canvas) * 1e3, stats.draw_ms)
+                chart.show_text(True)
+                dirty = True
+            elif stats.frames == 2:
+                log.info("second frame (with text) %.0f ms after start", (time.perf_counter() - t_start) * 1e3)
         if img is not None and now - last_snap >= snapshot_interval_s:
             _write_png(str(source.snapshot_path), img)
             last_snap = now
