@@ -14,7 +14,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import struct
 import tempfile
 import time
 

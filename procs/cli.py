@@ -182,9 +182,9 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
                 names = [n for n in t.names() if n]
                 cells.append((t.table, len(names), int(t.counts().sum()), t.global_seq))
                 t.close()
-            except (SegmentNotFound, SegmentNotReady) as e:
+            except (SegmentNotFound, SegmentNotReady):
                 cells.append((f"{'candles' if opener is open_candles else 'indicators'}.{tf}", 0, 0, "absent"))
-            except LayoutMismatch as e:
+            except LayoutMismatch:
                 cells.append((f"{tf}", 0, 0, "LAYOUT MISMATCH"))
         (a, an, ac, ag), (b, bn, bc, bg) = cells
         print(f"{a:<16} {an:>4} {ac:>9} {ag!s:>10}   {b:<18} {bc:>9}")

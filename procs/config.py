@@ -234,6 +234,25 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
     return cfg
 
 
+def process_start(prog: str, description: str, argv: list[str] | None = None, add_args=None):
+    """Common start of every process: ``--profile`` (plus ``add_args(parser)``), logging, and the
+    validated configuration. Returns ``(cfg, args)``, or ``(None, args)`` after logging a
+    :class:`ConfigError` (the caller exits with status 2)."""
+    import argparse
+    import logging
+    ap = argparse.ArgumentParser(prog=f"python -m procs.{prog}", description=description)
+    ap.add_argument("--profile", help="configuration profile (default: SMTM_PROFILE or replay)")
+    if add_args is not None:
+        add_args(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return load_config(args.profile), args
+    except ConfigError as e:
+        logging.getLogger(f"smtm.{prog}").error("configuration error: %s", e)
+        return None, args
+
+
 def config_summary(cfg: Config) -> dict:
     """A JSON-able view of the configuration (no secrets live here)."""
     out: dict = {"profile": cfg.profile, "instance": cfg.instance, "markets": list(cfg.markets)}

@@ -26,7 +26,6 @@ orderbook and ticker streams.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -39,7 +38,7 @@ from aiohttp import WSMsgType, web
 
 from shm.status import State, StatusRow, StatusTable
 
-from .config import ConfigError, load_config
+from .config import process_start
 from .replay_data import ReplayTape, load_market_all, rollup
 
 log = logging.getLogger("smtm.exchange")
@@ -435,16 +434,11 @@ async def serve(exchange: ReplayExchange, host: str, port: int, stop: asyncio.Ev
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m procs.exchange", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", help="configuration profile (default: SMTM_PROFILE or replay)")
-    ap.add_argument("--speed", type=float, help="replay seconds per wall second; 0 = as fast as consumers keep up")
-    ap.add_argument("--port", type=int, help="TCP port on the configured host (loopback)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
+    def add_args(ap):
+        ap.add_argument("--speed", type=float, help="replay seconds per wall second; 0 = as fast as consumers keep up")
+        ap.add_argument("--port", type=int, help="TCP port on the configured host (loopback)")
+    cfg, args = process_start("exchange", "Upbit-compatible replay exchange on loopback", argv, add_args)
+    if cfg is None:
         return 2
     ex_cfg = cfg.exchange
     speed = ex_cfg.speed if args.speed is None else args.speed

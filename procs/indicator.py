@@ -14,7 +14,6 @@ the ring's oldest candle.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import time
@@ -27,7 +26,7 @@ from shm.status import State, StatusRow, StatusTable
 from shm.tables import CLOSED, INDICATOR_DTYPE, create_indicators, open_candles
 from shm.wake import SpinThenPark, open_semaphore
 
-from .config import Config, ConfigError, load_config
+from .config import Config, process_start
 from .indicators import Ema
 
 log = logging.getLogger("smtm.indicator")
@@ -173,16 +172,8 @@ class IndicatorProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m procs.indicator", description="candles → indicators")
-    ap.add_argument("--profile")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2
-    return IndicatorProcess(cfg).run()
+    cfg, _ = process_start("indicator", "candles → indicators", argv)
+    return 2 if cfg is None else IndicatorProcess(cfg).run()
 
 
 if __name__ == "__main__":

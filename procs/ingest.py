@@ -15,7 +15,6 @@ and resends the full subscription (Upbit forgets subscriptions with the connecti
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ from shm.tables import create_candles
 from shm.wake import Waker
 
 from .candles import CandleBuilder
-from .config import Config, ConfigError, load_config, tf_seconds
+from .config import Config, process_start, tf_seconds
 
 log = logging.getLogger("smtm.ingest")
 
@@ -208,16 +207,8 @@ class IngestProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m procs.ingest", description="Upbit trades → shared-memory candles")
-    ap.add_argument("--profile")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return 2
-    return IngestProcess(cfg).run()
+    cfg, _ = process_start("ingest", "Upbit trades → shared-memory candles", argv)
+    return 2 if cfg is None else IngestProcess(cfg).run()
 
 
 if __name__ == "__main__":

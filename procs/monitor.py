@@ -14,7 +14,6 @@ With ``DISPLAY`` set it opens a PyQt6 window (60 Hz render timer); without one (
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ from shm.tables import CANDLE_DTYPE, open_candles, open_indicators
 
 from render.text import format_krw
 
-from .config import Config, ConfigError, load_config
+from .config import Config, process_start
 
 log = logging.getLogger("smtm.monitor")
 
@@ -191,15 +190,9 @@ class MonitorSource:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m procs.monitor", description="VisPy monitor of the shared-memory rings")
-    ap.add_argument("--profile")
-    ap.add_argument("--offscreen", action="store_true", help="render off-screen even with a display")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = load_config(args.profile)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
+    cfg, args = process_start("monitor", "VisPy monitor of the shared-memory rings", argv, lambda ap: ap.add_argument(
+        "--offscreen", action="store_true", help="render off-screen even with a display"))
+    if cfg is None:
         return 2
     row = StatusRow(StatusTable.writer(cfg.instance), "monitor")
     source = MonitorSource(cfg, row)

@@ -2,7 +2,6 @@
 counted and dropped, never written to a ring."""
 import json
 
-import numpy as np
 import pytest
 
 from procs.config import load_config

@@ -5,7 +5,6 @@ the source candles (o h l c and volume bit for bit, value to float rounding), th
 1 d roll-ups equal an independent pandas resample of the source, and the EMAs in
 ``indicators.30m`` equal TA-Lib's on the same closes.
 """
-import json
 
 import numpy as np
 import pandas as pd

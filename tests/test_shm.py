@@ -1,5 +1,4 @@
 """The data plane's contracts: read-only readers, layout checks, restart, cleanup, rings."""
-import mmap
 
 import numpy as np
 import pytest
