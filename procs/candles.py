@@ -5,6 +5,10 @@ Upbit's rules: a candle's start is aligned to the timeframe in UTC
 crosses its end; an interval without trades has no candle (the next candle carries
 :data:`~shm.tables.GAP`).
 
+Open and close follow trade time, not arrival: a trade older than the candle's earliest
+trade so far becomes its open, one at least as new as its latest becomes its close (Upbit
+does not guarantee delivery order).
+
 Late trades: a trade older than the market's newest candle in *any* timeframe (it
 belongs to a candle that was already closed) is **not** written to any timeframe:
 ingest checks :meth:`CandleBuilder.is_late` on every builder first and drops the trade
@@ -34,14 +38,26 @@ class CandleBuilder:
         self.writes = 0
         # per row: [index, t, o, h, l, c, v, value, n, flags] of the newest candle, or None
         self._open: list[list | None] = [None] * ring.n_rows
+        # per row: trade times (ms) of the current open and close; after a restart the open's
+        # time is unknown (taken as the candle start) and the next trade sets the close
+        self._first_ts: list[int] = [0] * ring.n_rows
+        self._last_ts: list[int] = [0] * ring.n_rows
         self._buf = np.zeros(2, dtype=CANDLE_DTYPE)
         for row in range(ring.n_rows):
-            cnt = ring.count(row)
-            if cnt:
-                rec = ring.read_last(row, 1)[0][0]
-                self._open[row] = [cnt - 1, int(rec["t"]), float(rec["o"]), float(rec["h"]), float(rec["l"]),
-                                   float(rec["c"]), float(rec["v"]), float(rec["value"]), int(rec["n"]),
-                                   int(rec["flags"])]
+            self.reload(row, 0)
+
+    def reload(self, row: int, last_ts_ms: int) -> None:
+        """Re-read the row's newest candle after its history was rewritten (backfill);
+        ``last_ts_ms`` is the time of the last trade it already contains."""
+        cnt = self.ring.count(row)
+        if cnt == 0:
+            self._open[row] = None
+            return
+        rec = self.ring.read_last(row, 1)[0][0]
+        self._open[row] = [cnt - 1, int(rec["t"]), float(rec["o"]), float(rec["h"]), float(rec["l"]),
+                           float(rec["c"]), float(rec["v"]), float(rec["value"]), int(rec["n"]), int(rec["flags"])]
+        self._first_ts[row] = int(rec["t"]) * 1000
+        self._last_ts[row] = max(last_ts_ms, int(rec["t"]) * 1000)
 
     def is_late(self, row: int, ts_ms: int) -> bool:
         """True if a trade at ``ts_ms`` falls before the row's newest candle."""
@@ -62,7 +78,12 @@ class CandleBuilder:
                 st[3] = price
             if price < st[4]:
                 st[4] = price
-            st[5] = price
+            if ts_ms < self._first_ts[row]:
+                st[2] = price
+                self._first_ts[row] = ts_ms
+            if ts_ms >= self._last_ts[row]:
+                st[5] = price
+                self._last_ts[row] = ts_ms
             st[6] += volume
             st[7] += price * volume
             st[8] += 1
@@ -80,6 +101,7 @@ class CandleBuilder:
                 buf[0] = tuple(new[1:])
                 self.ring.write(row, new[0], buf[0])
             self._open[row] = new
+            self._first_ts[row] = self._last_ts[row] = ts_ms
         else:
             self.late += 1
             return False

@@ -4,6 +4,9 @@
     smtm down                         stop supervisord, unlink the instance's shared memory
     smtm status                       programs (state, pid, uptime), heartbeats, counters, rings
     smtm tail MARKET [--tf 30m] [-n 10]  latest candles and EMAs, read from shared memory
+    smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
+    smtm replay status | speed X | pause | resume   the replay exchange's clock
+    smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
 
 The supervisord configuration is ``supervisord.conf`` at the repository root (``--conf``
 names another). Supervision itself is supervisord's (XML-RPC over its Unix socket);
@@ -159,7 +162,7 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
     except (SegmentNotFound, SegmentNotReady, LayoutMismatch):
         rows = {}
     print(f"\n{'program':<10} {'supervisor':<10} {'pid':>7} {'uptime':>8}  {'state':<12} {'heartbeat':>9} "
-          f"{'in':>9} {'out':>9} {'dropped':>7} {'errors':>6}  detail")
+          f"{'in':>9} {'out':>9} {'dropped':>7} {'errors':>6} {'reconn':>6}  detail")
     for name in PROCESSES:
         p = procs.get(name, {})
         r = rows.get(name)
@@ -169,7 +172,8 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
         if r is not None and int(r["pid"]):
             hb = _age(int(r["heartbeat_ns"])) if r["state"] != State.STOPPED else "-"
             line = (f"{State(int(r['state'])).name:<12} {hb:>9} {int(r['msgs_in']):>9} {int(r['msgs_out']):>9} "
-                    f"{int(r['dropped']):>7} {int(r['errors']):>6}  {bytes(r['detail']).decode(errors='replace')}")
+                    f"{int(r['dropped']):>7} {int(r['errors']):>6} {int(r['reconnects']):>6}  "
+                    f"{bytes(r['detail']).decode(errors='replace')}")
         else:
             line = f"{'-':<12} {'-':>9}"
         print(f"{name:<10} {p.get('statename', '-'):<10} {p.get('pid', 0) or '-':>7} {up:>8}  {line}")
@@ -239,6 +243,71 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
     return 0
 
 
+def cmd_universe(args, cfg: Config, sup: Supervisor) -> int:
+    from shm.symbols import IN_UNIVERSE, SymbolsTable
+    if args.action == "set":
+        codes = [c.strip().upper() for c in args.codes.split(",") if c.strip()]
+        bad = [c for c in codes if not c.startswith("KRW-") or len(c) > 16]
+        if not codes or bad:
+            print(f"universe set: expected comma-separated KRW market codes, bad: {bad or 'none given'}", file=sys.stderr)
+            return 2
+        t = SymbolsTable.writer(cfg.instance, cfg.shm.rows)
+        ver = t.write([(c, IN_UNIVERSE, 0, 0.0) for c in dict.fromkeys(codes)])
+        print(f"universe version {ver}: {', '.join(dict.fromkeys(codes))}")
+        return 0
+    try:
+        t = SymbolsTable.open(cfg.instance, cfg.shm.rows)
+    except (SegmentNotFound, SegmentNotReady):
+        print(f"no symbols table yet: the universe is markets.codes = {', '.join(cfg.markets)}")
+        return 0
+    rows, ver = t.read()
+    print(f"universe version {ver}")
+    for r in rows:
+        print(f"  {bytes(r['code']).decode():<16} flags={int(r['flags'])} rank={int(r['rank'])}")
+    return 0
+
+
+def _admin(cfg: Config, method: str, path: str, body: dict | None = None):
+    import requests
+    url = f"http://{cfg.exchange.host}:{cfg.exchange.port}{path}"
+    try:
+        r = requests.request(method, url, json=body, timeout=5)
+    except requests.RequestException as e:
+        raise SystemExit(f"replay exchange not reachable at {url}: {e}")
+    doc = r.json()
+    if r.status_code >= 400:
+        raise SystemExit(f"{url}: {doc.get('error', doc)}")
+    return doc
+
+
+def _progress_line(p: dict) -> str:
+    state = "finished" if p["finished"] else "paused" if p["paused"] else "running" if p["started"] else "waiting for a subscriber"
+    return (f"replay {state}: {p['replay_time']}  {p['percent']:.1f}% ({p['position']:,}/{p['trades']:,} trades)  "
+            f"speed x{p['speed']:g}{' (as fast as consumers keep up)' if p['speed'] == 0 else ''}  clients {p['clients']}")
+
+
+def cmd_replay(args, cfg: Config, sup: Supervisor) -> int:
+    if args.action == "status":
+        print(_progress_line(_admin(cfg, "GET", "/replay/status")))
+        return 0
+    if args.action == "speed":
+        if args.value is None:
+            print("replay speed: give a number (replay seconds per wall second; 0 = as fast as possible)", file=sys.stderr)
+            return 2
+        body = {"speed": args.value}
+    else:
+        body = {args.action: True}
+    print(_progress_line(_admin(cfg, "POST", "/replay/control", body)))
+    return 0
+
+
+def cmd_fault(args, cfg: Config, sup: Supervisor) -> int:
+    body = {"type": args.type, "count": args.count, "seconds": args.seconds}
+    state = _admin(cfg, "POST", "/faults", body)
+    print(f"fault {args.type} injected; now: " + ", ".join(f"{k}={v}" for k, v in state.items() if k != "applied"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `smtm status | head` must not trace back
     ap = argparse.ArgumentParser(prog="smtm", description="SMTM-NG: start, stop and inspect an instance")
@@ -254,6 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("market", help="market code, e.g. KRW-BTC")
     tail.add_argument("--tf", help="timeframe (default: monitor.timeframe)")
     tail.add_argument("-n", type=int, default=10, help="candles (default 10)")
+    uni = sub.add_parser("universe", help="set or show the market universe (the symbols table)")
+    uni.add_argument("action", choices=("set", "show"))
+    uni.add_argument("codes", nargs="?", default="", help="comma-separated market codes (set)")
+    rp = sub.add_parser("replay", help="replay exchange: status, speed X, pause, resume")
+    rp.add_argument("action", choices=("status", "speed", "pause", "resume"))
+    rp.add_argument("value", nargs="?", type=float, help="speed: replay seconds per wall second (0 = max)")
+    fl = sub.add_parser("fault", help="inject a fault into the replay exchange")
+    from .faults import FAULT_TYPES
+    fl.add_argument("type", choices=FAULT_TYPES)
+    fl.add_argument("--count", type=int, default=1, help="frames/trades/requests affected (default 1)")
+    fl.add_argument("--seconds", type=float, default=0.0, help="duration (stall, rest_418, rest_slow, drop outage)")
     args = ap.parse_args(argv)
     profile_file = ROOT / "run" / "profile"
     profile = getattr(args, "profile", None) or os.environ.get("SMTM_PROFILE")
@@ -265,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     sup = Supervisor(args.conf)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail}[args.cmd](args, cfg, sup)
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "universe": cmd_universe,
+            "replay": cmd_replay, "fault": cmd_fault}[args.cmd](args, cfg, sup)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,15 @@ class IngestConfig:
     rest_url: str = "http://127.0.0.1:8765"
     timeframes: tuple[str, ...] = ("30m", "4h", "1d")
     format: str = "SIMPLE"          #: WebSocket format requested: DEFAULT or SIMPLE
-    ping_interval_s: float = 30.0   #: WebSocket ping period (Upbit closes after 120 s idle)
+    ping_interval_s: float = 30.0   #: WebSocket ping-frame period (Upbit closes after 120 s idle)
     ping_timeout_s: float = 10.0
-    reconnect_delay_s: float = 1.0
+    keepalive_s: float = 10.0       #: send the text ``PING`` (answered ``{"status":"UP"}``) this often
+    stall_timeout_s: float = 15.0   #: no frame at all for this long = stalled: reconnect
+    backoff_base_s: float = 0.5     #: first reconnect delay; doubles per failed attempt ...
+    backoff_cap_s: float = 30.0     #: ... up to this, each with +-50 % jitter
+    max_connects_per_s: float = 5.0  #: Upbit: 5 connection attempts per second
+    dedupe_window: int = 8192       #: sequential_ids remembered per market to drop duplicates
+    subscribe_ticker: bool = False  #: also subscribe to ``ticker`` (live profile)
     heartbeat_s: float = 0.25
 
 
@@ -158,7 +164,13 @@ _RULES: dict[str, dict[str, dict]] = {
                "format": dict(typ=str, choices=("DEFAULT", "SIMPLE")),
                "ping_interval_s": dict(typ=float, lo=1.0, hi=110.0),
                "ping_timeout_s": dict(typ=float, lo=0.5, hi=60.0),
-               "reconnect_delay_s": dict(typ=float, lo=0.01, hi=60.0),
+               "keepalive_s": dict(typ=float, lo=0.5, hi=110.0),
+               "stall_timeout_s": dict(typ=float, lo=0.5, hi=600.0),
+               "backoff_base_s": dict(typ=float, lo=0.01, hi=60.0),
+               "backoff_cap_s": dict(typ=float, lo=0.01, hi=600.0),
+               "max_connects_per_s": dict(typ=float, lo=0.1, hi=5.0),
+               "dedupe_window": dict(typ=int, lo=16, hi=1_000_000),
+               "subscribe_ticker": dict(typ=bool),
                "heartbeat_s": dict(typ=float, lo=0.01, hi=1.0)},
     "indicator": {"ema_fast": dict(typ=int, lo=2, hi=1000), "ema_slow": dict(typ=int, lo=2, hi=1000),
                   "spin_us": dict(typ=float, lo=0.0, hi=100_000.0),
@@ -228,6 +240,8 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
         raise ConfigError(f"indicator.ema_fast = {cfg.indicator.ema_fast} must be < indicator.ema_slow = {cfg.indicator.ema_slow}")
     if len(cfg.markets) > cfg.shm.rows:
         raise ConfigError(f"shm.rows = {cfg.shm.rows} is less than the {len(cfg.markets)} markets in markets.codes")
+    if cfg.ingest.backoff_cap_s < cfg.ingest.backoff_base_s:
+        raise ConfigError(f"ingest.backoff_cap_s = {cfg.ingest.backoff_cap_s} must be >= ingest.backoff_base_s")
     if cfg.monitor.timeframe not in cfg.ingest.timeframes:
         raise ConfigError(f"monitor.timeframe = {cfg.monitor.timeframe!r}: allowed values are the ingest timeframes "
                           f"{', '.join(cfg.ingest.timeframes)}")

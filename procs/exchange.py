@@ -29,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import time
+from collections import deque
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -39,6 +41,7 @@ from aiohttp import WSMsgType, web
 from shm.status import State, StatusRow, StatusTable
 
 from .config import process_start
+from .faults import FaultError, FaultInjector, RestLimits
 from .replay_data import ReplayTape, load_market_all, rollup
 
 log = logging.getLogger("smtm.exchange")
@@ -113,9 +116,10 @@ def parse_request(req) -> tuple[str, dict[str, set[str]], str, dict[str, bool]] 
 class Client:
     """One WebSocket connection and its current subscription."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str):
+    def __init__(self, ws: web.WebSocketResponse, peer: str, transport=None):
         self.ws = ws
         self.peer = peer
+        self.transport = transport
         self.types: dict[str, set[str]] = {}
         self.format = "DEFAULT"
         self.ticket = ""
@@ -125,6 +129,11 @@ class Client:
     def wants(self, ty: str, code: str) -> bool:
         codes = self.types.get(ty)
         return codes is not None and code in codes
+
+    async def send_raw(self, frame: bytes) -> None:
+        await self.ws.send_bytes(frame)
+        self.sent += 1
+        self.last_activity = time.monotonic()
 
     async def send_obj(self, default_obj: dict, simple_map: dict) -> None:
         simple = self.format.startswith("SIMPLE")
@@ -160,25 +169,39 @@ class ReplayExchange:
         self._day = [None] * n
         self._last_price = [None] * n
         self._last_trade: list[dict | None] = [None] * n
-        self._req_window: dict[str, list[int]] = {}
+        self.faults = FaultInjector()
+        self.limits = RestLimits()
+        self.paused = False
+        self._anchor: tuple[float, int] | None = None   # (wall monotonic, replay ms) of the speed clock
+        self._held: list[dict | None] = [None] * n       # trades held back by the reorder fault
+        self.subscription_log: deque = deque(maxlen=100)
+        self.rest_status_counts: dict[int, int] = {}
 
     # -- replay -----------------------------------------------------------------------
     async def run(self) -> None:
-        """Send every trade of the tape in order; returns when the tape is exhausted."""
+        """Send every trade of the tape in order; returns when the tape is exhausted.
+
+        The speed clock is anchored at (wall time, replay time) and re-anchored whenever the
+        speed changes or the replay resumes, so changes take effect at once without jumps.
+        """
         await self.started.wait()
         tr = self.tape.trades
         ts_all = tr["ts"]
-        t0_ms = int(ts_all[0]) if len(tr) else 0
-        wall0 = time.monotonic()
-        i = 0
         n = len(tr)
+        i = self.position
+        self._anchor = (time.monotonic(), int(ts_all[0]) if n else 0)
         while i < n:
+            if self.paused:
+                await asyncio.sleep(0.02)
+                continue
             if self.speed > 0:
+                wall0, t0_ms = self._anchor
                 due = t0_ms + (time.monotonic() - wall0) * self.speed * 1000.0
                 j = int(np.searchsorted(ts_all, due, side="right"))
                 if j <= i:
                     await asyncio.sleep(min(0.05, max(0.0005, (int(ts_all[i]) - due) / 1000.0 / self.speed)))
                     continue
+                j = min(j, i + 2048)
             else:
                 j = min(n, i + 256)
             for rec in tr[i:j]:
@@ -188,6 +211,26 @@ class ReplayExchange:
                 await asyncio.sleep(0)  # let REST handlers and new subscribers in
         self.finished = True
         log.info("replay finished: %d trades sent", n)
+
+    def control(self, req: dict) -> dict:
+        """Change the replay at run time: ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``.
+
+        Raises ValueError for anything else."""
+        if "speed" in req:
+            sp = req["speed"]
+            if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not (sp >= 0 and sp < 1e9):
+                raise ValueError("speed must be a number >= 0 (0 = as fast as consumers keep up)")
+            self.speed = float(sp)
+            self._anchor = (time.monotonic(), self.now_ms)
+        elif req.get("pause") is True:
+            self.paused = True
+        elif req.get("resume") is True:
+            self.paused = False
+            self._anchor = (time.monotonic(), self.now_ms)
+        else:
+            raise ValueError('expected {"speed": x}, {"pause": true} or {"resume": true}')
+        log.info("replay control: %s", req)
+        return self.progress()
 
     async def _emit(self, rec) -> None:
         mi = int(rec["market"])
@@ -213,11 +256,26 @@ class ReplayExchange:
                  "change_price": abs(price - pcp), "sequential_id": int(rec["seq_id"]),
                  "stream_type": "REALTIME"}
         self._last_trade[mi] = trade
+        if self.faults.stalled():
+            return  # connections stay open, nothing is sent: the clients miss these trades
+        bad = self.faults.take_malformed()
+        outgoing = [trade]
+        if self.faults.take_reorder() and self._held[mi] is None:
+            self._held[mi] = trade          # sent after the next trade of this market
+            outgoing = []
+        elif self._held[mi] is not None:
+            outgoing.append(self._held[mi])
+            self._held[mi] = None
+        if outgoing and self.faults.take_duplicate():
+            outgoing.append(outgoing[0])
         for cl in list(self.clients):
             try:
+                if bad is not None and cl.types:
+                    await cl.send_raw(bad)
                 if cl.wants("trade", code):
-                    await cl.send_obj(trade, _TRADE_SIMPLE)
-                    self.messages_sent += 1
+                    for t in outgoing:
+                        await cl.send_obj(t, _TRADE_SIMPLE)
+                        self.messages_sent += 1
                 for u in CANDLE_UNITS:
                     if cl.types and cl.wants(f"candle.{u}m", code):
                         await cl.send_obj(self._candle_msg(u, mi, "REALTIME"), _CANDLE_SIMPLE)
@@ -248,9 +306,11 @@ class ReplayExchange:
 
     # -- WebSocket -------------------------------------------------------------------
     async def ws_handler(self, request: web.Request) -> web.WebSocketResponse:
+        if self.faults.refusing():
+            return web.json_response({"error": {"name": "unavailable", "message": "outage (injected)"}}, status=503)
         ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 16)
         await ws.prepare(request)
-        cl = Client(ws, request.remote or "?")
+        cl = Client(ws, request.remote or "?", request.transport)
         self.clients.add(cl)
         watchdog = asyncio.create_task(self._idle_watchdog(cl))
         try:
@@ -292,6 +352,8 @@ class ReplayExchange:
                               {"method": "mthd", "result": "rslt", "ticket": "tckt"})
             return
         cl.ticket, cl.types, cl.format, realtime = parsed  # a new request replaces the old one
+        self.subscription_log.append({"at": time.time(), "peer": cl.peer, "format": cl.format,
+                                      "types": {t: sorted(c) for t, c in cl.types.items()}})
         log.info("subscription from %s: %s (%s)", cl.peer, {t: len(c) for t, c in cl.types.items()}, cl.format)
         for ty, codes in cl.types.items():
             if realtime.get(ty):
@@ -311,14 +373,31 @@ class ReplayExchange:
         await cl.ws.send_bytes(json.dumps({"error": {"name": name, "message": message}}).encode())
 
     # -- REST ------------------------------------------------------------------------
-    def _remaining(self, group: str) -> str:
-        sec = int(time.time())
-        w = self._req_window.setdefault(group, [sec, 0])
-        if w[0] != sec:
-            w[0], w[1] = sec, 0
-        w[1] += 1
+    async def _admit(self, group: str) -> tuple[str, web.Response | None]:
+        """Account a REST request of ``group``: ``(Remaining-Req header, error response or None)``.
+
+        Applies injected faults first (429 / 418 / delay), then Upbit's per-group limit."""
         self.rest_requests += 1
-        return f"group={group}; min=1800; sec={max(0, 10 - w[1])}"
+        fault = self.faults.rest_fault()
+        if fault is not None and fault[0] == 0:
+            await asyncio.sleep(fault[1])
+            fault = None
+        if fault is not None:
+            status = fault[0]
+            rem = f"group={group}; min=1800; sec=0"
+        else:
+            status, left, _ = self.limits.check(group)
+            rem = f"group={group}; min=1800; sec={left}"
+        self.rest_status_counts[status] = self.rest_status_counts.get(status, 0) + 1
+        if status == 429:
+            return rem, self._error(429, "too_many_requests", "Too many API requests.", rem)
+        if status == 418:
+            left_s = max(self.limits.blocked_until, self.faults.rest_418_until) - time.monotonic()
+            resp = self._error(418, "blocked", f"Blocked for {max(1, math.ceil(left_s))} seconds "
+                                               f"after repeated rate-limit violations.", rem)
+            resp.headers["Retry-After"] = str(max(1, math.ceil(left_s)))
+            return rem, resp
+        return rem, None
 
     @staticmethod
     def _error(status: int, name, message: str, remaining: str) -> web.Response:
@@ -326,14 +405,18 @@ class ReplayExchange:
                                  headers={"Remaining-Req": remaining})
 
     async def market_all(self, request: web.Request) -> web.Response:
-        rem = self._remaining("market")
+        rem, err = await self._admit("market")
+        if err is not None:
+            return err
         details = request.query.get("is_details", request.query.get("isDetails", "false")).lower() == "true"
         body = self.market_all_doc if details else [{k: v for k, v in m.items() if k != "market_event"}
                                                  for m in self.market_all_doc]
         return web.json_response(body, headers={"Remaining-Req": rem})
 
     async def candles_minutes(self, request: web.Request) -> web.Response:
-        rem = self._remaining("candle")
+        rem, err = await self._admit("candle")
+        if err is not None:
+            return err
         try:
             unit = int(request.match_info["unit"])
         except ValueError:
@@ -392,10 +475,36 @@ class ReplayExchange:
         n = len(self.tape.trades)
         return {"position": self.position, "trades": n, "percent": 100.0 * self.position / n if n else 100.0,
                 "replay_time": _utc_str(max(self.now_ms, self.tape.start_ms) // 1000) + "Z",
-                "speed": self.speed, "started": self.started.is_set(), "finished": self.finished,
+                "speed": self.speed, "paused": self.paused, "started": self.started.is_set(),
+                "finished": self.finished, "faults": self.faults.state(),
+                "rest_status_counts": {str(k): v for k, v in self.rest_status_counts.items()},
+                "subscriptions": list(self.subscription_log)[-5:],
                 "clients": len(self.clients), "subscriptions_received": self.subscriptions_received,
                 "messages_sent": self.messages_sent, "rest_requests": self.rest_requests,
                 "markets": self.tape.markets}
+
+    async def replay_control(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(self.control(await request.json()))
+        except (ValueError, json.JSONDecodeError) as e:
+            return web.json_response({"error": {"name": "invalid_control", "message": str(e)}}, status=400)
+
+    async def faults_get(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.state())
+
+    async def faults_post(self, request: web.Request) -> web.Response:
+        try:
+            req = await request.json()
+            state = self.faults.apply(req if isinstance(req, dict) else {})
+        except (FaultError, json.JSONDecodeError) as e:
+            return web.json_response({"error": {"name": "invalid_fault", "message": str(e)}}, status=400)
+        log.warning("fault injected: %s", req)
+        if req.get("type") == "drop":
+            for cl in list(self.clients):
+                if cl.transport is not None:
+                    cl.transport.abort()  # no close frame: the client sees a dead socket
+                self.clients.discard(cl)
+        return web.json_response(state)
 
     async def heartbeat(self, period_s: float = 0.25) -> None:
         while True:
@@ -404,7 +513,7 @@ class ReplayExchange:
                 self.status.msgs_out = self.messages_sent
                 self.status.msgs_in = self.subscriptions_received + self.rest_requests
                 self.status.detail = (f"replay {pr['replay_time']} {pr['percent']:.1f}% x{self.speed:g}"
-                                      + (" finished" if self.finished else ""))
+                                      + (" paused" if self.paused else "") + (" finished" if self.finished else ""))
                 self.status.beat(State.RUNNING)
             await asyncio.sleep(period_s)
 
@@ -414,6 +523,9 @@ class ReplayExchange:
         app.router.add_get("/v1/market/all", self.market_all)
         app.router.add_get("/v1/candles/minutes/{unit}", self.candles_minutes)
         app.router.add_get("/replay/status", self.replay_status)
+        app.router.add_post("/replay/control", self.replay_control)
+        app.router.add_get("/faults", self.faults_get)
+        app.router.add_post("/faults", self.faults_post)
         return app
 
 

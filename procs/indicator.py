@@ -8,9 +8,10 @@ folds closed candles into the per-row EMA state (O(1) each) and gives the open c
 provisional values, and writes the results at the **same indices** in
 ``indicators.<tf>`` (aligned 1:1 with the candles, same ``count``).
 
-On start, and whenever ingest has lapped it (more than ``capacity`` candles behind),
-a row's state is rebuilt from what the candle ring holds: EMA values then warm up from
-the ring's oldest candle.
+On start, whenever ingest has lapped it (more than ``capacity`` candles behind), and
+whenever ingest rewrote history (a gap backfill bumps the row's ``rewrites`` counter), a
+row's state is rebuilt from what the candle ring holds: EMA values then warm up from the
+ring's oldest candle.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class TimeframeWorker:
         self.fast, self.slow = fast, slow
         self.state: list[RowState | None] = [None] * candles.n_rows
         self.last_seqs = np.full(candles.n_rows, -1, dtype=np.int64)
+        self.last_rewrites = candles.rewrites().astype(np.int64)
         self.last_gseq = -1
         self.rebuilds = 0
         self.records_out = 0
@@ -63,6 +65,10 @@ class TimeframeWorker:
         """Process every row that changed since the last step; returns rows updated."""
         self.last_gseq = self.candles.global_seq
         seqs = self.candles.seqs().astype(np.int64)
+        rewrites = self.candles.rewrites().astype(np.int64)
+        for row in np.flatnonzero(rewrites != self.last_rewrites):
+            self.state[int(row)] = None  # history changed under us (backfill): rebuild the row
+        self.last_rewrites = rewrites
         rows = np.flatnonzero(seqs != self.last_seqs)
         updated = 0
         names = None

@@ -2,12 +2,14 @@
 
 Layout of a ring segment's payload (after the 1 KiB header of :mod:`shm.segment`)::
 
-    control  (n_rows, 64 bytes)   seq <u8 @0 | count <u8 @8 | name S16 @16 | pad
+    control  (n_rows, 64 bytes)   seq <u8 @0 | count <u8 @8 | name S16 @16 | rewrites <u8 @32 | pad
     records  (n_rows, capacity)   of ``dtype``, 64-byte aligned
 
 Per row, ``count`` is the number of records ever written (monotonic); the newest record
 is at slot ``(count - 1) % capacity``. ``seq`` is the row's seqlock (odd while a write is
-in progress). Each control row sits on its own 64-byte cache line.
+in progress). ``rewrites`` counts writes that changed history (records before the newest
+one, e.g. a gap backfill): a consumer that keeps derived state compares it to know when
+to rebuild. Each control row sits on its own 64-byte cache line.
 
 Seqlock protocol (one writer per row, any number of readers)::
 
@@ -32,8 +34,8 @@ import numpy as np
 from .segment import Layout, Segment, ShmError
 
 CONTROL_DTYPE = np.dtype(
-    {"names": ["seq", "count", "name"], "formats": ["<u8", "<u8", "S16"],
-     "offsets": [0, 8, 16], "itemsize": 64}
+    {"names": ["seq", "count", "name", "rewrites"], "formats": ["<u8", "<u8", "S16", "<u8"],
+     "offsets": [0, 8, 16, 32], "itemsize": 64}
 )
 _ALIGN = 64
 
@@ -63,7 +65,7 @@ def ring_layout(table: str, dtype: np.dtype, n_rows: int, capacity: int) -> Layo
     return Layout(
         kind="ring",
         params={"table": table, "dtype": [list(d) for d in dtype.descr], "rows": n_rows,
-                "capacity": capacity},
+                "capacity": capacity, "control": [list(d) for d in CONTROL_DTYPE.descr]},
         size=size,
     )
 
@@ -91,6 +93,7 @@ class RingTable:
         self._seq = self.control["seq"]
         self._count = self.control["count"]
         self._names = self.control["name"]
+        self._rewrites = self.control["rewrites"]
         data_off = _round_up(n_rows * CONTROL_DTYPE.itemsize)
         self.data = seg.payload(self.dtype, (n_rows, capacity), data_off)
         # The same bytes as uint8: numpy copies structured records field by field (~13 µs for
@@ -125,7 +128,7 @@ class RingTable:
         return cls(seg, table, dtype, n_rows, capacity, seqlock=seqlock)
 
     def close(self) -> None:
-        self.control = self._seq = self._count = self._names = self.data = self._raw = None
+        self.control = self._seq = self._count = self._names = self._rewrites = self.data = self._raw = None
         self.seg.close()
 
     # -- rows -----------------------------------------------------------------------
@@ -178,6 +181,10 @@ class RingTable:
         """Copy of every row's ``count`` (uint64, shape (n_rows,))."""
         return self._count.copy()
 
+    def rewrites(self) -> np.ndarray:
+        """Copy of every row's history-rewrite counter (uint64, shape (n_rows,))."""
+        return self._rewrites.copy()
+
     def seqs(self) -> np.ndarray:
         """Copy of every row's ``seq`` (uint64, shape (n_rows,))."""
         return self._seq.copy()
@@ -201,31 +208,38 @@ class RingTable:
             self._count[row] = cnt + 1
         self._seq[row] = s + 2
 
-    def write_many(self, row: int, start: int, records: np.ndarray) -> None:
+    def write_many(self, row: int, start: int, records: np.ndarray, *, truncate: bool = False) -> None:
         """Writer: put consecutive records from absolute index ``start`` (one seqlock section).
 
         ``start`` may exceed ``count``: the skipped indices are then filled with zero
         records (used when a consumer re-aligns to a producer that lapped it).
+        ``truncate=True`` makes ``start + len(records)`` the new ``count`` even if it is
+        smaller (a rewritten history that turned out shorter). Writing any record before the
+        newest one bumps the row's ``rewrites`` counter.
         Raises IndexError if ``start`` lies before the window still held by the ring.
         """
         records = np.asarray(records, dtype=self.dtype)
         n = len(records)
-        if n == 0:
-            return
         cnt = int(self._count[row])
+        if n == 0 and not truncate:
+            return
         if start < cnt - self.capacity or start < 0:
             raise IndexError(f"{self.seg.name} row {row}: start {start} already overwritten (count {cnt})")
         if n > self.capacity:
             records, start, n = records[-self.capacity:], start + n - self.capacity, self.capacity
+        rewrite = start < cnt - 1 or (truncate and start + n < cnt)
         s = int(self._seq[row])
         self._seq[row] = s + 1
         if start > cnt:
             gap = np.arange(max(cnt, start - self.capacity), start) % self.capacity
             self.data[row, gap] = np.zeros(1, dtype=self.dtype)
-        slots = np.arange(start, start + n) % self.capacity
-        self.data[row, slots] = records
-        if start + n > cnt:
+        if n:
+            slots = np.arange(start, start + n) % self.capacity
+            self.data[row, slots] = records
+        if start + n > cnt or truncate:
             self._count[row] = start + n
+        if rewrite:
+            self._rewrites[row] += 1
         self._seq[row] = s + 2
 
     def publish(self) -> None:

@@ -40,7 +40,7 @@ import numpy as np
 import posix_ipc
 
 MAGIC = b"SMTMSHM1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: ring control rows carry a history-rewrite counter
 HEADER_SIZE = 1024
 _LAYOUT_JSON_OFFSET = 128
 _LAYOUT_JSON_MAX = HEADER_SIZE - _LAYOUT_JSON_OFFSET

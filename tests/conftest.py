@@ -61,7 +61,8 @@ speed = {speed}
 [ingest]
 ws_url = "ws://127.0.0.1:{self.port}/websocket/v1"
 rest_url = "http://127.0.0.1:{self.port}"
-reconnect_delay_s = 0.2
+backoff_base_s = 0.2
+backoff_cap_s = 1.0
 {extra}
 """.replace("'", '"'))
 

@@ -20,7 +20,8 @@ def ingest(instance, tmp_path, monkeypatch):
     ing.waker.close()
 
 
-def trade(ts_ms, price, vol, code="KRW-BTC", simple=False, sid=1):
+def trade(ts_ms, price, vol, code="KRW-BTC", simple=False, sid=None):
+    sid = ts_ms * 10 if sid is None else sid
     d = {"type": "trade", "code": code, "trade_price": price, "trade_volume": vol, "trade_timestamp": ts_ms,
          "timestamp": ts_ms, "sequential_id": sid, "stream_type": "REALTIME"}
     if simple:
@@ -84,6 +85,16 @@ def test_late_trade_is_dropped_and_closed_candle_unchanged(ingest):
     for tf, r in ingest.rings.items():  # dropped whole: the 4 h and 1 d candles do not get it either
         assert r.read_last(0, 5)[0].tobytes() == before[tf].tobytes(), tf
     assert ingest.drops["late_trade"] == 1
+
+
+def test_duplicates_count_once_and_reordered_trades_keep_open_and_close(ingest):
+    ingest.on_message(trade(T0 + 5_000, 100.0, 1.0))
+    ingest.on_message(trade(T0 + 5_000, 100.0, 1.0))   # same sequential_id: a duplicate
+    ingest.on_message(trade(T0 + 9_000, 130.0, 1.0))
+    ingest.on_message(trade(T0 + 1_000, 90.0, 1.0))    # arrives late but inside the open candle
+    rec = ingest.rings["30m"].read_last(0, 1)[0][0]
+    assert (rec["o"], rec["h"], rec["l"], rec["c"], rec["v"], rec["n"]) == (90.0, 130.0, 90.0, 130.0, 3.0, 3)
+    assert ingest.duplicates == 1 and ingest.drops["duplicate"] == 1
 
 
 def test_keepalive_and_error_messages(ingest):
