@@ -59,6 +59,7 @@ class ExchangeConfig:
     data_dir: str = "data/upbit"   #: relative to the repository root unless absolute
     speed: float = 1800.0          #: replay-time seconds per wall second; 0 = as fast as consumers keep up
     trades_per_candle: int = 6     #: synthesized trades per source candle (>= 4)
+    rest_per_second: int = 10      #: REST requests per second and group before 429 (Upbit: 10)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ _RULES: dict[str, dict[str, dict]] = {
     "shm": {"rows": dict(typ=int, lo=1, hi=4096), "capacity": dict(typ=int, lo=16, hi=1 << 20)},
     "exchange": {"enabled": dict(typ=bool), "host": dict(typ=str), "port": dict(typ=int, lo=0, hi=65535),
                  "data_dir": dict(typ=str), "speed": dict(typ=float, lo=0.0),
-                 "trades_per_candle": dict(typ=int, lo=4, hi=64)},
+                 "trades_per_candle": dict(typ=int, lo=4, hi=64), "rest_per_second": dict(typ=int, lo=1, hi=1000)},
     "ingest": {"ws_url": dict(typ=str), "rest_url": dict(typ=str), "timeframes": dict(typ=list),
                "format": dict(typ=str, choices=("DEFAULT", "SIMPLE")),
                "ping_interval_s": dict(typ=float, lo=1.0, hi=110.0),

@@ -148,7 +148,8 @@ class Client:
 class ReplayExchange:
     """Replay state, the WebSocket fan-out and the REST handlers."""
 
-    def __init__(self, tape: ReplayTape, market_all: list[dict], speed: float, status: StatusRow | None = None):
+    def __init__(self, tape: ReplayTape, market_all: list[dict], speed: float, status: StatusRow | None = None,
+                 rest_per_second: int = 10):
         self.tape = tape
         self.market_all_doc = market_all
         self.speed = float(speed)
@@ -170,7 +171,7 @@ class ReplayExchange:
         self._last_price = [None] * n
         self._last_trade: list[dict | None] = [None] * n
         self.faults = FaultInjector()
-        self.limits = RestLimits()
+        self.limits = RestLimits(per_second=rest_per_second)
         self.paused = False
         self._anchor: tuple[float, int] | None = None   # (wall monotonic, replay ms) of the speed clock
         self._held: list[dict | None] = [None] * n       # trades held back by the reorder fault
@@ -335,7 +336,8 @@ class ReplayExchange:
 
     async def _on_text(self, cl: Client, data: str) -> None:
         if data.strip() == "PING":
-            await cl.ws.send_bytes(b'{"status":"UP"}')
+            if not self.faults.stalled():  # a stalled exchange says nothing at all
+                await cl.ws.send_bytes(b'{"status":"UP"}')
             return
         try:
             parsed = parse_request(json.loads(data))
@@ -478,6 +480,9 @@ class ReplayExchange:
                 "speed": self.speed, "paused": self.paused, "started": self.started.is_set(),
                 "finished": self.finished, "faults": self.faults.state(),
                 "rest_status_counts": {str(k): v for k, v in self.rest_status_counts.items()},
+                "rest_limit_per_s": self.limits.per_second,
+                "rest_max_sent_per_s": {g: self.limits.max_in_any_second(g, sent=True)
+                                        for g in sorted({g for _, g in self.limits.sent_log})},
                 "subscriptions": list(self.subscription_log)[-5:],
                 "clients": len(self.clients), "subscriptions_received": self.subscriptions_received,
                 "messages_sent": self.messages_sent, "rest_requests": self.rest_requests,
@@ -564,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     tape = ReplayTape.build(cfg.data_path(), cfg.markets, ex_cfg.trades_per_candle)
     log.info("tape built in %.2f s: %s", time.monotonic() - t0,
              ", ".join(f"{m} {len(c)} candles" for m, c in tape.candles.items()))
-    exchange = ReplayExchange(tape, load_market_all(cfg.data_path()), speed, row)
+    exchange = ReplayExchange(tape, load_market_all(cfg.data_path()), speed, row, ex_cfg.rest_per_second)
 
     async def _main() -> None:
         stop = asyncio.Event()

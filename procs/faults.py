@@ -167,10 +167,12 @@ class RestLimits:
         self.blocked_until = 0.0
         self.blocks = 0
         self.accepted_log: deque = deque(maxlen=10_000)  # (monotonic time, group) of every accepted request
+        self.sent_log: deque = deque(maxlen=10_000)      # (monotonic time, group) of every request
 
     def check(self, group: str) -> tuple[int, int, float]:
         """Account one request: ``(status, remaining_this_second, blocked_s_left)``; status 200/429/418."""
         now = self.clock()
+        self.sent_log.append((now, group))
         if now < self.blocked_until:
             return 418, 0, self.blocked_until - now
         win = self._windows.setdefault(group, deque())
@@ -190,9 +192,9 @@ class RestLimits:
         self.accepted_log.append((now, group))
         return 200, self.per_second - len(win), 0.0
 
-    def max_in_any_second(self, group: str) -> int:
-        """Most accepted requests of ``group`` inside any 1-second window (for tests)."""
-        ts = [t for t, g in self.accepted_log if g == group]
+    def max_in_any_second(self, group: str, sent: bool = False) -> int:
+        """Most accepted (or, ``sent=True``, sent) requests of ``group`` in any 1-second window."""
+        ts = [t for t, g in (self.sent_log if sent else self.accepted_log) if g == group]
         best = j = 0
         for i in range(len(ts)):
             while ts[i] - ts[j] >= 1.0:

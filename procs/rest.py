@@ -7,8 +7,9 @@
   out faster than allowed, even before the first response;
 * the server's word: ``Remaining-Req: group=candle; min=..; sec=N`` — when ``sec`` reaches 0
   the group waits until one second after that response;
-* on **429**: the group backs off (0.5 s doubling up to 8 s) and the request is retried
-  (bounded); a clear warning is logged;
+* on **429**: the group backs off (0.5 s, doubling up to 2 s: the budget is per second, so
+  a pause of that order is enough and keeps the client clear of a 418) and the request is
+  retried (bounded); a clear warning is logged;
 * on **418**: Upbit has blocked the client. Every REST call of the process stops for the
   time the answer names (``Retry-After``, else a number of seconds in the message, else
   60 s): calls raise :class:`RestBlocked` at once instead of digging the hole deeper.
@@ -112,7 +113,7 @@ class RateLimiter:
                     self._not_before[group] = max(self._not_before.get(group, 0.0), now + 1.0)
             if status == 429:
                 self.throttled += 1
-                delay = min(8.0, self._backoff.get(group, 0.25) * 2)
+                delay = min(2.0, self._backoff.get(group, 0.25) * 2)
                 self._backoff[group] = delay
                 self._not_before[group] = max(self._not_before.get(group, 0.0), now + delay)
                 log.warning("REST 429 (group %s): backing off %.1f s", group, delay)
