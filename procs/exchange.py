@@ -40,6 +40,7 @@ from aiohttp import WSMsgType, web
 
 from shm.status import State, StatusRow, StatusTable
 
+from . import upbit_format
 from .config import process_start
 from .faults import FaultError, FaultInjector, RestLimits
 from .replay_data import ReplayTape, load_market_all, rollup
@@ -51,14 +52,8 @@ IDLE_TIMEOUT_S = 120.0
 KST = timezone(timedelta(hours=9))
 _FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
 
-_TRADE_SIMPLE = {"type": "ty", "code": "cd", "timestamp": "tms", "trade_date": "td", "trade_time": "ttm",
-                 "trade_timestamp": "ttms", "trade_price": "tp", "trade_volume": "tv", "ask_bid": "ab",
-                 "prev_closing_price": "pcp", "change": "c", "change_price": "cp", "sequential_id": "sid",
-                 "stream_type": "st"}
-_CANDLE_SIMPLE = {"type": "ty", "code": "cd", "candle_date_time_utc": "cdttmu", "candle_date_time_kst": "cdttmk",
-                  "opening_price": "op", "high_price": "hp", "low_price": "lp", "trade_price": "tp",
-                  "candle_acc_trade_volume": "catv", "candle_acc_trade_price": "catp", "timestamp": "tms",
-                  "stream_type": "st"}
+_TRADE_SIMPLE = upbit_format.TRADE
+_CANDLE_SIMPLE = upbit_format.CANDLE
 
 
 def _utc_str(ts_s: int, tz=timezone.utc) -> str:

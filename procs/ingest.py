@@ -56,6 +56,7 @@ from shm.symbols import SymbolsTable
 from shm.tables import create_candles
 from shm.wake import Waker
 
+from . import upbit_format
 from .backfill import Backfiller
 from .candles import CandleBuilder
 from .config import Config, process_start, tf_seconds
@@ -63,10 +64,8 @@ from .rest import RateLimiter, RestClient, RestError
 
 log = logging.getLogger("smtm.ingest")
 
-# DEFAULT field → SIMPLE key, for the fields ingest reads
-_K = {"type": "ty", "code": "cd", "trade_price": "tp", "trade_volume": "tv", "trade_timestamp": "ttms",
-      "timestamp": "tms", "sequential_id": "sid", "acc_trade_price_24h": "atp24h",
-      "acc_trade_volume_24h": "atv24h", "market_state": "ms", "stream_type": "st"}
+# DEFAULT field → SIMPLE key (trade and ticker share the keys ingest reads)
+_K = {**upbit_format.TICKER, **upbit_format.TRADE}
 
 
 def _is_num(x) -> bool:
@@ -155,7 +154,8 @@ class Ingest:
     Every ring write happens under :attr:`lock` (the WebSocket thread applies trades; the
     heartbeat thread applies universe changes and REST repairs)."""
 
-    def __init__(self, cfg: Config, status: StatusTable, rest: RestClient | None = None):
+    def __init__(self, cfg: Config, status: StatusTable, rest: RestClient | None = None,
+                 universe: list[str] | None = None):
         self.cfg = cfg
         self.lock = threading.RLock()
         self.row = StatusRow(status, "ingest")
@@ -178,17 +178,20 @@ class Ingest:
         self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
         self.pending_repairs: dict[str, int | None] = {}
         self.repair_due = 0.0
-        self.set_universe(list(cfg.markets))
+        self.set_universe(list(universe or cfg.markets))
 
     # -- universe -------------------------------------------------------------------------
     def set_universe(self, codes: list[str]) -> bool:
-        """Give every market a row (the same in every timeframe). Returns True if it changed."""
+        """Give every market a row (the same in every timeframe); a market new to this process
+        gets a REST warm-up. Returns True if the universe changed."""
         with self.lock:
             if codes == self.universe:
                 return False
             for code in codes:
                 if code in self.market_row:
                     continue
+                if self.universe:  # a market added while running: its history comes from REST
+                    self.schedule_repair(code, None)
                 rows = {ring.assign_row(code) for ring in self.rings.values()}
                 if len(rows) != 1:
                     raise RuntimeError(f"market {code} has different rows across timeframes: {rows}; run `smtm down`")
@@ -347,7 +350,10 @@ class IngestProcess:
         self.cfg = cfg
         self.status = StatusTable.writer(cfg.instance)
         self.limiter = RateLimiter()
-        self.ingest = Ingest(cfg, self.status, RestClient(cfg.ingest.rest_url, self.limiter))
+        self.symbols: SymbolsTable | None = None
+        self.symbols_version = -1
+        initial = self._read_universe()
+        self.ingest = Ingest(cfg, self.status, RestClient(cfg.ingest.rest_url, self.limiter), initial)
         self.stopping = threading.Event()
         self.app: websocket.WebSocketApp | None = None
         self.connected = False
@@ -355,8 +361,6 @@ class IngestProcess:
         self.last_ping = 0.0
         self.send_limiter = SendLimiter()
         self.subscription_pending = False
-        self.symbols: SymbolsTable | None = None
-        self.symbols_version = -1
         self.backoff = Backoff(cfg.ingest.backoff_base_s, cfg.ingest.backoff_cap_s)
         self.last_connect = 0.0
         self.stalls = 0
@@ -393,19 +397,23 @@ class IngestProcess:
             self.subscription_pending = True
 
     # -- heartbeat thread ------------------------------------------------------------------------
-    def _poll_universe(self) -> None:
+    def _read_universe(self) -> list[str] | None:
+        """The symbols table's universe if the table exists and moved since last read, else None."""
         if self.symbols is None:
             try:
                 self.symbols = SymbolsTable.open(self.cfg.instance, self.cfg.shm.rows)
             except (SegmentNotFound, SegmentNotReady, LayoutMismatch):
-                return
+                return None
         ver = self.symbols.version
         if ver == self.symbols_version:
-            return
+            return None
         self.symbols_version = ver
-        codes = self.symbols.universe()
+        return self.symbols.universe() or None
+
+    def _poll_universe(self) -> None:
+        codes = self._read_universe()
         if codes and self.ingest.set_universe(codes):
-            log.info("universe version %d: %d markets; resubscribing", ver, len(codes))
+            log.info("universe version %d: %d markets; resubscribing", self.symbols_version, len(codes))
             self.subscription_pending = True
 
     def _tick(self) -> None:
