@@ -60,6 +60,9 @@ class ExchangeConfig:
     speed: float = 1800.0          #: replay-time seconds per wall second; 0 = as fast as consumers keep up
     trades_per_candle: int = 6     #: synthesized trades per source candle (>= 4)
     rest_per_second: int = 10      #: REST requests per second and group before 429 (Upbit: 10)
+    recording: str = ""            #: replay this recording (path or glob) instead of the bundled candles
+    start: str = ""                #: replay only candles from this UTC day (YYYY-MM-DD) ...
+    end: str = ""                  #: ... up to (not including) this one
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,10 @@ class IngestConfig:
     max_connects_per_s: float = 5.0  #: Upbit: 5 connection attempts per second
     dedupe_window: int = 8192       #: sequential_ids remembered per market to drop duplicates
     subscribe_ticker: bool = False  #: also subscribe to ``ticker`` (live profile)
+    record: bool = False            #: record every received frame (procs.recording)
+    record_dir: str = ""            #: where; "" = <run dir>/recordings
+    record_rotate_s: float = 600.0
+    record_rotate_mb: float = 64.0
     heartbeat_s: float = 0.25
 
 
@@ -160,7 +167,8 @@ _RULES: dict[str, dict[str, dict]] = {
     "shm": {"rows": dict(typ=int, lo=1, hi=4096), "capacity": dict(typ=int, lo=16, hi=1 << 20)},
     "exchange": {"enabled": dict(typ=bool), "host": dict(typ=str), "port": dict(typ=int, lo=0, hi=65535),
                  "data_dir": dict(typ=str), "speed": dict(typ=float, lo=0.0),
-                 "trades_per_candle": dict(typ=int, lo=4, hi=64), "rest_per_second": dict(typ=int, lo=1, hi=1000)},
+                 "trades_per_candle": dict(typ=int, lo=4, hi=64), "rest_per_second": dict(typ=int, lo=1, hi=1000),
+                 "recording": dict(typ=str), "start": dict(typ=str), "end": dict(typ=str)},
     "ingest": {"ws_url": dict(typ=str), "rest_url": dict(typ=str), "timeframes": dict(typ=list),
                "format": dict(typ=str, choices=("DEFAULT", "SIMPLE")),
                "ping_interval_s": dict(typ=float, lo=1.0, hi=110.0),
@@ -171,7 +179,9 @@ _RULES: dict[str, dict[str, dict]] = {
                "backoff_cap_s": dict(typ=float, lo=0.01, hi=600.0),
                "max_connects_per_s": dict(typ=float, lo=0.1, hi=5.0),
                "dedupe_window": dict(typ=int, lo=16, hi=1_000_000),
-               "subscribe_ticker": dict(typ=bool),
+               "subscribe_ticker": dict(typ=bool), "record": dict(typ=bool), "record_dir": dict(typ=str),
+               "record_rotate_s": dict(typ=float, lo=1.0, hi=86400.0),
+               "record_rotate_mb": dict(typ=float, lo=0.01, hi=10_000.0),
                "heartbeat_s": dict(typ=float, lo=0.01, hi=1.0)},
     "indicator": {"ema_fast": dict(typ=int, lo=2, hi=1000), "ema_slow": dict(typ=int, lo=2, hi=1000),
                   "spin_us": dict(typ=float, lo=0.0, hi=100_000.0),
@@ -241,6 +251,10 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
         raise ConfigError(f"indicator.ema_fast = {cfg.indicator.ema_fast} must be < indicator.ema_slow = {cfg.indicator.ema_slow}")
     if len(cfg.markets) > cfg.shm.rows:
         raise ConfigError(f"shm.rows = {cfg.shm.rows} is less than the {len(cfg.markets)} markets in markets.codes")
+    for key in ("start", "end"):
+        v = getattr(cfg.exchange, key)
+        if v and not re.match(r"^\d{4}-\d{2}-\d{2}$", v):
+            raise ConfigError(f"exchange.{key} = {v!r}: expected a UTC day such as '2024-11-01', or ''")
     if cfg.ingest.backoff_cap_s < cfg.ingest.backoff_base_s:
         raise ConfigError(f"ingest.backoff_cap_s = {cfg.ingest.backoff_cap_s} must be >= ingest.backoff_base_s")
     if cfg.monitor.timeframe not in cfg.ingest.timeframes:

@@ -8,14 +8,19 @@ Serves, on one port (aiohttp):
   JSON; the text ``PING`` is answered ``{"status":"UP"}``; ``LIST_SUBSCRIPTIONS`` is
   answered; errors come back as ``{"error":{"name":..,"message":..}}`` (NO_TICKET,
   NO_TYPE, NO_CODES, WRONG_FORMAT, INVALID_PARAM). A connection idle for 120 s in both
-  directions is closed, as Upbit does. Types served: ``trade`` and ``candle.30m`` /
+  directions is closed, as Upbit does. Types served: ``trade``, ``ticker`` (from a recording) and ``candle.30m`` /
   ``candle.60m`` / ``candle.240m`` (units the 30-minute data can build exactly).
 * ``GET /v1/market/all`` (``is_details``) — the recorded real response.
 * ``GET /v1/candles/minutes/{unit}`` (unit 30, 60, 240; ``market``, ``count`` 1–200,
   ``to`` exclusive ISO-8601 end, naive = UTC) — newest first, only candles that have
   started by the replay clock (the current one partial), as Upbit pages them.
   Responses carry ``Remaining-Req: group=..; min=..; sec=..``.
-* ``GET /replay/status`` — replay position, progress and counters (JSON).
+* ``GET /replay/status`` — replay position, progress and counters (JSON);
+  ``POST /replay/control`` — ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``;
+  ``GET``/``POST /faults`` — fault injection (:mod:`procs.faults`). REST follows Upbit's
+  per-group limit (``exchange.rest_per_second``): 429 over it, 418 for persistent offenders.
+* ``exchange.recording`` / ``--recording`` replays a recording (:mod:`procs.recording`)
+  instead of the bundled candles; ``exchange.start``/``end`` limit the candles to a window.
 
 Trades are synthesized from the real 30-minute candles (:mod:`procs.replay_data`) and
 replayed for all markets interleaved in time order, at ``speed`` replay seconds per
@@ -93,7 +98,7 @@ def parse_request(req) -> tuple[str, dict[str, set[str]], str, dict[str, bool]] 
             codes = el.get("codes")
             if not codes or not isinstance(codes, list):
                 raise SubscriptionError("NO_CODES", f"type {ty!r} has no codes")
-            if ty != "trade" and ty not in {f"candle.{u}m" for u in CANDLE_UNITS}:
+            if ty not in ("trade", "ticker") and ty not in {f"candle.{u}m" for u in CANDLE_UNITS}:
                 raise SubscriptionError("INVALID_PARAM", f"type {ty!r} is not served by the replay exchange")
             if any(not isinstance(c, str) or c != c.upper() for c in codes):
                 raise SubscriptionError("INVALID_PARAM", "codes must be upper-case market codes")
@@ -151,7 +156,8 @@ class ReplayExchange:
         self.status = status
         self.clients: set[Client] = set()
         self.position = 0                      # index of the next trade to send
-        self.now_ms = tape.start_ms - 1        # replay clock: time of the last trade sent
+        self.now_ms = tape.start_ms - 1        # market time of the last trade sent (REST completeness)
+        self.clock_now = int(tape.clock_ms[0]) if len(tape.clock_ms) else 0  # replay clock
         self.started = asyncio.Event()
         self.finished = False
         self.subscriptions_received = 0
@@ -181,32 +187,49 @@ class ReplayExchange:
         speed changes or the replay resumes, so changes take effect at once without jumps.
         """
         await self.started.wait()
-        tr = self.tape.trades
-        ts_all = tr["ts"]
-        n = len(tr)
+        tape = self.tape
+        tr, clock, kinds, index = tape.trades, tape.clock_ms, tape.kinds, tape.index
+        n = len(clock)
         i = self.position
-        self._anchor = (time.monotonic(), int(ts_all[0]) if n else 0)
+        self._anchor = (time.monotonic(), int(clock[0]) if n else 0)
         while i < n:
             if self.paused:
                 await asyncio.sleep(0.02)
                 continue
             if self.speed > 0:
-                wall0, t0_ms = self._anchor
-                due = t0_ms + (time.monotonic() - wall0) * self.speed * 1000.0
-                j = int(np.searchsorted(ts_all, due, side="right"))
+                wall0, c0 = self._anchor
+                due = c0 + (time.monotonic() - wall0) * self.speed * 1000.0
+                j = int(np.searchsorted(clock, due, side="right"))
                 if j <= i:
-                    await asyncio.sleep(min(0.05, max(0.0005, (int(ts_all[i]) - due) / 1000.0 / self.speed)))
+                    await asyncio.sleep(min(0.05, max(0.0005, (int(clock[i]) - due) / 1000.0 / self.speed)))
                     continue
                 j = min(j, i + 2048)
             else:
                 j = min(n, i + 256)
-            for rec in tr[i:j]:
-                await self._emit(rec)
+            for e in range(i, j):
+                self.clock_now = int(clock[e])
+                if kinds[e] == 0:
+                    await self._emit(tr[index[e]])
+                else:
+                    await self._emit_ticker(*tape.tickers[index[e]])
             self.position = i = j
             if self.speed <= 0:
                 await asyncio.sleep(0)  # let REST handlers and new subscribers in
         self.finished = True
-        log.info("replay finished: %d trades sent", n)
+        log.info("replay finished: %d events sent", n)
+
+    async def _emit_ticker(self, mi: int, msg: dict) -> None:
+        if self.faults.stalled():
+            return
+        code = self.tape.markets[mi]
+        for cl in list(self.clients):
+            try:
+                if cl.wants("ticker", code):
+                    await cl.send_obj({**msg, "stream_type": "REALTIME"}, upbit_format.TICKER)
+                    self.messages_sent += 1
+            except (ConnectionResetError, RuntimeError) as e:
+                log.info("dropping client %s: %s", cl.peer, e)
+                self.clients.discard(cl)
 
     def control(self, req: dict) -> dict:
         """Change the replay at run time: ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``.
@@ -217,12 +240,12 @@ class ReplayExchange:
             if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not (sp >= 0 and sp < 1e9):
                 raise ValueError("speed must be a number >= 0 (0 = as fast as consumers keep up)")
             self.speed = float(sp)
-            self._anchor = (time.monotonic(), self.now_ms)
+            self._anchor = (time.monotonic(), self.clock_now)
         elif req.get("pause") is True:
             self.paused = True
         elif req.get("resume") is True:
             self.paused = False
-            self._anchor = (time.monotonic(), self.now_ms)
+            self._anchor = (time.monotonic(), self.clock_now)
         else:
             raise ValueError('expected {"speed": x}, {"pause": true} or {"resume": true}')
         log.info("replay control: %s", req)
@@ -469,8 +492,8 @@ class ReplayExchange:
         return web.json_response(self.progress())
 
     def progress(self) -> dict:
-        n = len(self.tape.trades)
-        return {"position": self.position, "trades": n, "percent": 100.0 * self.position / n if n else 100.0,
+        n = len(self.tape.clock_ms)
+        return {"position": self.position, "trades": len(self.tape.trades), "events": n, "percent": 100.0 * self.position / n if n else 100.0,
                 "replay_time": _utc_str(max(self.now_ms, self.tape.start_ms) // 1000) + "Z",
                 "speed": self.speed, "paused": self.paused, "started": self.started.is_set(),
                 "finished": self.finished, "faults": self.faults.state(),
@@ -545,10 +568,16 @@ async def serve(exchange: ReplayExchange, host: str, port: int, stop: asyncio.Ev
         await runner.cleanup()
 
 
+def _day(s: str) -> int | None:
+    """'YYYY-MM-DD' (UTC) → Unix s; '' → None."""
+    return int(datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp()) if s else None
+
+
 def main(argv: list[str] | None = None) -> int:
     def add_args(ap):
         ap.add_argument("--speed", type=float, help="replay seconds per wall second; 0 = as fast as consumers keep up")
         ap.add_argument("--port", type=int, help="TCP port on the configured host (loopback)")
+        ap.add_argument("--recording", help="replay a recording (path or glob) instead of the bundled candles")
     cfg, args = process_start("exchange", "Upbit-compatible replay exchange on loopback", argv, add_args)
     if cfg is None:
         return 2
@@ -561,7 +590,17 @@ def main(argv: list[str] | None = None) -> int:
     table = StatusTable.writer(cfg.instance)
     row = StatusRow(table, "exchange")
     t0 = time.monotonic()
-    tape = ReplayTape.build(cfg.data_path(), cfg.markets, ex_cfg.trades_per_candle)
+    recording = args.recording or ex_cfg.recording
+    if recording:
+        from .config import ROOT
+        from .recording import expand, tape_from_recording
+        files = expand(recording, ROOT)
+        tape = tape_from_recording(files)
+        log.info("replaying a recording: %d files, %d trades, %d tickers, %d markets", len(files),
+                 len(tape.trades), len(tape.tickers), len(tape.markets))
+    else:
+        tape = ReplayTape.build(cfg.data_path(), cfg.markets, ex_cfg.trades_per_candle,
+                                _day(ex_cfg.start), _day(ex_cfg.end))
     log.info("tape built in %.2f s: %s", time.monotonic() - t0,
              ", ".join(f"{m} {len(c)} candles" for m, c in tape.candles.items()))
     exchange = ReplayExchange(tape, load_market_all(cfg.data_path()), speed, row, ex_cfg.rest_per_second)

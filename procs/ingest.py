@@ -20,10 +20,13 @@ Surviving the real world:
   closed; on close, error or stall it reconnects with exponential backoff
   (``backoff_base_s`` doubling to ``backoff_cap_s``, ±50 % jitter), never more than
   ``max_connects_per_s`` attempts per second;
-* after every (re)connect, and shortly after a late trade, the affected candles are repaired
-  from REST (:mod:`procs.backfill`, flagged ``BACKFILLED``); trades the REST candles already
-  cover are skipped;
+* when data (re)starts after a (re)connect, after any silence longer than 1.5 keep-alive
+  periods (a hole in time), and shortly after a late trade, the affected candles are repaired
+  from REST before the next frame is applied (:mod:`procs.backfill`, flagged ``BACKFILLED``);
+  trades the REST candles already cover are skipped;
 * a trade seen twice (same market and ``sequential_id``) is counted once;
+* with ``ingest.record`` every received frame is written to rotating compressed JSONL
+  (:mod:`procs.recording`), which the replay exchange can serve again;
 * bad input never reaches a ring: a frame that is not JSON, a trade or ticker with a missing,
   non-finite or non-positive field, or an unknown market is counted in ``dropped`` and
   dropped; unknown message types are counted too; Upbit error messages are logged and
@@ -364,6 +367,15 @@ class IngestProcess:
         self.backoff = Backoff(cfg.ingest.backoff_base_s, cfg.ingest.backoff_cap_s)
         self.last_connect = 0.0
         self.stalls = 0
+        self.repair_before_next_frame = False
+        self.hole_s = 1.5 * cfg.ingest.keepalive_s  # the UP answers make longer silences a hole
+        self.recorder = None
+        if cfg.ingest.record:
+            from pathlib import Path
+
+            from .recording import Recorder
+            rdir = Path(cfg.ingest.record_dir) if cfg.ingest.record_dir else cfg.run_dir / "recordings"
+            self.recorder = Recorder(rdir, cfg.ingest.record_rotate_s, cfg.ingest.record_rotate_mb)
 
     # -- websocket callbacks (WebSocket thread) --------------------------------------------
     def _on_open(self, ws) -> None:
@@ -372,12 +384,21 @@ class IngestProcess:
         self.send_limiter = SendLimiter()  # the limit is per connection
         self.ingest.warm_up()
         self._send_subscription(ws)
+        self.repair_before_next_frame = True
         log.info("connected to %s, subscribed to %d markets", self.cfg.ingest.ws_url, len(self.ingest.universe))
-        self.ingest.schedule_reconnect_repairs()
-        self.ingest.run_repairs()
 
     def _on_message(self, ws, data) -> None:
-        self.last_frame = time.monotonic()
+        now = time.monotonic()
+        # Repair from REST when data (re)starts — not when the socket opens: a stream that stays
+        # silent after connecting (a stall) would otherwise lose what happens before it resumes.
+        # The same after any silence longer than the keep-alive period allows (a hole in time).
+        if self.repair_before_next_frame or now - self.last_frame > self.hole_s:
+            self.repair_before_next_frame = False
+            self.ingest.schedule_reconnect_repairs()
+            self.ingest.run_repairs()
+        self.last_frame = now
+        if self.recorder is not None:
+            self.recorder.write(time.time_ns() // 1_000_000, data)
         self.ingest.on_message(data)
 
     def _on_close(self, ws, code, reason) -> None:
@@ -495,6 +516,9 @@ class IngestProcess:
                 break
         self.stopping.set()
         hb.join(timeout=2)
+        if self.recorder is not None:
+            self.recorder.close()
+            log.info("recorded %d frames to %s", self.recorder.frames, ", ".join(map(str, self.recorder.files)))
         self.ingest.row.stopped()
         log.info("stopped: %d trades, drops %s, repairs %d", self.ingest.trades, dict(self.ingest.drops),
                  self.ingest.backfill.repairs if self.ingest.backfill else 0)

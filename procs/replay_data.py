@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -174,14 +174,37 @@ def synthesize_trades(candles: np.ndarray, k: int = 6, unit_s: int = SOURCE_UNIT
 
 @dataclass
 class ReplayTape:
-    """Every market's trades merged in time order (ties: market order)."""
+    """What the exchange replays: events in replay-clock order.
+
+    ``trades`` (TRADE_DTYPE) carry market time in ``ts``. ``clock_ms`` is the replay clock of
+    each event (int64 ms; for a tape built from candles it is the trade time, for a recording
+    the receive time), ``kinds`` 0 = trade / 1 = ticker, ``index`` the trade row or the
+    ``tickers`` entry (``(market index, DEFAULT message)``). ``candles`` per market back the
+    REST candle endpoint.
+    """
     markets: list[str]
     candles: dict[str, np.ndarray]
     trades: np.ndarray
+    clock_ms: np.ndarray | None = None
+    kinds: np.ndarray | None = None
+    index: np.ndarray | None = None
+    tickers: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.clock_ms is None:
+            self.clock_ms = self.trades["ts"].astype(np.int64)
+            self.kinds = np.zeros(len(self.trades), np.int8)
+            self.index = np.arange(len(self.trades))
 
     @classmethod
-    def build(cls, data_dir: Path, markets: list[str] | tuple[str, ...], k: int = 6) -> "ReplayTape":
+    def build(cls, data_dir: Path, markets: list[str] | tuple[str, ...], k: int = 6,
+              start_s: int | None = None, end_s: int | None = None) -> "ReplayTape":
+        """Trades synthesized from the bundled candles, all markets merged in time order
+        (ties: market order), optionally only candles starting in ``[start_s, end_s)``."""
         candles = load_dataset(data_dir, markets)
+        if start_s is not None or end_s is not None:
+            lo, hi = start_s or 0, end_s or 2**62
+            candles = {m: c[(c["t"] >= lo) & (c["t"] < hi)] for m, c in candles.items()}
         parts = [synthesize_trades(candles[m], k, market=i) for i, m in enumerate(markets)]
         trades = np.concatenate(parts)
         order = np.lexsort((trades["market"], trades["ts"]))
@@ -189,11 +212,11 @@ class ReplayTape:
 
     @property
     def start_ms(self) -> int:
-        return int(self.trades["ts"][0]) if len(self.trades) else 0
+        return int(self.trades["ts"].min()) if len(self.trades) else 0
 
     @property
     def end_ms(self) -> int:
-        return int(self.trades["ts"][-1]) if len(self.trades) else 0
+        return int(self.trades["ts"].max()) if len(self.trades) else 0
 
 
 def rollup(candles: np.ndarray, unit_s: int) -> np.ndarray:
@@ -201,7 +224,7 @@ def rollup(candles: np.ndarray, unit_s: int) -> np.ndarray:
 
     Used by the exchange's REST candles for units above the data's own.
     """
-    if unit_s == SOURCE_UNIT_S:
+    if unit_s == SOURCE_UNIT_S or len(candles) == 0:
         return candles
     b = candles["t"] // unit_s * unit_s
     starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])

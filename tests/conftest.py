@@ -48,7 +48,9 @@ class Env:
                         SMTM_RUN_DIR=str(tmp / "run"), SMTM_PROFILE="replay", PYTHONUNBUFFERED="1")
         self.env.pop("DISPLAY", None)
 
-    def write_overlay(self, *, markets=None, capacity=2048, speed=0.0, extra: str = "") -> None:
+    def write_overlay(self, *, markets=None, capacity=2048, speed=0.0, extra: str = "", exchange: str = "") -> None:
+        """Config overlay: loopback port, markets, ring capacity, replay speed; ``extra`` lines go
+        into [ingest], ``exchange`` lines into [exchange]."""
         markets = markets or ALL_MARKETS
         self.overlay.write_text(f"""
 [markets]
@@ -58,6 +60,7 @@ capacity = {capacity}
 [exchange]
 port = {self.port}
 speed = {speed}
+{exchange}
 [ingest]
 ws_url = "ws://127.0.0.1:{self.port}/websocket/v1"
 rest_url = "http://127.0.0.1:{self.port}"

@@ -12,9 +12,7 @@ from tests.conftest import wait_for
 @pytest.fixture
 def exchange(env):
     # the exchange allows only 5 requests/s per group; the client assumes Upbit's 10
-    env.write_overlay(markets=["KRW-BTC"], speed=0.0)
-    text = env.overlay.read_text().replace("[exchange]\n", "[exchange]\nrest_per_second = 5\n")
-    env.overlay.write_text(text)
+    env.write_overlay(markets=["KRW-BTC"], speed=0.0, exchange="rest_per_second = 5")
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
     wait_for(lambda: _ok(base + "/replay/status"), 30, "the exchange")

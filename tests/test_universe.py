@@ -1,6 +1,5 @@
 """A universe change reaches ingest's subscription: exactly one new, complete subscription
 message, and the new market's trades reach its ring within 1 s."""
-import os
 import subprocess
 import sys
 import time

@@ -1,0 +1,192 @@
+"""Recording raw WebSocket frames, and reading recordings back as a replay tape.
+
+Recording format: gzip-compressed JSON Lines, one frame per line,
+``{"t": <receive time, Unix ms>, "f": "<frame as UTF-8 text>"}`` (``"b"`` with base64 for a
+frame that is not valid UTF-8). Files rotate every ``rotate_s`` seconds or ``rotate_mb``
+of frame text, named ``frames-<UTC start>-<n>.jsonl.gz``. The writer runs on its own thread
+behind a queue, so recording costs the receive path one queue put.
+
+A recording — or a plain JSONL file of Upbit messages such as the real ticker recording in
+``data/upbit/ws/`` (time axis: each message's ``timestamp``) — is turned into a
+:class:`~procs.replay_data.ReplayTape` whose replay clock is the **receive time**: replayed
+at ``speed`` 10 it runs ten times faster than it was recorded, in the original arrival
+order. Trades keep their own ``trade_timestamp``; tickers are replayed as recorded.
+"""
+from __future__ import annotations
+
+import base64
+import glob
+import gzip
+import json
+import logging
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .replay_data import SOURCE_DTYPE, SOURCE_UNIT_S, TRADE_DTYPE, ReplayTape
+from .upbit_format import to_default
+
+log = logging.getLogger("smtm.recording")
+
+
+class Recorder:
+    """Background writer of rotating ``.jsonl.gz`` files. ``write`` is thread-safe and cheap."""
+
+    def __init__(self, directory: Path, rotate_s: float = 600.0, rotate_mb: float = 64.0):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.rotate_s = rotate_s
+        self.rotate_bytes = int(rotate_mb * 1e6)
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.files: list[Path] = []
+        self.frames = 0
+        self._stop = object()
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def write(self, recv_ms: int, frame: bytes | str) -> None:
+        self.q.put((recv_ms, frame))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush everything queued and close the current file."""
+        self.q.put(self._stop)
+        self._thread.join(timeout=timeout_s)
+
+    def _open(self, n: int):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = self.dir / f"frames-{stamp}-{n:04d}.jsonl.gz"
+        self.files.append(path)
+        log.info("recording frames to %s", path)
+        return gzip.open(path, "wt", compresslevel=6), time.monotonic(), 0
+
+    def _run(self) -> None:
+        n = 0
+        f, opened, size = self._open(n)
+        try:
+            while True:
+                item = self.q.get()
+                if item is self._stop:
+                    return
+                recv_ms, frame = item
+                if isinstance(frame, bytes):
+                    try:
+                        rec = {"t": recv_ms, "f": frame.decode("utf-8")}
+                    except UnicodeDecodeError:
+                        rec = {"t": recv_ms, "b": base64.b64encode(frame).decode()}
+                else:
+                    rec = {"t": recv_ms, "f": frame}
+                line = json.dumps(rec, separators=(",", ":"))
+                f.write(line + "\n")
+                size += len(line)
+                self.frames += 1
+                if size >= self.rotate_bytes or time.monotonic() - opened >= self.rotate_s:
+                    f.close()
+                    n += 1
+                    f, opened, size = self._open(n)
+        finally:
+            f.close()
+
+
+def iter_recorded(paths: list[Path]):
+    """``(clock_ms, message dict in DEFAULT names)`` of every data message in ``paths``, in file order.
+
+    Accepts recorder files (``{"t", "f"|"b"}`` lines) and plain JSONL of Upbit messages
+    (clock: the message's ``timestamp``). Frames that are not JSON objects of a known type
+    (keep-alives, errors, malformed frames) are skipped."""
+    for p in paths:
+        opener = gzip.open if str(p).endswith(".gz") else open
+        with opener(p, "rt") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and "t" in rec and ("f" in rec or "b" in rec):
+                    clock = int(rec["t"])
+                    try:
+                        payload = json.loads(rec["f"] if "f" in rec else base64.b64decode(rec["b"]))
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+                else:
+                    payload, clock = rec, None
+                for msg in payload if isinstance(payload, list) else (payload,):
+                    if not isinstance(msg, dict):
+                        continue
+                    if "ty" in msg:
+                        msg = to_default(msg)
+                    if msg.get("type") not in ("trade", "ticker"):
+                        continue
+                    yield (clock if clock is not None else int(msg.get("timestamp") or 0)), msg
+
+
+def expand(pattern: str | Path, root: Path) -> list[Path]:
+    """Files matching ``pattern`` (a path or glob, relative to ``root`` unless absolute), sorted."""
+    p = Path(pattern)
+    pat = str(p if p.is_absolute() else root / p)
+    files = sorted(Path(x) for x in glob.glob(pat))
+    if not files:
+        raise FileNotFoundError(f"no recording matches {pat}")
+    return files
+
+
+def tape_from_recording(paths: list[Path]) -> ReplayTape:
+    """A replay tape of the recorded trades and tickers (see the module docstring)."""
+    trades, tickers, markets = [], [], {}
+    for clock, msg in iter_recorded(paths):
+        code = msg.get("code")
+        if not isinstance(code, str):
+            continue
+        mi = markets.setdefault(code, len(markets))
+        if msg["type"] == "trade":
+            try:
+                trades.append((clock, int(msg["trade_timestamp"]), float(msg["trade_price"]), float(msg["trade_volume"]),
+                               1 if msg.get("ask_bid") == "BID" else 0, int(msg.get("sequential_id") or 0), mi))
+            except (KeyError, TypeError, ValueError):
+                continue
+        else:
+            tickers.append((clock, mi, msg))
+    names = list(markets)
+    tr = np.zeros(len(trades), TRADE_DTYPE)
+    clock_tr = np.zeros(len(trades), np.int64)
+    for i, (clock, ts, p, v, bid, sid, mi) in enumerate(trades):
+        clock_tr[i] = clock
+        tr[i] = (ts, p, v, bid, sid, mi)
+    # events in recorded order: trades (kind 0) and tickers (kind 1), stable by clock
+    clocks = np.concatenate([clock_tr, np.array([t[0] for t in tickers], np.int64)])
+    kinds = np.concatenate([np.zeros(len(trades), np.int8), np.ones(len(tickers), np.int8)])
+    idx = np.concatenate([np.arange(len(trades)), np.arange(len(tickers))])
+    order = np.argsort(clocks, kind="stable")
+    candles = {m: _candles_of(tr[tr["market"] == i]) for i, m in enumerate(names)}
+    tape = ReplayTape(names, candles, tr)
+    tape.clock_ms = clocks[order]
+    tape.kinds = kinds[order]
+    tape.index = idx[order]
+    tape.tickers = [(mi, msg) for _, mi, msg in tickers]
+    return tape
+
+
+def _candles_of(trades: np.ndarray) -> np.ndarray:
+    """30-minute candles of one market's trades (for the exchange's REST), oldest first."""
+    if len(trades) == 0:
+        return np.zeros(0, SOURCE_DTYPE)
+    tr = trades[np.argsort(trades["ts"], kind="stable")]
+    b = tr["ts"] // 1000 // SOURCE_UNIT_S * SOURCE_UNIT_S
+    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    ends = np.r_[starts[1:], len(tr)]
+    out = np.zeros(len(starts), SOURCE_DTYPE)
+    out["t"] = b[starts]
+    out["o"] = tr["price"][starts]
+    out["c"] = tr["price"][ends - 1]
+    out["h"] = np.maximum.reduceat(tr["price"], starts)
+    out["l"] = np.minimum.reduceat(tr["price"], starts)
+    out["v"] = np.add.reduceat(tr["volume"], starts)
+    out["value"] = np.add.reduceat(tr["price"] * tr["volume"], starts)
+    out["ts_last"] = tr["ts"][ends - 1]
+    return out
