@@ -27,7 +27,7 @@ import numpy as np
 from shm.ring import RingTable
 from shm.tables import BACKFILLED, CANDLE_DTYPE, CLOSED, GAP
 
-from .candles import CandleBuilder
+from .candles import CandleBuilder, group_ohlcv
 from .rest import RestClient
 
 log = logging.getLogger("smtm.backfill")
@@ -50,17 +50,11 @@ def aggregate(fine: np.ndarray, tf_s: int) -> np.ndarray:
     """Roll fine candles (oldest first) up into ``tf_s`` buckets aligned in UTC (flags merged)."""
     if len(fine) == 0:
         return np.zeros(0, CANDLE_DTYPE)
-    b = fine["t"] // tf_s * tf_s
-    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-    ends = np.r_[starts[1:], len(fine)]
+    starts, _, cols = group_ohlcv(fine["t"] // tf_s * tf_s, fine["o"], fine["h"], fine["l"], fine["c"],
+                                  fine["v"], fine["value"])
     out = np.zeros(len(starts), CANDLE_DTYPE)
-    out["t"] = b[starts]
-    out["o"] = fine["o"][starts]
-    out["c"] = fine["c"][ends - 1]
-    out["h"] = np.maximum.reduceat(fine["h"], starts)
-    out["l"] = np.minimum.reduceat(fine["l"], starts)
-    out["v"] = np.add.reduceat(fine["v"], starts)
-    out["value"] = np.add.reduceat(fine["value"], starts)
+    for k, col in cols.items():
+        out[k] = col
     out["n"] = np.add.reduceat(fine["n"], starts)
     out["flags"] = np.bitwise_or.reduceat(fine["flags"] & BACKFILLED, starts)
     return out

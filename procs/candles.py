@@ -24,6 +24,22 @@ from shm.ring import RingTable
 from shm.tables import CANDLE_DTYPE, CLOSED, GAP
 
 
+def group_ohlcv(bucket: np.ndarray, o, h, l, c, v, value) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Roll consecutive rows with the same ``bucket`` (sorted, oldest first) into one OHLCV row.
+
+    Inputs are equal-length arrays (prices float64 KRW, ``v`` base volume, ``value`` KRW).
+    Returns ``(starts, ends, cols)``: the first/one-past-last row of each group and the
+    columns ``t`` (the bucket) ``o h l c v value`` of the grouped rows. Used for every
+    roll-up: coarser timeframes, the exchange's REST units, candles of recorded trades.
+    """
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+    ends = np.r_[starts[1:], len(bucket)]
+    cols = {"t": bucket[starts], "o": o[starts], "c": c[ends - 1], "h": np.maximum.reduceat(h, starts),
+            "l": np.minimum.reduceat(l, starts), "v": np.add.reduceat(v, starts),
+            "value": np.add.reduceat(value, starts)}
+    return starts, ends, cols
+
+
 class CandleBuilder:
     """Builds one timeframe's candles for every market row of ``ring`` (its single writer).
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .candles import group_ohlcv
 from .replay_data import SOURCE_DTYPE, SOURCE_UNIT_S, TRADE_DTYPE, ReplayTape
 from .upbit_format import to_default
 
@@ -177,16 +178,10 @@ def _candles_of(trades: np.ndarray) -> np.ndarray:
     if len(trades) == 0:
         return np.zeros(0, SOURCE_DTYPE)
     tr = trades[np.argsort(trades["ts"], kind="stable")]
-    b = tr["ts"] // 1000 // SOURCE_UNIT_S * SOURCE_UNIT_S
-    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-    ends = np.r_[starts[1:], len(tr)]
+    starts, ends, cols = group_ohlcv(tr["ts"] // 1000 // SOURCE_UNIT_S * SOURCE_UNIT_S, tr["price"], tr["price"],
+                                     tr["price"], tr["price"], tr["volume"], tr["price"] * tr["volume"])
     out = np.zeros(len(starts), SOURCE_DTYPE)
-    out["t"] = b[starts]
-    out["o"] = tr["price"][starts]
-    out["c"] = tr["price"][ends - 1]
-    out["h"] = np.maximum.reduceat(tr["price"], starts)
-    out["l"] = np.minimum.reduceat(tr["price"], starts)
-    out["v"] = np.add.reduceat(tr["volume"], starts)
-    out["value"] = np.add.reduceat(tr["price"] * tr["volume"], starts)
+    for k, col in cols.items():
+        out[k] = col
     out["ts_last"] = tr["ts"][ends - 1]
     return out

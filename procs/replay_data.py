@@ -226,16 +226,11 @@ def rollup(candles: np.ndarray, unit_s: int) -> np.ndarray:
     """
     if unit_s == SOURCE_UNIT_S or len(candles) == 0:
         return candles
-    b = candles["t"] // unit_s * unit_s
-    starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-    ends = np.r_[starts[1:], len(candles)]
+    from .candles import group_ohlcv
+    starts, ends, cols = group_ohlcv(candles["t"] // unit_s * unit_s, candles["o"], candles["h"], candles["l"],
+                                     candles["c"], candles["v"], candles["value"])
     out = np.empty(len(starts), dtype=SOURCE_DTYPE)
-    out["t"] = b[starts]
-    out["o"] = candles["o"][starts]
-    out["c"] = candles["c"][ends - 1]
-    out["h"] = np.maximum.reduceat(candles["h"], starts)
-    out["l"] = np.minimum.reduceat(candles["l"], starts)
-    out["v"] = np.add.reduceat(candles["v"], starts)
-    out["value"] = np.add.reduceat(candles["value"], starts)
+    for k, col in cols.items():
+        out[k] = col
     out["ts_last"] = candles["ts_last"][ends - 1]
     return out
