@@ -3,7 +3,7 @@
     smtm up [--profile replay|live]   start supervisord and every program, wait until RUNNING
     smtm down                         stop supervisord, unlink the instance's shared memory
     smtm status                       programs (state, pid, uptime), heartbeats, counters, rings
-    smtm tail MARKET [--tf 30m] [-n 10]  latest candles and EMAs, read from shared memory
+    smtm tail MARKET [--tf 30m] [-n 10]  latest candles with EMA, RSI, MACD, Bollinger, from shared memory
     smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
     smtm replay status | speed X | pause | resume   the replay exchange's clock
     smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
@@ -217,8 +217,8 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
         return 1
     recs, cnt = cand.read_last(row, args.n)
     first = cnt - len(recs)
-    fast = np.full(len(recs), np.nan)
-    slow = np.full(len(recs), np.nan)
+    cols = ("ema_fast", "ema_slow", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_mid", "bb_lower")
+    ind_vals = {k: np.full(len(recs), np.nan) for k in cols}
     try:
         ind = open_indicators(cfg.instance, tf, cfg.shm.rows, cfg.shm.capacity)
         irow = ind.row_of(market)
@@ -226,21 +226,32 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
             irecs, _ = ind.read_range(irow, first, cnt)
             k = len(irecs)
             ok = irecs["t"] == recs["t"][:k]
-            fast[:k] = np.where(ok, irecs["ema_fast"], np.nan)
-            slow[:k] = np.where(ok, irecs["ema_slow"], np.nan)
+            for c in cols:
+                ind_vals[c][:k] = np.where(ok, irecs[c], np.nan)
     except (SegmentNotFound, SegmentNotReady, SeqlockTimeout):
         pass
-    ef, es = cfg.indicator.ema_fast, cfg.indicator.ema_slow
+    ic = cfg.indicator
     print(f"{market} {tf}  ({cnt} candles written, instance {cfg.instance})")
-    hdr = (f"{'start (UTC)':<17} {'open':>14} {'high':>14} {'low':>14} {'close':>14} {'volume':>16} "
-           f"{'trades':>6} {'EMA' + str(ef):>16} {'EMA' + str(es):>16}  flags")
-    print(hdr)
-    for r, f, s in zip(recs, fast, slow):
+    print(f"{'start (UTC)':<17} {'open':>13} {'high':>13} {'low':>13} {'close':>13} {'volume':>15} {'trades':>6} "
+          f"{'EMA' + str(ic.ema_fast):>13} {'EMA' + str(ic.ema_slow):>13} {'RSI' + str(ic.rsi_period):>6} "
+          f"{'MACD':>10} {'signal':>10} {'hist':>9} {'BB upper':>13} {'BB lower':>13}  flags")
+    for i, r in enumerate(recs):
+        v = {c: float(ind_vals[c][i]) for c in cols}
         when = datetime.fromtimestamp(int(r["t"]), timezone.utc).strftime("%Y-%m-%d %H:%M")
-        print(f"{when:<17} {format_krw(r['o']):>14} {format_krw(r['h']):>14} {format_krw(r['l']):>14} "
-              f"{format_krw(r['c']):>14} {float(r['v']):>16.8f} {int(r['n']):>6} {format_krw(f):>16} "
-              f"{format_krw(s):>16}  {_flags(int(r['flags']))}")
+        rsi = "-" if v["rsi"] != v["rsi"] else f"{v['rsi']:.1f}"
+        print(f"{when:<17} {format_krw(r['o']):>13} {format_krw(r['h']):>13} {format_krw(r['l']):>13} "
+              f"{format_krw(r['c']):>13} {float(r['v']):>15.4f} {int(r['n']):>6} {format_krw(v['ema_fast']):>13} "
+              f"{format_krw(v['ema_slow']):>13} {rsi:>6} {_signed(v['macd']):>10} {_signed(v['macd_signal']):>10} "
+              f"{_signed(v['macd_hist']):>9} {format_krw(v['bb_upper']):>13} {format_krw(v['bb_lower']):>13}  "
+              f"{_flags(int(r['flags']))}")
     return 0
+
+
+def _signed(x: float) -> str:
+    """MACD values: signed, plain KRW (they can be tiny for low-priced markets)."""
+    if x != x:
+        return "-"
+    return ("-" if x < 0 else "") + format_krw(abs(x))
 
 
 def cmd_universe(args, cfg: Config, sup: Supervisor) -> int:

@@ -91,6 +91,12 @@ class IngestConfig:
 class IndicatorConfig:
     ema_fast: int = 12
     ema_slow: int = 26
+    rsi_period: int = 14
+    macd_fast: int = 12
+    macd_slow: int = 26
+    macd_signal: int = 9
+    bb_period: int = 20
+    bb_k: float = 2.0               #: band width in population standard deviations
     spin_us: float = 200.0          #: spin budget before parking on the semaphore
     park_timeout_s: float = 0.25    #: longest block while parked (heartbeat period)
 
@@ -184,6 +190,9 @@ _RULES: dict[str, dict[str, dict]] = {
                "record_rotate_mb": dict(typ=float, lo=0.01, hi=10_000.0),
                "heartbeat_s": dict(typ=float, lo=0.01, hi=1.0)},
     "indicator": {"ema_fast": dict(typ=int, lo=2, hi=1000), "ema_slow": dict(typ=int, lo=2, hi=1000),
+                  "rsi_period": dict(typ=int, lo=2, hi=1000), "macd_fast": dict(typ=int, lo=2, hi=1000),
+                  "macd_slow": dict(typ=int, lo=2, hi=1000), "macd_signal": dict(typ=int, lo=1, hi=1000),
+                  "bb_period": dict(typ=int, lo=2, hi=1000), "bb_k": dict(typ=float, lo=0.1, hi=10.0),
                   "spin_us": dict(typ=float, lo=0.0, hi=100_000.0),
                   "park_timeout_s": dict(typ=float, lo=0.001, hi=1.0)},
     "monitor": {"fps": dict(typ=int, lo=1, hi=240), "headless_fps": dict(typ=int, lo=1, hi=120),
@@ -255,6 +264,9 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
         v = getattr(cfg.exchange, key)
         if v and not re.match(r"^\d{4}-\d{2}-\d{2}$", v):
             raise ConfigError(f"exchange.{key} = {v!r}: expected a UTC day such as '2024-11-01', or ''")
+    if cfg.indicator.macd_fast >= cfg.indicator.macd_slow:
+        raise ConfigError(f"indicator.macd_fast = {cfg.indicator.macd_fast} must be < indicator.macd_slow = "
+                          f"{cfg.indicator.macd_slow}")
     if cfg.ingest.backoff_cap_s < cfg.ingest.backoff_base_s:
         raise ConfigError(f"ingest.backoff_cap_s = {cfg.ingest.backoff_cap_s} must be >= ingest.backoff_base_s")
     if cfg.monitor.timeframe not in cfg.ingest.timeframes:

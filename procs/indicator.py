@@ -1,10 +1,14 @@
 """indicator — candles → indicators, incrementally (the only writer of ``indicators.<tf>``).
 
+Indicators (all as TA-Lib computes them, :mod:`procs.indicators`): EMA fast/slow, RSI
+(Wilder), MACD line/signal/histogram, Bollinger Bands (SMA middle, population standard
+deviation); periods and multipliers from ``[indicator]``.
+
 Woken by ingest with the spin-then-park strategy (:mod:`shm.wake`): it spins on the
 global ``seq`` of every ``candles.<tf>`` ring for ``indicator.spin_us``, then parks on
 its semaphore. For each row whose ``seq`` changed it reads only the candles it has not
 folded yet (normally the open candle, or the one just closed plus the new open one),
-folds closed candles into the per-row EMA state (O(1) each) and gives the open candle
+folds closed candles into the per-row indicator state (O(1) each) and gives the open candle
 provisional values, and writes the results at the **same indices** in
 ``indicators.<tf>`` (aligned 1:1 with the candles, same ``count``).
 
@@ -28,29 +32,28 @@ from shm.tables import CLOSED, INDICATOR_DTYPE, create_indicators, open_candles
 from shm.wake import SpinThenPark, open_semaphore
 
 from .config import Config, process_start
-from .indicators import Ema
+from .indicators import IndicatorSet
 
 log = logging.getLogger("smtm.indicator")
 
 
 class RowState:
-    """Indicator state of one market row: EMAs over the closed candles before ``closed_n``."""
+    """Indicator state of one market row over the closed candles before ``closed_n``."""
 
-    __slots__ = ("closed_n", "fast", "slow")
+    __slots__ = ("closed_n", "ind")
 
-    def __init__(self, start: int, fast: int, slow: int):
+    def __init__(self, start: int, params: dict):
         self.closed_n = start
-        self.fast = Ema(fast)
-        self.slow = Ema(slow)
+        self.ind = IndicatorSet(**params)
 
 
 class TimeframeWorker:
     """Keeps ``indicators.<tf>`` in step with ``candles.<tf>``."""
 
-    def __init__(self, candles: RingTable, indicators: RingTable, fast: int, slow: int):
+    def __init__(self, candles: RingTable, indicators: RingTable, params: dict):
         self.candles = candles
         self.ind = indicators
-        self.fast, self.slow = fast, slow
+        self.params = params
         self.state: list[RowState | None] = [None] * candles.n_rows
         self.last_seqs = np.full(candles.n_rows, -1, dtype=np.int64)
         self.last_rewrites = candles.rewrites().astype(np.int64)
@@ -96,7 +99,7 @@ class TimeframeWorker:
         cnt = self.candles.count(row)
         st = self.state[row]
         if st is None or st.closed_n < cnt - self.candles.capacity:
-            st = self.state[row] = RowState(max(0, cnt - self.candles.capacity), self.fast, self.slow)
+            st = self.state[row] = RowState(max(0, cnt - self.candles.capacity), self.params)
             self.rebuilds += 1
         start = st.closed_n
         recs, cnt = self.candles.read_range(row, start)
@@ -106,16 +109,24 @@ class TimeframeWorker:
         out = np.empty(n, dtype=INDICATOR_DTYPE)
         closes = recs["c"].tolist()
         flags = recs["flags"].tolist()
-        fast, slow = st.fast, st.slow
+        ind = st.ind
+        ts = recs["t"].tolist()
         for j in range(n):
             c = closes[j]
             if flags[j] & CLOSED or start + j < cnt - 1:
-                out[j] = (recs["t"][j], fast.update(c), slow.update(c))
+                out[j] = (ts[j], *ind.update(c))
                 st.closed_n = start + j + 1
             else:
-                out[j] = (recs["t"][j], fast.peek(c), slow.peek(c))
+                out[j] = (ts[j], *ind.peek(c))
         self.ind.write_many(row, start, out)
         self.records_out += n
+
+
+def indicator_params(cfg: Config) -> dict:
+    """IndicatorSet keyword arguments from the ``[indicator]`` configuration."""
+    i = cfg.indicator
+    return dict(ema_fast=i.ema_fast, ema_slow=i.ema_slow, rsi_period=i.rsi_period, macd_fast=i.macd_fast,
+                macd_slow=i.macd_slow, macd_signal=i.macd_signal, bb_period=i.bb_period, bb_k=i.bb_k)
 
 
 class IndicatorProcess:
@@ -135,7 +146,7 @@ class IndicatorProcess:
             self.row.detail = f"waiting for ingest: {e}"[:88]
             return False
         self.workers = [TimeframeWorker(cand, create_indicators(c.instance, tf, c.shm.rows, c.shm.capacity),
-                                        c.indicator.ema_fast, c.indicator.ema_slow)
+                                        indicator_params(c))
                         for tf, cand in zip(c.ingest.timeframes, cands)]
         log.info("attached to %d candle tables", len(self.workers))
         return True

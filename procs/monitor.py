@@ -49,7 +49,7 @@ class MonitorSource:
         self.status: StatusTable | None = None
         self._last_key = None
         self._last_attach = 0.0
-        self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0))
+        self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0), None)
         self.attach_error = ""
 
     # -- attaching ---------------------------------------------------------------------
@@ -86,20 +86,22 @@ class MonitorSource:
         return True
 
     def snapshot(self):
-        """(candles CANDLE_DTYPE (≤ n,), ema_fast float64, ema_slow float64), oldest first."""
+        """(candles CANDLE_DTYPE (≤ n,), ema_fast, ema_slow, (bb_upper, bb_mid, bb_lower)), float64
+        aligned with the candles, oldest first."""
         t = self.tables.get(self.tf)
         if t is None:
             return self._snapshot
         cand, ind = t
         row = cand.row_of(self.market)
         if row is None:
-            self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0))
+            self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0), None)
             return self._snapshot
         try:
             recs, cnt = cand.read_last(row, self.n, max_spins=2000)
             first = cnt - len(recs)
             fast = np.full(len(recs), np.nan)
             slow = np.full(len(recs), np.nan)
+            bands = tuple(np.full(len(recs), np.nan) for _ in range(3))
             irow = ind.row_of(self.market)
             if irow is not None and len(recs):
                 try:
@@ -110,7 +112,9 @@ class MonitorSource:
                 ok = irecs["t"] == recs["t"][:k]   # alignment check: same candle start
                 fast[:k] = np.where(ok, irecs["ema_fast"], np.nan)
                 slow[:k] = np.where(ok, irecs["ema_slow"], np.nan)
-            self._snapshot = (recs, fast, slow)
+                for arr, col in zip(bands, ("bb_upper", "bb_mid", "bb_lower")):
+                    arr[:k] = np.where(ok, irecs[col], np.nan)
+            self._snapshot = (recs, fast, slow, bands)
         except SeqlockTimeout:
             self._last_key = None  # try again next frame, keep showing the previous one
         return self._snapshot
@@ -154,7 +158,7 @@ class MonitorSource:
         return out
 
     def status_text(self, stats) -> str:
-        recs, fast, slow = self._snapshot
+        recs, fast, slow, _ = self._snapshot
         cf, cs = self.cfg.indicator.ema_fast, self.cfg.indicator.ema_slow
         if len(recs):
             r = recs[-1]

@@ -5,7 +5,7 @@ monitor's read-only view of shared memory, :class:`procs.monitor.MonitorSource`)
 this duck-typed interface:
 
 ``poll() -> bool``                    cheap: did anything shown change (global seq, selection)?
-``snapshot() -> (candles, fast, slow)``copies of the selected market and timeframe
+``snapshot() -> (candles, fast, slow, bands)`` copies of the selected market and timeframe
 ``status_text(stats) -> str``         the status line
 ``report(stats)``                     heartbeat into the monitor's status row
 ``select(market_step, tf_step)``      keyboard navigation

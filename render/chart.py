@@ -33,6 +33,7 @@ RISE = (0.85, 0.22, 0.20, 1.0)      # red: close >= open
 FALL = (0.16, 0.42, 0.85, 1.0)      # blue: close < open
 EMA_FAST = (0.98, 0.75, 0.05, 1.0)  # amber
 EMA_SLOW = (0.80, 0.35, 1.00, 1.0)  # violet
+BOLLINGER = (0.45, 0.75, 0.80, 0.55)  # translucent cyan: upper, middle (dashed look via alpha), lower
 BACKGROUND = (0.06, 0.07, 0.09, 1.0)
 TEXT = (0.85, 0.87, 0.90, 1.0)
 
@@ -172,6 +173,8 @@ class CandleChart:
                                    parent=self.view.scene)
         self.ema_slow = scene.Line(np.zeros((2, 2), np.float32), color=EMA_SLOW, width=2, method="gl",
                                    parent=self.view.scene)
+        self.bb_lines = [scene.Line(np.zeros((2, 2), np.float32), color=BOLLINGER, width=1, method="gl",
+                                    parent=self.view.scene) for _ in range(3)]
         self.waiting_text = scene.Text("waiting for data", method=_SDF, color=TEXT, font_size=14, pos=(0.5, 0.5),
                                       parent=self.view.scene)
         self.text_visible = True
@@ -194,23 +197,28 @@ class CandleChart:
             self.status.text = text
             self._status = text
 
-    def set_data(self, candles: np.ndarray, ema_fast: np.ndarray, ema_slow: np.ndarray) -> None:
+    def set_data(self, candles: np.ndarray, ema_fast: np.ndarray, ema_slow: np.ndarray,
+                 bands: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """``candles``: structured array with t, o, h, l, c (oldest first, ≤ max_candles);
-        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up)."""
+        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up); ``bands``
+        optional Bollinger (upper, middle, lower) float64 aligned likewise."""
         candles = candles[-self.max_candles:]
         ema_fast = ema_fast[-self.max_candles:]
         ema_slow = ema_slow[-self.max_candles:]
+        bands = tuple(b[-self.max_candles:] for b in bands) if bands is not None else ()
         n = len(candles)
         if n == 0:
             self.bodies.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
             self.wicks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
             self.ema_fast.visible = self.ema_slow.visible = False
+            for line in self.bb_lines:
+                line.visible = False
             self.waiting_text.visible = True
             return
         self.waiting_text.visible = False
         lo = float(candles["l"].min())
         hi = float(candles["h"].max())
-        for e in (ema_fast, ema_slow):
+        for e in (ema_fast, ema_slow, *bands):
             ok = e[np.isfinite(e)]
             if len(ok):
                 lo, hi = min(lo, float(ok.min())), max(hi, float(ok.max()))
@@ -219,7 +227,10 @@ class CandleChart:
         bp, bc, wp, wc = candle_vertices(candles["o"], candles["h"], candles["l"], candles["c"], lo, hi)
         self.bodies.set_vertices(bp, bc)
         self.wicks.set_vertices(wp, wc)
-        for line, e in ((self.ema_fast, ema_fast), (self.ema_slow, ema_slow)):
+        lines = [(self.ema_fast, ema_fast), (self.ema_slow, ema_slow)] + list(zip(self.bb_lines, bands))
+        for line in self.bb_lines[len(bands):]:
+            line.visible = False
+        for line, e in lines:
             idx = np.flatnonzero(np.isfinite(e))
             if len(idx) >= 2:
                 pts = np.c_[idx, (e[idx] - lo) / (hi - lo)].astype(np.float32)

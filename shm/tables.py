@@ -30,11 +30,15 @@ CLOSED = 1       #: a later trade crossed the candle's end: it will not change a
 BACKFILLED = 2   #: written from REST candles, not built from trades
 GAP = 4          #: one or more intervals before this candle had no candle
 
-#: Indicator values of one candle, aligned with it. ``t`` int64 (copy of the candle's
-#: start, Unix s UTC, so a reader can check the alignment); EMAs float64 KRW, NaN
-#: while warming up (TA-Lib seeding: the first value is the SMA of the first
-#: ``period`` closes). The open candle carries provisional values.
-INDICATOR_DTYPE = np.dtype([("t", "<i8"), ("ema_fast", "<f8"), ("ema_slow", "<f8")])
+#: Indicator values of one candle, aligned with it (80 bytes). ``t`` int64 (copy of the
+#: candle's start, Unix s UTC, so a reader can check the alignment); ``ema_fast``,
+#: ``ema_slow`` float64 KRW; ``rsi`` float64 percent 0–100 (Wilder); ``macd``,
+#: ``macd_signal``, ``macd_hist`` float64 KRW; ``bb_mid`` (SMA), ``bb_upper``, ``bb_lower``
+#: float64 KRW. All as TA-Lib computes them (:mod:`procs.indicators`), NaN where TA-Lib's
+#: lookback gives none. The open candle carries provisional values.
+INDICATOR_DTYPE = np.dtype([("t", "<i8"), ("ema_fast", "<f8"), ("ema_slow", "<f8"), ("rsi", "<f8"),
+                            ("macd", "<f8"), ("macd_signal", "<f8"), ("macd_hist", "<f8"),
+                            ("bb_mid", "<f8"), ("bb_upper", "<f8"), ("bb_lower", "<f8")])
 
 
 def candles_table(tf: str) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from procs.config import load_config
-from procs.indicators import ema
+from procs.indicators import IndicatorSet
 from procs.monitor import MonitorSource
 from procs.replay_data import load_dataset
 from shm.status import StatusTable
@@ -31,7 +31,11 @@ def fill_rings(instance, market="KRW-BTC", n=300, start=1000):
         c.write_many(row, 0, rec)
         c.publish()
         ind = np.zeros(len(src), INDICATOR_DTYPE)
-        ind["t"], ind["ema_fast"], ind["ema_slow"] = src["t"], ema(src["c"], 12), ema(src["c"], 26)
+        ind["t"] = src["t"]
+        st = IndicatorSet()
+        vals = np.array([st.update(float(c)) for c in src["c"]])
+        for j, col in enumerate(INDICATOR_DTYPE.names[1:]):
+            ind[col] = vals[:, j]
         i.write_many(row, 0, ind)
         i.publish()
     return src

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-import talib
 
 from procs.replay_data import load_dataset
 from shm.status import StatusTable
@@ -106,11 +105,10 @@ def test_indicator_ring_is_aligned_and_equals_talib(replayed, market):
     c, cnt = cand["30m"].read_last(row, CAP)
     i, icnt = ind.read_last(ind.row_of(market), CAP)
     assert icnt == cnt and np.array_equal(i["t"], c["t"])
-    for field, period in (("ema_fast", 12), ("ema_slow", 26)):
-        ref = talib.EMA(c["c"], timeperiod=period)
-        ok = np.isfinite(ref)
-        assert np.array_equal(np.isfinite(i[field]), ok)
-        assert np.max(np.abs(i[field][ok] - ref[ok]) / ref[ok]) <= 1e-9
+    from tests.test_indicators import COLUMNS, rel_err, talib_reference
+    ref = talib_reference(c["c"])
+    for field in COLUMNS:
+        assert rel_err(i[field], ref[field]) <= 1e-9, field
 
 
 def test_counters_say_nothing_was_dropped(replayed):
