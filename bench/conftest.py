@@ -41,6 +41,12 @@ def pytest_terminal_summary(terminalreporter):
     if all(cp):
         w(f"  200 candles: ring copy {cp[0]['median_us']:.2f} us vs json.loads {cp[1]['median_us']:.1f} us "
           f"(median) -> {cp[1]['median_us'] / cp[0]['median_us']:.0f}x")
+    inc, tl = RESULTS.get("incremental"), RESULTS.get("talib_recompute")
+    if inc and tl:
+        w(f"  all indicators per candle: incremental {inc['median_us']:.1f} us vs TA-Lib recompute over 1,000 "
+          f"candles {tl['median_us']:.1f} us -> {tl['median_us'] / inc['median_us']:.1f}x")
+    if "100 markets" in RESULTS:
+        w(f"  incremental updates across 100 markets: {RESULTS['100 markets']['updates_per_s']:,.0f} updates/s")
     for k, v in RESULTS.items():
         if "cpu_pct" in v:
             w(f"  idle consumer CPU, {k:<34} {v['cpu_pct']:>6.1f} % of a core")
