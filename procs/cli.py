@@ -4,6 +4,7 @@
     smtm down                         stop supervisord, unlink the instance's shared memory
     smtm status                       programs (state, pid, uptime), heartbeats, counters, rings
     smtm tail MARKET [--tf 30m] [-n 10]  latest candles with EMA, RSI, MACD, Bollinger, from shared memory
+    smtm signals                      the buyable set (markets whose buy signal is on)
     smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
     smtm replay status | speed X | pause | resume   the replay exchange's clock
     smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
@@ -254,6 +255,28 @@ def _signed(x: float) -> str:
     return ("-" if x < 0 else "") + format_krw(abs(x))
 
 
+def cmd_signals(args, cfg: Config, sup: Supervisor) -> int:
+    from shm.signals import SignalsTable
+    try:
+        t = SignalsTable.open(cfg.instance, cfg.shm.rows)
+    except (SegmentNotFound, SegmentNotReady):
+        print("no signals table yet (is the indicator running?)", file=sys.stderr)
+        return 1
+    rows, ver = t.read_all()
+    rows = rows[rows["code"] != b""]
+    on = rows[rows["active"] == 1]
+    rules = ", ".join(cfg.signals.rules)
+    print(f"buyable set on {cfg.signal_timeframe} candles ({len(on)} of {len(rows)} markets; rules: {rules}; "
+          f"version {ver})")
+    if len(on):
+        print(f"  {'market':<12} {'since (UTC, candle start)':<26} {'price':>14}  rule")
+    for r in on:
+        since = datetime.fromtimestamp(int(r["since_t"]), timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"  {bytes(r['code']).decode():<12} {since:<26} {format_krw(float(r['price'])):>14}  "
+              f"{bytes(r['rule']).decode()}")
+    return 0
+
+
 def cmd_universe(args, cfg: Config, sup: Supervisor) -> int:
     from shm.symbols import IN_UNIVERSE, SymbolsTable
     if args.action == "set":
@@ -334,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     tail.add_argument("market", help="market code, e.g. KRW-BTC")
     tail.add_argument("--tf", help="timeframe (default: monitor.timeframe)")
     tail.add_argument("-n", type=int, default=10, help="candles (default 10)")
+    sub.add_parser("signals", help="the buyable set: markets whose buy signal is on")
     uni = sub.add_parser("universe", help="set or show the market universe (the symbols table)")
     uni.add_argument("action", choices=("set", "show"))
     uni.add_argument("codes", nargs="?", default="", help="comma-separated market codes (set)")
@@ -356,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     sup = Supervisor(args.conf)
-    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "universe": cmd_universe,
+    return {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "signals": cmd_signals, "universe": cmd_universe,
             "replay": cmd_replay, "fault": cmd_fault}[args.cmd](args, cfg, sup)
 
 

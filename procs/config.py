@@ -102,6 +102,14 @@ class IndicatorConfig:
 
 
 @dataclass(frozen=True)
+class SignalsConfig:
+    """Buy signals (procs.signals), evaluated on candle close of ``timeframe``."""
+    timeframe: str = ""                           #: "" = the finest ingest timeframe
+    rules: tuple[str, ...] = ("macd_cross_rsi_bb",)
+    rsi_max: float = 70.0                         #: RSI bound of macd_cross_rsi_bb
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     fps: int = 60                   #: render timer rate with a display
     headless_fps: int = 10          #: off-screen frame rate without a display
@@ -123,7 +131,13 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     indicator: IndicatorConfig = field(default_factory=IndicatorConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
     sources: tuple[str, ...] = ()
+
+    @property
+    def signal_timeframe(self) -> str:
+        """The timeframe buy signals are evaluated on (``signals.timeframe`` or the finest)."""
+        return self.signals.timeframe or min(self.ingest.timeframes, key=tf_seconds)
 
     @property
     def run_dir(self) -> Path:
@@ -195,13 +209,14 @@ _RULES: dict[str, dict[str, dict]] = {
                   "bb_period": dict(typ=int, lo=2, hi=1000), "bb_k": dict(typ=float, lo=0.1, hi=10.0),
                   "spin_us": dict(typ=float, lo=0.0, hi=100_000.0),
                   "park_timeout_s": dict(typ=float, lo=0.001, hi=1.0)},
+    "signals": {"timeframe": dict(typ=str), "rules": dict(typ=list), "rsi_max": dict(typ=float, lo=0.0, hi=100.0)},
     "monitor": {"fps": dict(typ=int, lo=1, hi=240), "headless_fps": dict(typ=int, lo=1, hi=120),
                 "snapshot_interval_s": dict(typ=float, lo=0.1), "candles_shown": dict(typ=int, lo=10, hi=2000),
                 "width": dict(typ=int, lo=200, hi=8192), "height": dict(typ=int, lo=150, hi=8192),
                 "market": dict(typ=str), "timeframe": dict(typ=str, choices=tuple(TIMEFRAMES))},
 }
 _CLASSES = {"shm": ShmConfig, "exchange": ExchangeConfig, "ingest": IngestConfig,
-            "indicator": IndicatorConfig, "monitor": MonitorConfig}
+            "indicator": IndicatorConfig, "monitor": MonitorConfig, "signals": SignalsConfig}
 
 
 def _section(name: str, raw: dict, where: str):
@@ -220,6 +235,14 @@ def _section(name: str, raw: dict, where: str):
         if not tfs or len(set(tfs)) != len(tfs):
             raise ConfigError(f"ingest.timeframes = {tfs!r}: must be a non-empty list without repeats")
         vals["timeframes"] = tuple(tfs)
+    if name == "signals" and "rules" in vals:
+        from .signals import RULES
+        for i, r in enumerate(vals["rules"]):
+            if r not in RULES:
+                raise ConfigError(f"signals.rules[{i}] = {r!r}: allowed values are {', '.join(RULES)}")
+        if not vals["rules"]:
+            raise ConfigError("signals.rules must name at least one rule")
+        vals["rules"] = tuple(vals["rules"])
     return _CLASSES[name](**vals)
 
 
@@ -269,6 +292,9 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
                           f"{cfg.indicator.macd_slow}")
     if cfg.ingest.backoff_cap_s < cfg.ingest.backoff_base_s:
         raise ConfigError(f"ingest.backoff_cap_s = {cfg.ingest.backoff_cap_s} must be >= ingest.backoff_base_s")
+    if cfg.signals.timeframe and cfg.signals.timeframe not in cfg.ingest.timeframes:
+        raise ConfigError(f"signals.timeframe = {cfg.signals.timeframe!r}: allowed values are the ingest timeframes "
+                          f"{', '.join(cfg.ingest.timeframes)}")
     if cfg.monitor.timeframe not in cfg.ingest.timeframes:
         raise ConfigError(f"monitor.timeframe = {cfg.monitor.timeframe!r}: allowed values are the ingest timeframes "
                           f"{', '.join(cfg.ingest.timeframes)}")

@@ -2,7 +2,9 @@
 
 Indicators (all as TA-Lib computes them, :mod:`procs.indicators`): EMA fast/slow, RSI
 (Wilder), MACD line/signal/histogram, Bollinger Bands (SMA middle, population standard
-deviation); periods and multipliers from ``[indicator]``.
+deviation); periods and multipliers from ``[indicator]``. On every closed candle of the
+signal timeframe it evaluates the buy rules (:mod:`procs.signals`) and keeps the ``signals``
+table (the buyable set) current.
 
 Woken by ingest with the spin-then-park strategy (:mod:`shm.wake`): it spins on the
 global ``seq`` of every ``candles.<tf>`` ring for ``indicator.spin_us``, then parks on
@@ -28,32 +30,42 @@ import numpy as np
 from shm.ring import Overrun, RingTable
 from shm.segment import SegmentNotFound, SegmentNotReady
 from shm.status import State, StatusRow, StatusTable
+from shm.signals import SignalsTable
 from shm.tables import CLOSED, INDICATOR_DTYPE, create_indicators, open_candles
 from shm.wake import SpinThenPark, open_semaphore
 
 from .config import Config, process_start
 from .indicators import IndicatorSet
+from .signals import SignalState, evaluate
 
 log = logging.getLogger("smtm.indicator")
 
 
 class RowState:
-    """Indicator state of one market row over the closed candles before ``closed_n``."""
+    """Indicator (and buy-signal) state of one market row over the closed candles before ``closed_n``."""
 
-    __slots__ = ("closed_n", "ind")
+    __slots__ = ("closed_n", "ind", "signal")
 
     def __init__(self, start: int, params: dict):
         self.closed_n = start
         self.ind = IndicatorSet(**params)
+        self.signal = SignalState()
+
+
+_COLUMNS = INDICATOR_DTYPE.names[1:]
 
 
 class TimeframeWorker:
     """Keeps ``indicators.<tf>`` in step with ``candles.<tf>``."""
 
-    def __init__(self, candles: RingTable, indicators: RingTable, params: dict):
+    def __init__(self, candles: RingTable, indicators: RingTable, params: dict,
+                 signals: SignalsTable | None = None, rules: tuple[str, ...] = (), rsi_max: float = 70.0):
         self.candles = candles
         self.ind = indicators
         self.params = params
+        self.signals = signals      # written on candle close when this is the signal timeframe
+        self.rules = rules
+        self.rsi_max = rsi_max
         self.state: list[RowState | None] = [None] * candles.n_rows
         self.last_seqs = np.full(candles.n_rows, -1, dtype=np.int64)
         self.last_rewrites = candles.rewrites().astype(np.int64)
@@ -114,12 +126,21 @@ class TimeframeWorker:
         for j in range(n):
             c = closes[j]
             if flags[j] & CLOSED or start + j < cnt - 1:
-                out[j] = (ts[j], *ind.update(c))
+                vals = ind.update(c)
+                out[j] = (ts[j], *vals)
                 st.closed_n = start + j + 1
+                if self.signals is not None:
+                    self._signal(row, st.signal, ts[j], c, vals)
             else:
                 out[j] = (ts[j], *ind.peek(c))
         self.ind.write_many(row, start, out)
         self.records_out += n
+
+    def _signal(self, row: int, sig: SignalState, t: int, close: float, vals: tuple) -> None:
+        changed = evaluate(sig, t, close, dict(zip(_COLUMNS, vals)), self.rules, self.rsi_max)
+        if changed or int(self.signals.rows["evaluated_t"][row]) != t:
+            self.signals.write_rows(row, (self.candles.name(row).encode(), 1 if sig.active else 0,
+                                          sig.rule.encode(), sig.since_t, sig.price, t))
 
 
 def indicator_params(cfg: Config) -> dict:
@@ -145,8 +166,10 @@ class IndicatorProcess:
         except (SegmentNotFound, SegmentNotReady) as e:
             self.row.detail = f"waiting for ingest: {e}"[:88]
             return False
+        signals = SignalsTable.writer(c.instance, c.shm.rows)
         self.workers = [TimeframeWorker(cand, create_indicators(c.instance, tf, c.shm.rows, c.shm.capacity),
-                                        indicator_params(c))
+                                        indicator_params(c), signals if tf == c.signal_timeframe else None,
+                                        c.signals.rules, c.signals.rsi_max)
                         for tf, cand in zip(c.ingest.timeframes, cands)]
         log.info("attached to %d candle tables", len(self.workers))
         return True

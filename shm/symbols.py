@@ -18,8 +18,7 @@ import time
 
 import numpy as np
 
-from .ring import SeqlockTimeout
-from .segment import Layout, Segment, segment_name
+from .snapshot import SnapshotTable
 
 IN_UNIVERSE = 1   #: subscribed by ingest
 TRADABLE = 2      #: in the top N the trader may buy
@@ -28,51 +27,19 @@ CAUTION = 8       #: any Upbit caution flag (market_event.caution.*)
 
 SYMBOL_DTYPE = np.dtype([("code", "S16"), ("flags", "<i4"), ("rank", "<i4"), ("value_24h", "<f8"),
                          ("updated_unix_ns", "<i8")])
-_SEQ_BYTES = 64
 
 
-def symbols_layout(rows: int) -> Layout:
-    return Layout(kind="symbols", params={"rows": rows, "dtype": [list(d) for d in SYMBOL_DTYPE.descr]},
-                  size=_SEQ_BYTES + rows * SYMBOL_DTYPE.itemsize)
-
-
-class SymbolsTable:
+class SymbolsTable(SnapshotTable):
     """``writer()`` for the single writer, ``open()`` read-only."""
 
-    def __init__(self, seg: Segment, rows: int):
-        self.seg = seg
-        self.n_rows = rows
-        self._seq = seg.payload("<u8", (1,), 0)
-        self.rows = seg.payload(SYMBOL_DTYPE, (rows,), _SEQ_BYTES)
-
-    @classmethod
-    def writer(cls, instance: str, rows: int) -> "SymbolsTable":
-        seg = Segment.create_or_attach(segment_name(instance, "symbols"), symbols_layout(rows))
-        t = cls(seg, rows)
-        if int(t._seq[0]) & 1:  # a writer died mid-write
-            t._seq[0] += 1
-        return t
-
-    @classmethod
-    def open(cls, instance: str, rows: int) -> "SymbolsTable":
-        return cls(Segment.attach(segment_name(instance, "symbols"), symbols_layout(rows)), rows)
-
-    @property
-    def version(self) -> int:
-        """Bumped after every change (one 8-byte load)."""
-        return self.seg.global_seq
+    KIND = "symbols"
+    TABLE = "symbols"
+    DTYPE = SYMBOL_DTYPE
 
     def read(self, max_spins: int = 10_000) -> tuple[np.ndarray, int]:
         """Consistent copy of the used rows and the version they belong to."""
-        for _ in range(max_spins):
-            s1 = int(self._seq[0])
-            if s1 & 1:
-                continue
-            ver = self.seg.global_seq
-            rows = self.rows.copy()
-            if int(self._seq[0]) == s1:
-                return rows[rows["code"] != b""], ver
-        raise SeqlockTimeout("symbols: no consistent read")
+        rows, ver = self.read_all(max_spins)
+        return rows[rows["code"] != b""], ver
 
     def universe(self) -> list[str]:
         """Market codes flagged IN_UNIVERSE, in row order."""
@@ -96,13 +63,4 @@ class SymbolsTable:
             same = prev is not None and (int(prev["flags"]), int(prev["rank"]), float(prev["value_24h"])) == \
                 (flags, rank, float(value))
             new[i] = (raw, flags, rank, value, int(prev["updated_unix_ns"]) if same else now)
-        s = int(self._seq[0])
-        self._seq[0] = s + 1
-        self.rows[:] = new
-        self._seq[0] = s + 2
-        self.seg.bump_global_seq()
-        return self.version
-
-    def close(self) -> None:
-        self._seq = self.rows = None
-        self.seg.close()
+        return self.write_rows(slice(None), new)

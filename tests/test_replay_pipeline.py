@@ -111,6 +111,23 @@ def test_indicator_ring_is_aligned_and_equals_talib(replayed, market):
         assert rel_err(i[field], ref[field]) <= 1e-9, field
 
 
+def test_signals_table_holds_the_buyable_set(replayed):
+    from shm.signals import SignalsTable
+    from tests.test_signals import expected_signals
+    env, cand, _, _, _ = replayed
+    rows, _ = SignalsTable.open(env.instance, 32).read_all()
+    by_code = {bytes(r["code"]).decode(): r for r in rows if r["code"]}
+    assert set(by_code) == set(ALL_MARKETS)
+    for m in ALL_MARKETS:
+        c = SRC[m]["c"][:-1]  # the newest candle is still open: only closed candles are evaluated
+        ons, active = expected_signals(c)
+        r = by_code[m]
+        assert bool(r["active"]) == active, m
+        if active:
+            assert int(r["since_t"]) == int(SRC[m]["t"][ons[-1]]) and float(r["price"]) == float(c[ons[-1]])
+        assert int(r["evaluated_t"]) == int(SRC[m]["t"][-2])
+
+
 def test_counters_say_nothing_was_dropped(replayed):
     _, _, _, status, base = replayed
     ing = status.read("ingest")

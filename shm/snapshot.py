@@ -1,0 +1,75 @@
+"""Small tables read whole: one seqlock for the table, the header's global seq as ``version``.
+
+For tables of a few dozen rows that readers copy entirely (``symbols``, ``signals``): the
+writer bumps the table ``seq`` (odd), writes rows, bumps it (even), then bumps the version;
+a reader copies all rows between two equal even ``seq`` loads.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ring import SeqlockTimeout
+from .segment import Layout, Segment, segment_name
+
+_SEQ_BYTES = 64
+
+
+class SnapshotTable:
+    """``writer()`` for the single writer, ``open()`` read-only. ``rows`` is a (n_rows,) view."""
+
+    KIND = "snapshot"
+    DTYPE: np.dtype = np.dtype([("x", "<i8")])
+    TABLE = "snapshot"
+
+    def __init__(self, seg: Segment, n_rows: int):
+        self.seg = seg
+        self.n_rows = n_rows
+        self._seq = seg.payload("<u8", (1,), 0)
+        self.rows = seg.payload(self.DTYPE, (n_rows,), _SEQ_BYTES)
+
+    @classmethod
+    def layout(cls, n_rows: int) -> Layout:
+        return Layout(kind=cls.KIND, params={"rows": n_rows, "dtype": [list(d) for d in cls.DTYPE.descr]},
+                      size=_SEQ_BYTES + n_rows * cls.DTYPE.itemsize)
+
+    @classmethod
+    def writer(cls, instance: str, n_rows: int):
+        seg = Segment.create_or_attach(segment_name(instance, cls.TABLE), cls.layout(n_rows))
+        t = cls(seg, n_rows)
+        if int(t._seq[0]) & 1:  # a writer died mid-write
+            t._seq[0] += 1
+        return t
+
+    @classmethod
+    def open(cls, instance: str, n_rows: int):
+        return cls(Segment.attach(segment_name(instance, cls.TABLE), cls.layout(n_rows)), n_rows)
+
+    @property
+    def version(self) -> int:
+        """Bumped after every change (one 8-byte load)."""
+        return self.seg.global_seq
+
+    def read_all(self, max_spins: int = 10_000) -> tuple[np.ndarray, int]:
+        """Consistent copy of every row and the version it belongs to. Raises SeqlockTimeout."""
+        for _ in range(max_spins):
+            s1 = int(self._seq[0])
+            if s1 & 1:
+                continue
+            ver = self.seg.global_seq
+            rows = self.rows.copy()
+            if int(self._seq[0]) == s1:
+                return rows, ver
+        raise SeqlockTimeout(f"{self.seg.name}: no consistent read")
+
+    def write_rows(self, index, values) -> int:
+        """Writer: ``rows[index] = values`` in one seqlock section; returns the new version."""
+        s = int(self._seq[0])
+        self._seq[0] = s + 1
+        self.rows[index] = values
+        self._seq[0] = s + 2
+        self.seg.bump_global_seq()
+        return self.version
+
+    def close(self) -> None:
+        self._seq = self.rows = None
+        self.seg.close()
