@@ -11,6 +11,10 @@ Serves, on one port (aiohttp):
   directions is closed, as Upbit does. Types served: ``trade``, ``ticker`` (from a recording) and ``candle.30m`` /
   ``candle.60m`` / ``candle.240m`` (units the 30-minute data can build exactly).
 * ``GET /v1/market/all`` (``is_details``) — the recorded real response.
+* ``GET /v1/ticker?markets=..`` — computed from the trades replayed so far: last price, day
+  open/high/low and change vs the previous UTC day's close, ``acc_trade_price``/``volume``
+  since 00:00 UTC and ``acc_trade_price_24h``/``volume_24h`` over the trailing 24 h of replay
+  time (no 52-week fields: the data spans three months).
 * ``GET /v1/candles/minutes/{unit}`` (unit 30, 60, 240; ``market``, ``count`` 1–200,
   ``to`` exclusive ISO-8601 end, naive = UTC) — newest first, only candles that have
   started by the replay clock (the current one partial), as Upbit pages them.
@@ -164,6 +168,13 @@ class ReplayExchange:
         self.messages_sent = 0
         self.rest_requests = 0
         self._rollups = {u: {m: rollup(c, u * 60) for m, c in tape.candles.items()} for u in CANDLE_UNITS}
+        # per market: trade times and prefix sums of value/volume, for REST ticker windows
+        self._tick_index = {}
+        for mi, m in enumerate(tape.markets):
+            t = tape.trades[tape.trades["market"] == mi]
+            t = t[np.argsort(t["ts"], kind="stable")]
+            self._tick_index[m] = (t["ts"], np.r_[0.0, np.cumsum(t["price"] * t["volume"])],
+                                   np.r_[0.0, np.cumsum(t["volume"])], t["price"], t["volume"])
         n = len(tape.markets)
         # per market: [t, o, h, l, c, v, value, last_ts] of the open bucket per unit
         self._partial: dict[int, list[list | None]] = {u: [None] * n for u in CANDLE_UNITS}
@@ -488,6 +499,49 @@ class ReplayExchange:
             rows.append(tuple(p))
         return list(reversed(rows[-count:]))
 
+    async def ticker(self, request: web.Request) -> web.Response:
+        """``GET /v1/ticker?markets=A,B``: Upbit's ticker fields computed from the trades replayed
+        so far; ``acc_*_24h`` over the trailing 24 h of replay time, ``acc_*`` since 00:00 UTC."""
+        rem, err = await self._admit("ticker")
+        if err is not None:
+            return err
+        codes = [c for c in request.query.get("markets", "").split(",") if c]
+        if not codes:
+            return self._error(400, "validation_error", "markets is required", rem)
+        unknown = [c for c in codes if c not in self._tick_index]
+        if unknown:
+            return self._error(404, 404, f"Code not found: {','.join(unknown)}", rem)
+        body = [t for t in (self.ticker_of(c) for c in codes) if t is not None]
+        return web.json_response(body, headers={"Remaining-Req": rem})
+
+    def ticker_of(self, code: str) -> dict | None:
+        """Ticker of ``code`` as of the replay clock, or None before its first trade."""
+        ts, cum_val, cum_vol, price, vol = self._tick_index[code]
+        now = self.now_ms
+        hi = int(np.searchsorted(ts, now, side="right"))
+        if hi == 0:
+            return None
+        day0 = now // 86_400_000 * 86_400_000
+        d0 = int(np.searchsorted(ts, day0, side="left"))
+        w0 = int(np.searchsorted(ts, now - 86_400_000, side="right"))
+        last = float(price[hi - 1])
+        prev_close = float(price[d0 - 1]) if d0 > 0 else float(price[0])
+        day_prices = price[d0:hi] if hi > d0 else price[hi - 1:hi]
+        dt = datetime.fromtimestamp(int(ts[hi - 1]) / 1000, timezone.utc)
+        kst = dt.astimezone(KST)
+        change = last - prev_close
+        return {"market": code, "trade_date": dt.strftime("%Y%m%d"), "trade_time": dt.strftime("%H%M%S"),
+                "trade_date_kst": kst.strftime("%Y%m%d"), "trade_time_kst": kst.strftime("%H%M%S"),
+                "trade_timestamp": int(ts[hi - 1]), "opening_price": float(day_prices[0]),
+                "high_price": float(day_prices.max()), "low_price": float(day_prices.min()), "trade_price": last,
+                "prev_closing_price": prev_close, "change": "RISE" if change > 0 else "FALL" if change < 0 else "EVEN",
+                "change_price": abs(change), "change_rate": abs(change) / prev_close,
+                "signed_change_price": change, "signed_change_rate": change / prev_close,
+                "trade_volume": float(vol[hi - 1]),
+                "acc_trade_price": float(cum_val[hi] - cum_val[d0]), "acc_trade_price_24h": float(cum_val[hi] - cum_val[w0]),
+                "acc_trade_volume": float(cum_vol[hi] - cum_vol[d0]), "acc_trade_volume_24h": float(cum_vol[hi] - cum_vol[w0]),
+                "timestamp": int(time.time() * 1000)}
+
     async def replay_status(self, request: web.Request) -> web.Response:
         return web.json_response(self.progress())
 
@@ -545,6 +599,7 @@ class ReplayExchange:
         app.router.add_get("/websocket/v1", self.ws_handler)
         app.router.add_get("/v1/market/all", self.market_all)
         app.router.add_get("/v1/candles/minutes/{unit}", self.candles_minutes)
+        app.router.add_get("/v1/ticker", self.ticker)
         app.router.add_get("/replay/status", self.replay_status)
         app.router.add_post("/replay/control", self.replay_control)
         app.router.add_get("/faults", self.faults_get)
