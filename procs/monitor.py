@@ -30,6 +30,7 @@ from shm.tables import CANDLE_DTYPE, open_candles, open_indicators
 from render.text import format_krw
 
 from .config import Config, process_start
+from .signals import RULES
 
 log = logging.getLogger("smtm.monitor")
 
@@ -49,7 +50,7 @@ class MonitorSource:
         self.status: StatusTable | None = None
         self._last_key = None
         self._last_attach = 0.0
-        self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0), None)
+        self._snapshot = self._empty()
         self.attach_error = ""
 
     # -- attaching ---------------------------------------------------------------------
@@ -85,23 +86,29 @@ class MonitorSource:
         self._last_key = key
         return True
 
+    @staticmethod
+    def _empty():
+        return (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0), None, None, None, None)
+
     def snapshot(self):
-        """(candles CANDLE_DTYPE (≤ n,), ema_fast, ema_slow, (bb_upper, bb_mid, bb_lower)), float64
-        aligned with the candles, oldest first."""
+        """(candles CANDLE_DTYPE (≤ n,), ema_fast, ema_slow, (bb_upper, bb_mid, bb_lower), rsi,
+        (macd, macd_signal, macd_hist), buy-signal candle indices): float64 arrays aligned with
+        the candles, oldest first (the argument list of ``CandleChart.set_data``)."""
         t = self.tables.get(self.tf)
         if t is None:
             return self._snapshot
         cand, ind = t
         row = cand.row_of(self.market)
         if row is None:
-            self._snapshot = (np.zeros(0, CANDLE_DTYPE), np.zeros(0), np.zeros(0), None)
+            self._snapshot = self._empty()
             return self._snapshot
         try:
             recs, cnt = cand.read_last(row, self.n, max_spins=2000)
             first = cnt - len(recs)
             fast = np.full(len(recs), np.nan)
             slow = np.full(len(recs), np.nan)
-            bands = tuple(np.full(len(recs), np.nan) for _ in range(3))
+            cols = ("bb_upper", "bb_mid", "bb_lower", "rsi", "macd", "macd_signal", "macd_hist")
+            vals = {c: np.full(len(recs), np.nan) for c in cols}
             irow = ind.row_of(self.market)
             if irow is not None and len(recs):
                 try:
@@ -112,12 +119,28 @@ class MonitorSource:
                 ok = irecs["t"] == recs["t"][:k]   # alignment check: same candle start
                 fast[:k] = np.where(ok, irecs["ema_fast"], np.nan)
                 slow[:k] = np.where(ok, irecs["ema_slow"], np.nan)
-                for arr, col in zip(bands, ("bb_upper", "bb_mid", "bb_lower")):
-                    arr[:k] = np.where(ok, irecs[col], np.nan)
-            self._snapshot = (recs, fast, slow, bands)
+                for c in cols:
+                    vals[c][:k] = np.where(ok, irecs[c], np.nan)
+            bands = (vals["bb_upper"], vals["bb_mid"], vals["bb_lower"])
+            macd = (vals["macd"], vals["macd_signal"], vals["macd_hist"])
+            marks = self._marks(recs, vals) if self.tf == self.cfg.signal_timeframe else None
+            self._snapshot = (recs, fast, slow, bands, vals["rsi"], macd, marks)
         except SeqlockTimeout:
             self._last_key = None  # try again next frame, keep showing the previous one
         return self._snapshot
+
+    def _marks(self, recs: np.ndarray, vals: dict) -> np.ndarray:
+        """Indices of the shown closed candles where a configured buy rule fired (procs.signals)."""
+        sc = self.cfg.signals
+        out = []
+        for i in range(1, len(recs) - 1):  # the newest candle is open: rules fire on close only
+            prev = {k: vals[k][i - 1] for k in ("macd", "macd_signal", "rsi", "bb_lower")}
+            cur = {k: vals[k][i] for k in ("macd", "macd_signal", "rsi", "bb_lower")}
+            if any(np.isnan(v) for v in (*prev.values(), *cur.values())):
+                continue
+            if any(RULES[r](prev, cur, float(recs["c"][i]), sc.rsi_max) for r in sc.rules):
+                out.append(i)
+        return np.array(out, int)
 
     def select(self, market_step: int = 0, tf_step: int | None = 0, tf_index: int | None = None) -> None:
         markets = self.markets()
@@ -158,7 +181,7 @@ class MonitorSource:
         return out
 
     def status_text(self, stats) -> str:
-        recs, fast, slow, _ = self._snapshot
+        recs, fast, slow = self._snapshot[:3]
         cf, cs = self.cfg.indicator.ema_fast, self.cfg.indicator.ema_slow
         if len(recs):
             r = recs[-1]

@@ -33,7 +33,12 @@ RISE = (0.85, 0.22, 0.20, 1.0)      # red: close >= open
 FALL = (0.16, 0.42, 0.85, 1.0)      # blue: close < open
 EMA_FAST = (0.98, 0.75, 0.05, 1.0)  # amber
 EMA_SLOW = (0.80, 0.35, 1.00, 1.0)  # violet
-BOLLINGER = (0.45, 0.75, 0.80, 0.55)  # translucent cyan: upper, middle (dashed look via alpha), lower
+BOLLINGER = (0.45, 0.75, 0.80, 0.55)  # translucent cyan: upper, middle, lower
+RSI_LINE = (0.30, 0.85, 0.45, 1.0)    # green
+MACD_LINE = (0.95, 0.55, 0.15, 1.0)   # orange
+MACD_SIGNAL = (0.55, 0.65, 1.00, 1.0)  # light blue
+GUIDE = (0.35, 0.37, 0.42, 1.0)
+SIGNAL_MARK = (0.10, 0.95, 0.60, 1.0)  # bright green triangles under the candle
 BACKGROUND = (0.06, 0.07, 0.09, 1.0)
 TEXT = (0.85, 0.87, 0.90, 1.0)
 
@@ -162,7 +167,24 @@ class CandleChart:
                                        parent=self.price_view.scene)
         self.price_ticks = scene.Line(np.zeros((2, 2), np.float32), color=TEXT, connect="segments", method="gl",
                                       parent=self.price_view.scene)
-        self.xlabels_view = grid.add_view(row=2, col=0)
+        # RSI panel (0..100 with 30/70 guides) and MACD panel (histogram, line, signal)
+        self.rsi_view = grid.add_view(row=2, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        self.rsi_view.height_min = self.rsi_view.height_max = 100
+        self.rsi_view.camera = scene.PanZoomCamera(interactive=False)
+        self.rsi_guides = scene.Line(np.array([[-1, 30], [1e4, 30], [-1, 70], [1e4, 70]], np.float32), color=GUIDE,
+                                     connect="segments", method="gl", parent=self.rsi_view.scene)
+        self.rsi_line = scene.Line(np.zeros((2, 2), np.float32), color=RSI_LINE, width=1.5, method="gl",
+                                   parent=self.rsi_view.scene)
+        self.macd_view = grid.add_view(row=3, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        self.macd_view.height_min = self.macd_view.height_max = 120
+        self.macd_view.camera = scene.PanZoomCamera(interactive=False)
+        self.macd_hist = ColoredVertices("triangles", 6 * max_candles, parent=self.macd_view.scene)
+        self.macd_line = scene.Line(np.zeros((2, 2), np.float32), color=MACD_LINE, width=1.5, method="gl",
+                                    parent=self.macd_view.scene)
+        self.macd_signal = scene.Line(np.zeros((2, 2), np.float32), color=MACD_SIGNAL, width=1.5, method="gl",
+                                      parent=self.macd_view.scene)
+        self.marks = ColoredVertices("triangles", 3 * max_candles, parent=self.view.scene)
+        self.xlabels_view = grid.add_view(row=4, col=0)
         self.xlabels_view.height_max = 26
         self.xlabels_view.camera = scene.PanZoomCamera(interactive=False)
         self.xlabels = scene.Text(["-"], method=_SDF, pos=[(0, 0.5)], color=TEXT, font_size=7, anchor_x="center",
@@ -178,6 +200,7 @@ class CandleChart:
         self.waiting_text = scene.Text("waiting for data", method=_SDF, color=TEXT, font_size=14, pos=(0.5, 0.5),
                                       parent=self.view.scene)
         self.text_visible = True
+        self._marks_idx = np.zeros(0, int)
         self._range: tuple | None = None
         self._xkey: tuple | None = None
         self._status = None
@@ -198,10 +221,13 @@ class CandleChart:
             self._status = text
 
     def set_data(self, candles: np.ndarray, ema_fast: np.ndarray, ema_slow: np.ndarray,
-                 bands: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+                 bands: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, rsi: np.ndarray | None = None,
+                 macd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, marks: np.ndarray | None = None) -> None:
         """``candles``: structured array with t, o, h, l, c (oldest first, ≤ max_candles);
-        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up); ``bands``
-        optional Bollinger (upper, middle, lower) float64 aligned likewise."""
+        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up); optional, aligned
+        likewise: ``bands`` Bollinger (upper, middle, lower), ``rsi`` (0..100), ``macd``
+        (line, signal, histogram); ``marks`` indices of candles where a buy signal fired."""
+        self._set_panels(candles, rsi, macd, marks)
         candles = candles[-self.max_candles:]
         ema_fast = ema_fast[-self.max_candles:]
         ema_slow = ema_slow[-self.max_candles:]
@@ -213,6 +239,7 @@ class CandleChart:
             self.ema_fast.visible = self.ema_slow.visible = False
             for line in self.bb_lines:
                 line.visible = False
+            self.marks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
             self.waiting_text.visible = True
             return
         self.waiting_text.visible = False
@@ -225,6 +252,7 @@ class CandleChart:
         pad = (hi - lo) * 0.04 or max(abs(hi) * 0.01, 1e-8)
         lo, hi = lo - pad, hi + pad
         bp, bc, wp, wc = candle_vertices(candles["o"], candles["h"], candles["l"], candles["c"], lo, hi)
+        self._set_marks(np.asarray(candles["l"], np.float64), lo, hi)
         self.bodies.set_vertices(bp, bc)
         self.wicks.set_vertices(wp, wc)
         lines = [(self.ema_fast, ema_fast), (self.ema_slow, ema_slow)] + list(zip(self.bb_lines, bands))
@@ -248,6 +276,58 @@ class CandleChart:
         if key != self._xkey:
             self._xkey = key
             self._set_time_labels(candles["t"])
+
+    def _set_panels(self, candles, rsi, macd, marks) -> None:
+        n = min(len(candles), self.max_candles)
+        xr = (-1, max(n, 10))
+        self.rsi_view.camera.set_range(x=xr, y=(0, 100), margin=0)
+        if rsi is not None and n:
+            r = rsi[-n:]
+            idx = np.flatnonzero(np.isfinite(r))
+            self.rsi_line.visible = len(idx) >= 2
+            if len(idx) >= 2:
+                self.rsi_line.set_data(pos=np.c_[idx, r[idx]].astype(np.float32))
+        else:
+            self.rsi_line.visible = False
+        if macd is not None and n:
+            line, sig, hist = (a[-n:] for a in macd)
+            ok = np.isfinite(hist)
+            span = float(np.nanmax(np.abs(np.r_[line[ok], sig[ok], hist[ok]]))) if ok.any() else 1.0
+            span = span or 1.0
+            self.macd_view.camera.set_range(x=xr, y=(-1.1, 1.1), margin=0)  # values scaled by span
+            idx = np.flatnonzero(ok)
+            x0, x1 = idx - 0.35, idx + 0.35
+            y = hist[idx] / span
+            quads = np.empty((len(idx), 6, 2), np.float32)
+            quads[:, 0] = np.c_[x0, np.zeros_like(y)]
+            quads[:, 1] = np.c_[x1, np.zeros_like(y)]
+            quads[:, 2] = np.c_[x1, y]
+            quads[:, 3] = np.c_[x0, np.zeros_like(y)]
+            quads[:, 4] = np.c_[x1, y]
+            quads[:, 5] = np.c_[x0, y]
+            cols = np.where((y >= 0)[:, None], np.array(RISE, np.float32), np.array(FALL, np.float32))
+            self.macd_hist.set_vertices(quads.reshape(-1, 2), np.repeat(cols, 6, axis=0).astype(np.float32))
+            for vis, arr in ((self.macd_line, line), (self.macd_signal, sig)):
+                vis.visible = len(idx) >= 2
+                if len(idx) >= 2:
+                    vis.set_data(pos=np.c_[idx, arr[idx] / span].astype(np.float32))
+        else:
+            self.macd_hist.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+            self.macd_line.visible = self.macd_signal.visible = False
+        # marks index the snapshot; the chart shows its last n candles
+        self._marks_idx = np.asarray(marks if marks is not None else [], int) - (len(candles) - n)
+
+    def _set_marks(self, lows: np.ndarray, lo: float, hi: float) -> None:
+        idx = self._marks_idx[(self._marks_idx >= 0) & (self._marks_idx < len(lows))]
+        if len(idx) == 0:
+            self.marks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+            return
+        y = (lows[idx] - lo) / (hi - lo) - 0.015
+        tri = np.empty((len(idx), 3, 2), np.float32)
+        tri[:, 0] = np.c_[idx - 0.45, y - 0.03]
+        tri[:, 1] = np.c_[idx + 0.45, y - 0.03]
+        tri[:, 2] = np.c_[idx, y]
+        self.marks.set_vertices(tri.reshape(-1, 2), np.tile(np.array(SIGNAL_MARK, np.float32), (3 * len(idx), 1)))
 
     def _set_price_labels(self, lo: float, hi: float) -> None:
         ticks = nice_ticks(lo, hi)

@@ -61,6 +61,10 @@ def test_offscreen_render_shows_candles_of_both_colours_and_ema_lines(instance, 
     assert 0 < n_rise < 120
     assert rise > 20 * n_rise and fall > 20 * (120 - n_rise), (rise, fall)
     assert fast > 500 and slow > 500, (fast, slow)
+    # Bollinger Bands, the RSI and MACD panels and the buy-signal marks are drawn too
+    assert count_colour(img, rgb(chart.RSI_LINE)) > 300
+    assert count_colour(img, rgb(chart.MACD_LINE), tol=30) > 200 and count_colour(img, rgb(chart.MACD_SIGNAL), tol=30) > 200
+    assert count_colour(img, rgb(chart.SIGNAL_MARK), tol=30) > 20
     # nothing else tints the chart in candle colours: an empty market renders none of them
     empty = MonitorSource(load_config("replay"))
     empty.market = "KRW-ETH"
