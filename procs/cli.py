@@ -95,7 +95,7 @@ def cmd_up(args, cfg: Config, sup: Supervisor) -> int:
         (ROOT / "run" / "profile").write_text(cfg.profile + "\n")
         print(f"supervisord started (profile {cfg.profile}, instance {cfg.instance})")
     deadline = time.monotonic() + args.timeout
-    expected = [p for p in ("exchange", "ingest", "indicator", "monitor") if p != "exchange" or cfg.exchange.enabled]
+    expected = [p for p in ("exchange", "ingest", "indicator", "symbols", "monitor") if p != "exchange" or cfg.exchange.enabled]
     states: dict = {}
     while time.monotonic() < deadline:
         try:
@@ -178,6 +178,14 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
         else:
             line = f"{'-':<12} {'-':>9}"
         print(f"{name:<10} {p.get('statename', '-'):<10} {p.get('pid', 0) or '-':>7} {up:>8}  {line}")
+    try:
+        from shm.symbols import TRADABLE, SymbolsTable
+        srows, ver = SymbolsTable.open(cfg.instance, cfg.shm.rows).read()
+        top = sorted((r for r in srows if r["flags"] & TRADABLE), key=lambda r: int(r["rank"]))
+        print(f"\ntop {len(top)} by 24 h traded value (symbols version {ver}): " + ", ".join(
+            f"{bytes(r['code']).decode()} #{int(r['rank'])} {float(r['value_24h']) / 1e8:,.0f}e8 KRW" for r in top))
+    except (SegmentNotFound, SegmentNotReady, LayoutMismatch):
+        pass
     print(f"\n{'ring':<16} {'rows':>4} {'candles':>9} {'global seq':>10}   {'ring':<18} {'records':>9}")
     for tf in cfg.ingest.timeframes:
         cells = []

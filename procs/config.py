@@ -110,6 +110,17 @@ class SignalsConfig:
 
 
 @dataclass(frozen=True)
+class SymbolsConfig:
+    """The symbol manager (procs.symbols); intervals in market time."""
+    top_n: int = 8
+    min_stable_s: float = 1800.0
+    rank_interval_s: float = 600.0
+    safety_interval_s: float = 3600.0
+    poll_s: float = 1.0
+    candidates: str = "config"      #: "config" = markets.codes; "all" = every KRW market
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     fps: int = 60                   #: render timer rate with a display
     headless_fps: int = 10          #: off-screen frame rate without a display
@@ -132,6 +143,7 @@ class Config:
     indicator: IndicatorConfig = field(default_factory=IndicatorConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
+    symbols: SymbolsConfig = field(default_factory=SymbolsConfig)
     sources: tuple[str, ...] = ()
 
     @property
@@ -209,6 +221,9 @@ _RULES: dict[str, dict[str, dict]] = {
                   "bb_period": dict(typ=int, lo=2, hi=1000), "bb_k": dict(typ=float, lo=0.1, hi=10.0),
                   "spin_us": dict(typ=float, lo=0.0, hi=100_000.0),
                   "park_timeout_s": dict(typ=float, lo=0.001, hi=1.0)},
+    "symbols": {"top_n": dict(typ=int, lo=1, hi=4096), "min_stable_s": dict(typ=float, lo=0.0, hi=1e7),
+                "rank_interval_s": dict(typ=float, lo=0.0, hi=1e7), "safety_interval_s": dict(typ=float, lo=0.0, hi=1e7),
+                "poll_s": dict(typ=float, lo=0.05, hi=600.0), "candidates": dict(typ=str, choices=("config", "all"))},
     "signals": {"timeframe": dict(typ=str), "rules": dict(typ=list), "rsi_max": dict(typ=float, lo=0.0, hi=100.0)},
     "monitor": {"fps": dict(typ=int, lo=1, hi=240), "headless_fps": dict(typ=int, lo=1, hi=120),
                 "snapshot_interval_s": dict(typ=float, lo=0.1), "candles_shown": dict(typ=int, lo=10, hi=2000),
@@ -216,7 +231,8 @@ _RULES: dict[str, dict[str, dict]] = {
                 "market": dict(typ=str), "timeframe": dict(typ=str, choices=tuple(TIMEFRAMES))},
 }
 _CLASSES = {"shm": ShmConfig, "exchange": ExchangeConfig, "ingest": IngestConfig,
-            "indicator": IndicatorConfig, "monitor": MonitorConfig, "signals": SignalsConfig}
+            "indicator": IndicatorConfig, "monitor": MonitorConfig, "signals": SignalsConfig,
+            "symbols": SymbolsConfig}
 
 
 def _section(name: str, raw: dict, where: str):

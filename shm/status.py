@@ -18,7 +18,7 @@ from .ring import SeqlockTimeout
 from .segment import Layout, Segment, segment_name
 
 #: Row order of the status table. A new process appends its name (the layout hash changes).
-PROCESSES = ("exchange", "ingest", "indicator", "monitor")
+PROCESSES = ("exchange", "ingest", "indicator", "symbols", "monitor")
 
 
 class State(enum.IntEnum):
