@@ -2,7 +2,6 @@
 them with TA-Lib over the last 1,000 candles (what a non-incremental engine does on each
 candle), and incremental updates per second across 100 markets."""
 import numpy as np
-import pytest
 import talib
 
 from bench.conftest import RESULTS

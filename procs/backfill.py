@@ -92,7 +92,6 @@ class Backfiller:
         self.fine = min(rings, key=lambda tf: tf_s[tf])
         self.unit = tf_s[self.fine] // 60
         self.repairs = 0
-        self.candles_written = 0
 
     def repair(self, market: str, row: int, since_s: int | None) -> int | None:
         """Make ``market``'s rings agree with REST from ``since_s`` (None: the latest page only,
@@ -106,7 +105,6 @@ class Backfiller:
             return None
         recs, last_tick = rest_to_records(rows)
         replace_from(fine, row, recs, fs)
-        self.candles_written += len(recs)
         for tf, ring in self.rings.items():
             if tf == self.fine:
                 continue

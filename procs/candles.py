@@ -50,8 +50,6 @@ class CandleBuilder:
     def __init__(self, ring: RingTable, tf_seconds: int):
         self.ring = ring
         self.tf = tf_seconds
-        self.late = 0
-        self.writes = 0
         # per row: [index, t, o, h, l, c, v, value, n, flags] of the newest candle, or None
         self._open: list[list | None] = [None] * ring.n_rows
         # per row: trade times (ms) of the current open and close; after a restart the open's
@@ -119,12 +117,5 @@ class CandleBuilder:
             self._open[row] = new
             self._first_ts[row] = self._last_ts[row] = ts_ms
         else:
-            self.late += 1
             return False
-        self.writes += 1
         return True
-
-    def open_candle(self, row: int) -> tuple | None:
-        """(index, t, o, h, l, c, v, value, n, flags) of the row's newest candle, or None."""
-        st = self._open[row]
-        return None if st is None else tuple(st)

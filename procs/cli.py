@@ -51,9 +51,7 @@ class Supervisor:
         if not url.startswith("unix://"):
             raise SystemExit(f"{self.conf}: [supervisorctl] serverurl must be unix:// (got {url})")
         self.socket = url[len("unix://"):]
-        self.pidfile = Path(cp.get("supervisord", "pidfile").replace("%(here)s", here))
         self.logdir = Path(cp.get("supervisord", "childlogdir").replace("%(here)s", here))
-        self.logfile = Path(cp.get("supervisord", "logfile").replace("%(here)s", here))
         if len(self.socket.encode()) > 100:
             raise SystemExit(f"supervisord socket path is {len(self.socket)} bytes (Unix sockets allow ~107): "
                              f"{self.socket}; clone the repository to a shorter path")
@@ -199,7 +197,7 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
                 cells.append((f"{'candles' if opener is open_candles else 'indicators'}.{tf}", 0, 0, "absent"))
             except LayoutMismatch:
                 cells.append((f"{tf}", 0, 0, "LAYOUT MISMATCH"))
-        (a, an, ac, ag), (b, bn, bc, bg) = cells
+        (a, an, ac, ag), (b, _, bc, _) = cells
         print(f"{a:<16} {an:>4} {ac:>9} {ag!s:>10}   {b:<18} {bc:>9}")
     return 0
 

@@ -15,7 +15,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,6 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     symbols: SymbolsConfig = field(default_factory=SymbolsConfig)
-    sources: tuple[str, ...] = ()
 
     @property
     def signal_timeframe(self) -> str:
@@ -294,7 +293,7 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
         raise ConfigError(f"{where}: unknown key markets.{sorted(set(raw['markets']) - {'codes'})[0]}")
 
     sections = {name: _section(name, raw.get(name, {}), where) for name in _RULES}
-    cfg = Config(profile=profile, instance=instance, markets=tuple(markets), sources=tuple(map(str, files)), **sections)
+    cfg = Config(profile=profile, instance=instance, markets=tuple(markets), **sections)
     if cfg.indicator.ema_fast >= cfg.indicator.ema_slow:
         raise ConfigError(f"indicator.ema_fast = {cfg.indicator.ema_fast} must be < indicator.ema_slow = {cfg.indicator.ema_slow}")
     if len(cfg.markets) > cfg.shm.rows:
@@ -334,13 +333,3 @@ def process_start(prog: str, description: str, argv: list[str] | None = None, ad
     except ConfigError as e:
         logging.getLogger(f"smtm.{prog}").error("configuration error: %s", e)
         return None, args
-
-
-def config_summary(cfg: Config) -> dict:
-    """A JSON-able view of the configuration (no secrets live here)."""
-    out: dict = {"profile": cfg.profile, "instance": cfg.instance, "markets": list(cfg.markets)}
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if hasattr(v, "__dataclass_fields__"):
-            out[f.name] = {g.name: getattr(v, g.name) for g in fields(v)}
-    return out

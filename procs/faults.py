@@ -66,7 +66,6 @@ class FaultInjector:
         self.rest_418_until = 0.0
         self.rest_slow_left = 0
         self.rest_slow_s = 0.0
-        self.drop_requests = 0
         self.refuse_until = 0.0
         self._malformed_i = 0
         self.applied: dict[str, int] = {t: 0 for t in FAULT_TYPES}
@@ -85,7 +84,6 @@ class FaultInjector:
             raise FaultError("seconds must be a number in 0..3600")
         now = self.clock()
         if ty == "drop":
-            self.drop_requests += 1
             self.refuse_until = now + float(seconds)
         elif ty == "stall":
             self.stall_until = now + float(seconds)

@@ -80,9 +80,6 @@ class Ema:
             return (self.acc + close) / self.period
         return self.value + self.k * (close - self.value)
 
-    @property
-    def ready(self) -> bool:
-        return not math.isnan(self.value)
 
 
 #: TA-Lib's TA_IS_ZERO / TA_IS_ZERO_OR_NEG threshold (TA_EPSILON = 1e-14 in TA-Lib 0.6; 1e-8 in old

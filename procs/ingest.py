@@ -67,19 +67,16 @@ from .rest import RateLimiter, RestClient, RestError
 
 log = logging.getLogger("smtm.ingest")
 
-# DEFAULT field → SIMPLE key (trade and ticker share the keys ingest reads)
-_K = {**upbit_format.TICKER, **upbit_format.TRADE}
-
-
 def _is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _getter(obj: dict):
-    """Field access by DEFAULT name for a DEFAULT or SIMPLE message."""
+    """Field access by DEFAULT name for a DEFAULT or SIMPLE message (SIMPLE keys of its own type)."""
     if "type" in obj:
         return obj.get
-    return lambda k: obj.get(_K.get(k, k))
+    keys = upbit_format.keymap(obj.get("ty") or "")
+    return lambda k: obj.get(keys.get(k, k))
 
 
 def parse_ticker(obj: dict) -> dict | None:
@@ -175,7 +172,6 @@ class Ingest:
         self.drops: Counter[str] = Counter()
         self.trades = 0
         self.duplicates = 0
-        self.covered_skips = 0
         self.last_price: dict[str, float] = {}
         self.tickers: dict[str, dict] = {}
         self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
@@ -264,12 +260,10 @@ class Ingest:
             self._drop("duplicate")
             return
         if ts <= self.covered_ms.get(code, 0):
-            self.covered_skips += 1  # already in the REST candles of the last repair
-            return
+            return  # already counted in the REST candles of the last repair
         price, vol = float(price), float(vol)
         for b in self.builders:
             if b.is_late(row, ts):
-                b.late += 1
                 self._drop("late_trade")
                 self.schedule_repair(code, ts // 1000)
                 return
@@ -294,11 +288,11 @@ class Ingest:
         """Ask for a REST repair of ``code`` from ``since_s`` (coalesced; run by :meth:`run_repairs`)."""
         if self.backfill is None:
             return
-        prev = self.pending_repairs.get(code, "absent")
-        if prev == "absent" or prev is None or (since_s is not None and since_s < prev):
-            self.pending_repairs[code] = since_s
-        self.repair_due = min(self.repair_due, time.monotonic() + delay_s) if self.repair_due else \
-            time.monotonic() + delay_s
+        # None (the latest page, for an empty ring) yields to any concrete start; starts merge to the earliest
+        prev = self.pending_repairs.get(code)
+        self.pending_repairs[code] = since_s if prev is None else prev if since_s is None else min(prev, since_s)
+        due = time.monotonic() + delay_s
+        self.repair_due = min(self.repair_due, due) if self.repair_due else due
 
     def warm_up(self) -> None:
         """Before subscribing: markets with no candle yet get the latest REST page (history the
@@ -366,7 +360,6 @@ class IngestProcess:
         self.subscription_pending = False
         self.backoff = Backoff(cfg.ingest.backoff_base_s, cfg.ingest.backoff_cap_s)
         self.last_connect = 0.0
-        self.stalls = 0
         self.repair_before_next_frame = False
         self.hole_s = 1.5 * cfg.ingest.keepalive_s  # the UP answers make longer silences a hole
         self.recorder = None
@@ -453,7 +446,6 @@ class IngestProcess:
             except websocket.WebSocketException as e:
                 log.warning("send failed: %s", e)
             if now - self.last_frame > ic.stall_timeout_s:
-                self.stalls += 1
                 log.warning("no frame for %.1f s: connection stalled, reconnecting", now - self.last_frame)
                 self._close_socket()
         if self.connected:

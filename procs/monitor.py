@@ -30,7 +30,7 @@ from shm.tables import CANDLE_DTYPE, open_candles, open_indicators
 from render.text import format_krw
 
 from .config import Config, process_start
-from .signals import RULES
+from .signals import NEEDED, fired
 
 log = logging.getLogger("smtm.monitor")
 
@@ -130,17 +130,15 @@ class MonitorSource:
         return self._snapshot
 
     def _marks(self, recs: np.ndarray, vals: dict) -> np.ndarray:
-        """Indices of the shown closed candles where a configured buy rule fired (procs.signals)."""
-        sc = self.cfg.signals
-        out = []
-        for i in range(1, len(recs) - 1):  # the newest candle is open: rules fire on close only
-            prev = {k: vals[k][i - 1] for k in ("macd", "macd_signal", "rsi", "bb_lower")}
-            cur = {k: vals[k][i] for k in ("macd", "macd_signal", "rsi", "bb_lower")}
-            if any(np.isnan(v) for v in (*prev.values(), *cur.values())):
-                continue
-            if any(RULES[r](prev, cur, float(recs["c"][i]), sc.rsi_max) for r in sc.rules):
-                out.append(i)
-        return np.array(out, int)
+        """Indices of the shown closed candles where a configured buy rule fired: the rules of
+        :mod:`procs.signals`, evaluated over the whole window at once (the newest candle is open
+        and rules fire on close only)."""
+        if len(recs) < 3:
+            return np.zeros(0, int)
+        prev = {k: vals[k][:-2] for k in NEEDED}
+        cur = {k: vals[k][1:-1] for k in NEEDED}
+        names = fired(self.cfg.signals.rules, prev, cur, recs["c"][1:-1], self.cfg.signals.rsi_max)
+        return np.flatnonzero(names != "") + 1
 
     def select(self, market_step: int = 0, tf_step: int | None = 0, tf_index: int | None = None) -> None:
         markets = self.markets()

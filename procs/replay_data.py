@@ -214,10 +214,6 @@ class ReplayTape:
     def start_ms(self) -> int:
         return int(self.trades["ts"].min()) if len(self.trades) else 0
 
-    @property
-    def end_ms(self) -> int:
-        return int(self.trades["ts"].max()) if len(self.trades) else 0
-
 
 def rollup(candles: np.ndarray, unit_s: int) -> np.ndarray:
     """Aggregate source candles into ``unit_s`` buckets aligned in UTC (same dtype, oldest first).

@@ -78,7 +78,6 @@ class RateLimiter:
         self._backoff: dict[str, float] = {}
         self.blocked_until = 0.0
         self.throttled = 0     # 429 answers seen
-        self.waits = 0         # times a call had to wait for budget
 
     def acquire(self, group: str, url: str = "") -> None:
         """Block until a request of ``group`` may go out. Raises RestBlocked during a 418 block."""
@@ -99,7 +98,6 @@ class RateLimiter:
                 if wait <= 0:
                     win.append(now)
                     return
-                self.waits += 1
             self.sleep(wait + 0.001)
 
     def on_response(self, group: str, status: int, headers, body_text: str = "") -> float | None:

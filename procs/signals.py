@@ -16,21 +16,48 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 
-def _golden(prev: dict, cur: dict) -> bool:
-    return prev["macd"] <= prev["macd_signal"] and cur["macd"] > cur["macd_signal"]
+# Rules are elementwise: the values may be floats (one candle) or numpy arrays (a window of
+# candles, as the monitor marks them). A comparison with NaN is False, so a candle still
+# warming up never fires.
 
 
-def macd_cross(prev: dict, cur: dict, close: float, rsi_max: float) -> bool:
+def _golden(prev: dict, cur: dict):
+    return (prev["macd"] <= prev["macd_signal"]) & (cur["macd"] > cur["macd_signal"])
+
+
+def macd_cross(prev: dict, cur: dict, close, rsi_max: float):
     return _golden(prev, cur)
 
 
-def macd_cross_rsi_bb(prev: dict, cur: dict, close: float, rsi_max: float) -> bool:
-    return _golden(prev, cur) and cur["rsi"] < rsi_max and close > cur["bb_lower"]
+def macd_cross_rsi_bb(prev: dict, cur: dict, close, rsi_max: float):
+    return _golden(prev, cur) & (cur["rsi"] < rsi_max) & (close > cur["bb_lower"])
 
 
 RULES = {"macd_cross": macd_cross, "macd_cross_rsi_bb": macd_cross_rsi_bb}
-_NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")
+NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")  #: indicator columns the rules read
+
+
+def complete(prev: dict, cur: dict):
+    """Elementwise: every column a rule reads is known (not NaN) on both candles."""
+    ok = True
+    for k in NEEDED:
+        ok = ok & ~np.isnan(prev[k]) & ~np.isnan(cur[k])
+    return ok
+
+
+def fired(rules: tuple[str, ...], prev: dict, cur: dict, close, rsi_max: float):
+    """Which configured rule fires, elementwise, on complete candles only: for scalars the
+    rule's name or "", for arrays an array of names ("" where none fires). The first rule in
+    ``rules`` wins."""
+    ok = complete(prev, cur)
+    if np.ndim(close) == 0:
+        return next((name for name in rules if ok and RULES[name](prev, cur, close, rsi_max)), "")
+    out = np.full(np.shape(close), "", dtype=object)
+    for name in reversed(rules):
+        out[ok & RULES[name](prev, cur, close, rsi_max)] = name
+    return out
 
 
 class SignalState:
@@ -50,15 +77,15 @@ def evaluate(state: SignalState, t: int, close: float, cur: dict, rules: tuple[s
     """Fold one closed candle (start ``t`` Unix s, ``close`` KRW, ``cur`` its indicator values by
     column name). Returns True if the signal state changed."""
     prev, state.prev = state.prev, cur
-    if prev is None or any(math.isnan(prev[k]) or math.isnan(cur[k]) for k in _NEEDED):
+    if prev is None or not complete(prev, cur):
         return False
     if state.active:
         if cur["macd"] < cur["macd_signal"]:
             state.active, state.rule = False, ""
             return True
         return False
-    for name in rules:
-        if RULES[name](prev, cur, close, rsi_max):
-            state.active, state.rule, state.since_t, state.price = True, name, t, close
-            return True
+    name = fired(rules, prev, cur, close, rsi_max)
+    if name:
+        state.active, state.rule, state.since_t, state.price = True, name, t, close
+        return True
     return False

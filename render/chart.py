@@ -199,7 +199,6 @@ class CandleChart:
                                     parent=self.view.scene) for _ in range(3)]
         self.waiting_text = scene.Text("waiting for data", method=_SDF, color=TEXT, font_size=14, pos=(0.5, 0.5),
                                       parent=self.view.scene)
-        self.text_visible = True
         self._marks_idx = np.zeros(0, int)
         self._range: tuple | None = None
         self._xkey: tuple | None = None
@@ -213,7 +212,6 @@ class CandleChart:
         wait for it; the labels follow on the next frame."""
         for t in (self.status, self.price_labels, self.xlabels):
             t.visible = visible
-        self.text_visible = visible
 
     def set_status(self, text: str) -> None:
         if text != self._status:

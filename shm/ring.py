@@ -27,8 +27,6 @@ pure Python cannot issue those, so this module would need a small C helper there
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from .segment import Layout, Segment, ShmError
@@ -100,7 +98,6 @@ class RingTable:
         # 200 candles); copying raw bytes and viewing them as records is one memcpy (~1 µs).
         self._raw = seg.payload(np.uint8, (n_rows, capacity * self.dtype.itemsize), data_off)
         self._name_cache: dict[str, int] = {}
-        self._name_cache_gseq = -1
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -145,11 +142,14 @@ class RingTable:
         return bytes(self._names[row]).decode()
 
     def row_of(self, name: str) -> int | None:
-        """Row index of ``name``, or None if it has no row."""
-        gseq = self.seg.global_seq
-        if gseq != self._name_cache_gseq or name not in self._name_cache:
-            self._name_cache = {n: i for i, n in enumerate(self.names()) if n}
-            self._name_cache_gseq = gseq
+        """Row index of ``name``, or None if it has no row.
+
+        A row keeps its name once assigned, so a cached row is only re-checked (one 16-byte
+        compare); the names are decoded again only on a miss (a row assigned since)."""
+        row = self._name_cache.get(name)
+        if row is not None and bytes(self._names[row]) == name.encode():
+            return row
+        self._name_cache = {n: i for i, n in enumerate(self.names()) if n}
         return self._name_cache.get(name)
 
     def assign_row(self, name: str, row: int | None = None) -> int:
@@ -296,12 +296,3 @@ class RingTable:
             if not self.seqlock or int(self._seq[row]) == s1:
                 return out, cnt
         raise SeqlockTimeout(f"{self.seg.name} row {row}: no consistent read in {max_spins} attempts")
-
-    def wait_change(self, last_global_seq: int, timeout_s: float) -> int:
-        """Poll the global seq with short sleeps until it differs; returns it (tools and tests)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            g = self.seg.global_seq
-            if g != last_global_seq or time.monotonic() > deadline:
-                return g
-            time.sleep(0.001)

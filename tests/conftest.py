@@ -98,6 +98,24 @@ def env(instance, tmp_path):
     e.stop_all()
 
 
+def get_json(url: str):
+    """The JSON body at ``url`` on loopback, or None while the server is not answering."""
+    import requests
+    try:
+        return requests.get(url, timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def attach(open_fn, *args):
+    """``open_fn(*args)`` (a read-only table), or None while its writer has not created it yet."""
+    from shm.segment import ShmError
+    try:
+        return open_fn(*args)
+    except ShmError:
+        return None
+
+
 def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
     """Poll ``pred`` (bounded); raise AssertionError naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout

@@ -6,21 +6,21 @@ import pytest
 import requests
 
 from procs.replay_data import ReplayTape
-from tests.conftest import ALL_MARKETS, ROOT, wait_for
+from tests.conftest import ALL_MARKETS, ROOT, get_json, wait_for
 
 
 def test_ticker_24h_values_equal_pandas(env):
     env.write_overlay(speed=0.0, exchange='start = "2024-11-01"\nend = "2024-11-06"')
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _get(base + "/replay/status"), 30, "the exchange")
+    wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     assert requests.get(base + "/v1/ticker", params={"markets": "KRW-BTC"}, timeout=5).json() == []  # nothing yet
     # a subscriber starts the replay; pause it part-way and read the tickers there
     import json
     import websocket
     ws = websocket.create_connection(f"ws://127.0.0.1:{env.port}/websocket/v1", timeout=10)
     ws.send(json.dumps([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}]))
-    wait_for(lambda: _get(base + "/replay/status")["percent"] > 50, 60, "half the replay", interval=0.01)
+    wait_for(lambda: get_json(base + "/replay/status")["percent"] > 50, 60, "half the replay", interval=0.01)
     requests.post(base + "/replay/control", json={"pause": True}, timeout=5)
     ws.close()
     got = requests.get(base + "/v1/ticker", params={"markets": ",".join(ALL_MARKETS)}, timeout=5)
@@ -46,10 +46,3 @@ def test_ticker_24h_values_equal_pandas(env):
     assert ranked[:3] == list(df[df.ts > now - 86_400_000].groupby("market").value.sum()
                               .sort_values(ascending=False).index[:3])
     assert requests.get(base + "/v1/ticker", params={"markets": "KRW-NOPE"}, timeout=5).status_code == 404
-
-
-def _get(url):
-    try:
-        return requests.get(url, timeout=2).json()
-    except requests.RequestException:
-        return None

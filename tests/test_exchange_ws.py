@@ -2,17 +2,16 @@
 import json
 import time
 
-import requests
 import websocket
 
-from tests.conftest import wait_for
+from tests.conftest import get_json, wait_for
 
 
 def test_websocket_protocol(env):
     env.write_overlay(markets=["KRW-BTC", "KRW-ETH"], speed=50_000.0)  # ~330 trades/s for minutes
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _ok(f"{base}/replay/status"), 30, "the exchange")
+    wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the exchange")
     ws = websocket.create_connection(f"ws://127.0.0.1:{env.port}/websocket/v1", timeout=10)
     try:
         ws.send("PING")
@@ -50,10 +49,3 @@ def test_websocket_protocol(env):
             raise AssertionError("no LIST_SUBSCRIPTIONS answer")
     finally:
         ws.close()
-
-
-def _ok(url):
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False

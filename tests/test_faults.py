@@ -17,7 +17,7 @@ import requests
 from procs.replay_data import load_dataset
 from shm.status import State, StatusTable
 from shm.tables import BACKFILLED, open_candles
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, attach, get_json, wait_for
 
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SHIB"]
 SRC = load_dataset(ROOT / "data" / "upbit", MARKETS)
@@ -91,10 +91,10 @@ keepalive_s = 0.5
     env.start("indicator")
     env.start("exchange")
     r = Rig(env)
-    wait_for(lambda: _ok(r.base + "/replay/status"), 30, "the exchange")
+    wait_for(lambda: get_json(r.base + "/replay/status"), 30, "the exchange")
     ing = env.start("ingest")
-    r.status = wait_for(lambda: _status(env.instance), 30, "the status table")
-    r.rings = {tf: wait_for(lambda tf=tf: _ring(env.instance, tf), 30, f"candles.{tf}") for tf in ("30m", "4h", "1d")}
+    r.status = wait_for(lambda: attach(StatusTable.open, env.instance), 30, "the status table")
+    r.rings = {tf: wait_for(lambda tf=tf: attach(open_candles, env.instance, tf, 32, CAP), 30, f"candles.{tf}") for tf in ("30m", "4h", "1d")}
     wait_for(lambda: r.flowing(100), 30, "trades flowing")
     r.pid = ing.pid
     return r
@@ -215,24 +215,3 @@ def test_fault_matrix(rig, env):
     for k, v in r.recovery.items():
         print(f"  {k:<40} {v:6.2f} s")
     (env.tmp / "fault_recovery.json").write_text(json.dumps(r.recovery, indent=1))
-
-
-def _ok(url):
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
-
-
-def _status(instance):
-    try:
-        return StatusTable.open(instance)
-    except Exception:
-        return None
-
-
-def _ring(instance, tf):
-    try:
-        return open_candles(instance, tf, 32, CAP)
-    except Exception:
-        return None

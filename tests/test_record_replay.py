@@ -9,14 +9,14 @@ import time
 import uuid
 
 import numpy as np
-import requests
 import websocket
 
 from procs.ingest import parse_ticker
 from shm.segment import unlink_instance
+from shm.status import StatusTable
 from shm.tables import open_candles
 from procs.replay_data import load_dataset
-from tests.conftest import ROOT, Env, wait_for
+from tests.conftest import Env, ROOT, attach, get_json, wait_for
 
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
 
@@ -31,11 +31,11 @@ def snapshot(instance):
 
 def run_until_done(env):
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _status(base), 30, "the exchange")
+    wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     ingest = env.start("ingest")
-    wait_for(lambda: (_status(base) or {}).get("finished"), 120, "the replay to finish", interval=0.2)
-    sent = _status(base)["messages_sent"]
-    st = wait_for(lambda: _status_table(env.instance), 10, "status")
+    wait_for(lambda: (get_json(base + "/replay/status") or {}).get("finished"), 120, "the replay to finish", interval=0.2)
+    sent = get_json(base + "/replay/status")["messages_sent"]
+    st = wait_for(lambda: attach(StatusTable.open, env.instance), 10, "status")
     wait_for(lambda: int(st.read("ingest")["msgs_in"]) >= sent, 30, "ingest to read every frame")
     return ingest
 
@@ -84,7 +84,7 @@ def test_real_ticker_recording_replays_and_parses(env):
                       exchange='recording = "data/upbit/ws/ticker_DEFAULT_2025-07-14T054646Z_124mkts.jsonl.gz"')
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    st = wait_for(lambda: _status(base), 30, "the exchange")
+    st = wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     codes = st["markets"]
     assert len(codes) == 124
     ws = websocket.create_connection(f"ws://127.0.0.1:{env.port}/websocket/v1", timeout=10)
@@ -96,18 +96,3 @@ def test_real_ticker_recording_replays_and_parses(env):
     parsed = [parse_ticker(m) for m in got]
     assert all(p is not None for p in parsed) and all(m["ty"] == "ticker" for m in got)
     assert len({p["code"] for p in parsed}) == 124
-
-
-def _status(base):
-    try:
-        return requests.get(base + "/replay/status", timeout=2).json()
-    except requests.RequestException:
-        return None
-
-
-def _status_table(instance):
-    from shm.status import StatusTable
-    try:
-        return StatusTable.open(instance)
-    except Exception:
-        return None

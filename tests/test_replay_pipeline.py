@@ -14,7 +14,7 @@ import requests
 from procs.replay_data import load_dataset
 from shm.status import StatusTable
 from shm.tables import CLOSED, open_candles, open_indicators
-from tests.conftest import ALL_MARKETS, ROOT, wait_for
+from tests.conftest import ALL_MARKETS, ROOT, get_json, wait_for
 
 CAP = 8192
 
@@ -44,11 +44,11 @@ def replayed(tmp_path_factory):
         env.start("indicator")
         env.start("exchange")
         base = f"http://127.0.0.1:{env.port}"
-        wait_for(lambda: _get(f"{base}/replay/status"), 30, "the replay exchange to listen")
+        wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange to listen")
         env.start("ingest")
-        wait_for(lambda: (_get(f"{base}/replay/status") or {}).get("finished"), 240, "the replay to finish",
+        wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), 240, "the replay to finish",
                  interval=0.5)
-        sent = _get(f"{base}/replay/status")["messages_sent"]
+        sent = get_json(f"{base}/replay/status")["messages_sent"]
         status = StatusTable.open(inst)
         wait_for(lambda: int(status.read("ingest")["msgs_in"]) >= sent, 60, "ingest to read every frame")
         cand = {tf: open_candles(inst, tf, 32, CAP) for tf in ("30m", "4h", "1d")}
@@ -60,12 +60,6 @@ def replayed(tmp_path_factory):
         env.stop_all()
         unlink_instance(inst)
 
-
-def _get(url):
-    try:
-        return requests.get(url, timeout=2).json()
-    except (requests.RequestException, ValueError):
-        return None
 
 
 SRC = load_dataset(ROOT / "data" / "upbit", ALL_MARKETS)
@@ -132,7 +126,7 @@ def test_counters_say_nothing_was_dropped(replayed):
     _, _, _, status, base = replayed
     ing = status.read("ingest")
     assert int(ing["dropped"]) == 0 and int(ing["errors"]) == 0
-    assert int(ing["msgs_out"]) > 0.9 * _get(f"{base}/replay/status")["trades"]  # the rest came from REST
+    assert int(ing["msgs_out"]) > 0.9 * get_json(f"{base}/replay/status")["trades"]  # the rest came from REST
 
 
 def test_rest_candles_page_like_upbit(replayed):

@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from procs.rest import RateLimiter, RestBlocked, RestClient
-from tests.conftest import wait_for
+from tests.conftest import get_json, wait_for
 
 
 @pytest.fixture
@@ -15,15 +15,9 @@ def exchange(env):
     env.write_overlay(markets=["KRW-BTC"], speed=0.0, exchange="rest_per_second = 5")
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _ok(base + "/replay/status"), 30, "the exchange")
+    wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     return base
 
-
-def _ok(url):
-    try:
-        return requests.get(url, timeout=2).ok
-    except requests.RequestException:
-        return False
 
 
 def test_burst_never_exceeds_the_announced_limit(exchange):

@@ -12,7 +12,7 @@ import pytest
 from procs.cli import Supervisor
 from shm.status import State, StatusTable
 from shm.tables import open_candles
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, attach, wait_for
 
 
 @pytest.fixture
@@ -51,9 +51,9 @@ def _alive(pid):
 
 def test_monitor_crash_is_invisible_to_the_engine(supervised):
     env, sup, conf = supervised
-    st = wait_for(lambda: _status(env.instance), 30, "the status table")
+    st = wait_for(lambda: attach(StatusTable.open, env.instance), 30, "the status table")
     wait_for(lambda: int(st.read("monitor")["msgs_out"]) > 0, 60, "the monitor's first frame")
-    ring = wait_for(lambda: _ring(env.instance), 30, "candles.30m")
+    ring = wait_for(lambda: attach(open_candles, env.instance, "30m", 32, 2048), 30, "candles.30m")
     wait_for(lambda: ring.counts().sum() > 0, 60, "candles")
     pids = {p["name"]: p["pid"] for p in sup.processes()}
     count0 = int(ring.counts().sum())
@@ -73,7 +73,7 @@ def test_monitor_crash_is_invisible_to_the_engine(supervised):
 
 def test_stop_ingest_stops_only_ingest(supervised):
     env, sup, conf = supervised
-    st = wait_for(lambda: _status(env.instance), 30, "the status table")
+    st = wait_for(lambda: attach(StatusTable.open, env.instance), 30, "the status table")
     wait_for(lambda: st.read("ingest")["state"] == State.RUNNING, 60, "ingest RUNNING")
     ctl = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
     out = subprocess.run([ctl, "-c", str(conf), "stop", "ingest"], capture_output=True, text=True, timeout=30)
@@ -84,17 +84,3 @@ def test_stop_ingest_stops_only_ingest(supervised):
     assert st.read("ingest")["state"] == State.STOPPED
     out = subprocess.run([ctl, "-c", str(conf), "start", "ingest"], capture_output=True, text=True, timeout=30)
     assert "ingest: started" in out.stdout
-
-
-def _status(instance):
-    try:
-        return StatusTable.open(instance)
-    except Exception:
-        return None
-
-
-def _ring(instance):
-    try:
-        return open_candles(instance, "30m", 32, 2048)
-    except Exception:
-        return None

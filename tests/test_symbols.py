@@ -7,7 +7,7 @@ import requests
 from procs.replay_data import ReplayTape, load_market_all
 from procs.symbols import TopN, safety_flags
 from shm.symbols import CAUTION, TRADABLE, WARNING, SymbolsTable
-from tests.conftest import ALL_MARKETS, ROOT, wait_for
+from tests.conftest import ALL_MARKETS, ROOT, attach, get_json, wait_for
 
 
 def test_safety_filter_excludes_exactly_the_flagged_krw_markets():
@@ -51,12 +51,12 @@ poll_s = 0.2
 """)
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _get(base + "/replay/status"), 30, "the exchange")
+    wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     env.start("ingest")
     env.start("symbols")
-    wait_for(lambda: _get(base + "/replay/status")["percent"] > 40, 60, "part of the replay", interval=0.05)
+    wait_for(lambda: get_json(base + "/replay/status")["percent"] > 40, 60, "part of the replay", interval=0.05)
     requests.post(base + "/replay/control", json={"pause": True}, timeout=5)
-    table = wait_for(lambda: _table(env.instance), 30, "the symbols table")
+    table = wait_for(lambda: attach(SymbolsTable.open, env.instance, 32), 30, "the symbols table")
     tick = {t["market"]: t for t in requests.get(base + "/v1/ticker", params={"markets": ",".join(ALL_MARKETS)},
                                                   timeout=5).json()}
     now = max(t["trade_timestamp"] for t in tick.values())
@@ -83,17 +83,3 @@ poll_s = 0.2
     assert top == list(expected.index[:5])
     unsafe = {bytes(r["code"]).decode() for r in rows if r["flags"] & (WARNING | CAUTION)}
     assert unsafe == set(ALL_MARKETS) - safe and not (unsafe & set(top))
-
-
-def _get(url):
-    try:
-        return requests.get(url, timeout=2).json()
-    except requests.RequestException:
-        return None
-
-
-def _table(instance):
-    try:
-        return SymbolsTable.open(instance, 32)
-    except Exception:
-        return None

@@ -4,10 +4,9 @@ import subprocess
 import sys
 import time
 
-import requests
 
 from shm.tables import open_candles
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, attach, get_json, wait_for
 
 
 def smtm(env, *args):
@@ -21,11 +20,11 @@ def test_universe_change_resubscribes_once_and_fills_the_new_ring(env):
     assert out.returncode == 0 and "KRW-BTC, KRW-ETH" in out.stdout, out.stderr
     env.start("exchange")
     base = f"http://127.0.0.1:{env.port}"
-    wait_for(lambda: _status(base), 30, "the exchange")
+    wait_for(lambda: get_json(base + "/replay/status"), 30, "the exchange")
     env.start("ingest")
-    ring = wait_for(lambda: _ring(env.instance), 30, "candles.30m")
+    ring = wait_for(lambda: attach(open_candles, env.instance, "30m", 32, 2048), 30, "candles.30m")
     wait_for(lambda: ring.row_of("KRW-BTC") is not None and ring.count(ring.row_of("KRW-BTC")) > 3, 30, "BTC candles")
-    st = _status(base)
+    st = get_json(base + "/replay/status")
     n0 = st["subscriptions_received"]
     assert st["subscriptions"][-1]["types"]["trade"] == ["KRW-BTC", "KRW-ETH"]
     assert ring.row_of("KRW-XRP") is None
@@ -39,26 +38,12 @@ def test_universe_change_resubscribes_once_and_fills_the_new_ring(env):
     print(f"\nuniverse change -> first KRW-XRP candle in its ring: {latency * 1000:.0f} ms")
     assert latency < 1.0
     time.sleep(1.5)  # nothing else may follow
-    st = _status(base)
+    st = get_json(base + "/replay/status")
     assert st["subscriptions_received"] == n0 + 1
     assert st["subscriptions"][-1]["types"]["trade"] == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
     # a market dropped from the universe keeps its ring readable
     assert smtm(env, "universe", "set", "KRW-XRP").returncode == 0
-    wait_for(lambda: _status(base)["subscriptions"][-1]["types"]["trade"] == ["KRW-XRP"], 5, "the reduced subscription")
+    wait_for(lambda: get_json(base + "/replay/status")["subscriptions"][-1]["types"]["trade"] == ["KRW-XRP"], 5, "the reduced subscription")
     assert ring.count(ring.row_of("KRW-BTC")) > 3
     shown = smtm(env, "universe", "show")
     assert "KRW-XRP" in shown.stdout and "KRW-BTC" not in shown.stdout
-
-
-def _status(base):
-    try:
-        return requests.get(base + "/replay/status", timeout=2).json()
-    except requests.RequestException:
-        return None
-
-
-def _ring(instance):
-    try:
-        return open_candles(instance, "30m", 32, 2048)
-    except Exception:
-        return None
