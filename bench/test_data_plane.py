@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from bench.conftest import RESULTS
+from procs.runtime.roster import STATUS_ROWS
 from shm.status import StatusRow, StatusTable
-from shm.tables import CANDLE_DTYPE, create_candles, open_candles
+from shm.tables import CANDLE_DTYPE, CANDLES
 from shm.wake import SpinThenPark, Waker, open_semaphore
 
 N_MSGS = 5000
@@ -37,9 +38,9 @@ def _pace(t_next: float) -> None:
 
 # -- ring transports -------------------------------------------------------------------------
 def _ring_reader(instance, spin_us, n, ready, out):
-    st = StatusTable.writer(instance)
+    st = StatusTable.writer(instance, STATUS_ROWS)
     row = StatusRow(st, "indicator")
-    ring = open_candles(instance, "30m", 2, 1024)
+    ring = CANDLES.open(instance, "30m", 2, 1024)
     waiter = SpinThenPark(open_semaphore(instance, "indicator"), row, spin_us=spin_us, park_timeout_s=0.5)
     lat = np.empty(n, np.int64)
     seen = ring.global_seq
@@ -61,9 +62,9 @@ def _ring_reader(instance, spin_us, n, ready, out):
 
 def _ring_latency(instance, spin_us):
     ctx = mp.get_context("spawn")
-    ring = create_candles(instance, "30m", 2, 1024)
+    ring = CANDLES.create(instance, "30m", 2, 1024)
     ring.assign_row("KRW-BTC")
-    st = StatusTable.writer(instance)
+    st = StatusTable.writer(instance, STATUS_ROWS)
     waker = Waker(instance, st, ["indicator"])
     ready, out = ctx.Event(), ctx.Queue()
     p = ctx.Process(target=_ring_reader, args=(instance, spin_us, N_MSGS, ready, out), daemon=True)
@@ -168,10 +169,10 @@ def test_wake_latency_zmq_ipc(benchmark):
 
 # -- snapshot copy vs JSON -----------------------------------------------------------------------
 def _candles_200(instance):
-    from procs.replay_data import load_dataset
-    from tests.conftest import ROOT
+    from procs.replay.tape import load_dataset
+    from tests.helpers import ROOT
     src = load_dataset(ROOT / "data" / "upbit", ["KRW-BTC"])["KRW-BTC"][-200:]
-    ring = create_candles(instance, "30m", 2, 1024)
+    ring = CANDLES.create(instance, "30m", 2, 1024)
     row = ring.assign_row("KRW-BTC")
     rec = np.zeros(len(src), CANDLE_DTYPE)
     for f in ("t", "o", "h", "l", "c", "v", "value"):
@@ -182,7 +183,7 @@ def _candles_200(instance):
             "opening_price": float(r["o"]), "high_price": float(r["h"]), "low_price": float(r["l"]),
             "trade_price": float(r["c"]), "candle_acc_trade_volume": float(r["v"]),
             "candle_acc_trade_price": float(r["value"]), "timestamp": int(r["t"]) * 1000, "unit": 30} for r in rec]
-    return open_candles(instance, "30m", 2, 1024), row, json.dumps(doc)
+    return CANDLES.open(instance, "30m", 2, 1024), row, json.dumps(doc)
 
 
 def test_snapshot_copy_200(benchmark, instance):
@@ -201,9 +202,9 @@ def test_snapshot_json_loads_200(benchmark, instance):
 
 # -- idle CPU ---------------------------------------------------------------------------------------
 def _idle_consumer(instance, spin_us, seconds, out):
-    st = StatusTable.writer(instance)
+    st = StatusTable.writer(instance, STATUS_ROWS)
     row = StatusRow(st, "indicator")
-    ring = open_candles(instance, "30m", 2, 1024)
+    ring = CANDLES.open(instance, "30m", 2, 1024)
     waiter = SpinThenPark(open_semaphore(instance, "indicator"), row, spin_us=spin_us or 0.0, park_timeout_s=0.25)
     seen = ring.global_seq
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -221,7 +222,7 @@ def _idle_consumer(instance, spin_us, seconds, out):
 @pytest.mark.parametrize("name, spin_us", [("spin-then-park (200 us spin)", 200.0),
                                            ("pure spin (never parks)", None)])
 def test_idle_consumer_cpu(benchmark, instance, name, spin_us):
-    create_candles(instance, "30m", 2, 1024).assign_row("KRW-BTC")
+    CANDLES.create(instance, "30m", 2, 1024).assign_row("KRW-BTC")
     ctx = mp.get_context("spawn")
 
     def run():

@@ -5,9 +5,9 @@ import numpy as np
 import talib
 
 from bench.conftest import RESULTS
-from procs.indicators import IndicatorSet
-from procs.replay_data import load_dataset
-from tests.conftest import ROOT
+from procs.market.indicators import IndicatorSet
+from procs.replay.tape import load_dataset
+from tests.helpers import ROOT
 
 CLOSES = load_dataset(ROOT / "data" / "upbit", ["KRW-BTC"])["KRW-BTC"]["c"]
 

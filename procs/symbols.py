@@ -1,177 +1,49 @@
-"""symbols — the symbol manager: which markets are safe, which are the top N (writer of ``symbols``).
-
-* Safety filter: ``GET /v1/market/all?is_details=true``; KRW markets only; a market with
-  ``market_event.warning`` or any ``market_event.caution`` flag is unsafe (flags WARNING /
-  CAUTION in the table) and never tradable. Refreshed every ``symbols.safety_interval_s``.
-* Ranking: every ``symbols.rank_interval_s`` the safe candidates are ranked by
-  ``acc_trade_price_24h`` from ``GET /v1/ticker`` (``markets=`` in batches of 50, through the
-  process's REST rate limiter).
-* Top N with hysteresis (:class:`TopN`): a market joins after it has ranked inside the top N
-  for ``min_stable_s`` (and only when there is room); a member leaves after it has ranked
-  outside for ``min_stable_s``. A market near the cut therefore does not flap.
-* The table: every candidate with its flags, rank and 24 h value; the top N are
-  ``IN_UNIVERSE | TRADABLE`` — ingest subscribes to them (it resubscribes when ``version``
-  moves) and the trader will buy only from them.
-
-Time: intervals are measured in **market time** (the newest ticker ``trade_timestamp``), so in
-the replay profile they scale with the replay speed, and live they are wall time.
-Candidates: ``symbols.candidates = "config"`` limits them to ``markets.codes`` (the replay
-serves only those); ``"all"`` takes every KRW market.
-"""
+"""symbols — the symbol manager process (wiring only): :mod:`procs.market.universe` polled every
+``symbols.poll_s`` through the venue adapter's REST client; writer of the ``symbols`` table.
+REST failures leave it up and DISCONNECTED until the next poll succeeds."""
 from __future__ import annotations
 
-import logging
-import signal
-import time
+from shm.status import State
+from shm.symbols import SymbolsTable
 
-import requests
-
-from shm.status import State, StatusRow, StatusTable
-from shm.symbols import CAUTION, IN_UNIVERSE, TRADABLE, WARNING, SymbolsTable
-
-from .config import Config, process_start
-from .rest import RateLimiter, RestClient, RestError
-
-log = logging.getLogger("smtm.symbols")
+from .market.types import FetchError
+from .market.universe import SymbolManager
+from .runtime.config import BaseConfig, SymbolsConfig, UpbitConfig
+from .runtime.endpoints import UpbitUrls
+from .runtime.process import Process, start
+from .upbit.rest import RateLimiter, RestClient
 
 
-def safety_flags(market_all: list[dict]) -> dict[str, int]:
-    """KRW market → WARNING/CAUTION flag bits (0 = safe) from a ``market/all?is_details=true`` body."""
-    out = {}
-    for m in market_all:
-        code = m.get("market", "")
-        if not code.startswith("KRW-"):
-            continue
-        ev = m.get("market_event") or {}
-        flags = WARNING if ev.get("warning") else 0
-        if any(bool(v) for v in (ev.get("caution") or {}).values()):
-            flags |= CAUTION
-        out[code] = flags
-    return out
+class SymbolsProcess(Process):
+    name = "symbols"
 
-
-class TopN:
-    """Top-N membership with a minimum stable time (seconds of market time)."""
-
-    def __init__(self, n: int, min_stable_s: float):
-        self.n, self.min_stable_s = n, min_stable_s
-        self.members: list[str] = []
-        self._in_since: dict[str, float] = {}
-        self._out_since: dict[str, float] = {}
-
-    def update(self, ranked: list[str], now_s: float) -> list[str]:
-        """``ranked``: codes, best first. Returns the members, best first."""
-        top = set(ranked[:self.n])
-        for c in list(self.members):
-            if c in top:
-                self._out_since.pop(c, None)
-            elif now_s - self._out_since.setdefault(c, now_s) >= self.min_stable_s or c not in ranked:
-                self.members.remove(c)
-                self._out_since.pop(c, None)
-        cold = not self.members and not self._out_since  # start-up: take the top N at once
-        for c in ranked[:self.n]:
-            if c in self.members:
-                continue
-            since = self._in_since.setdefault(c, now_s)
-            if len(self.members) < self.n and (cold or now_s - since >= self.min_stable_s):
-                self.members.append(c)
-        for c in list(self._in_since):
-            if c not in top or c in self.members:
-                del self._in_since[c]
-        order = {c: i for i, c in enumerate(ranked)}
-        self.members.sort(key=lambda c: order.get(c, len(order)))
-        return list(self.members)
-
-
-class SymbolManager:
-    def __init__(self, cfg: Config, rest: RestClient, table: SymbolsTable, row: StatusRow):
-        self.cfg, self.rest, self.table, self.row = cfg, rest, table, row
-        sc = cfg.symbols
-        self.top = TopN(sc.top_n, sc.min_stable_s)
-        self.flags: dict[str, int] = {}
-        self.last_safety = self.last_rank = None
-        self.market_now_s = 0.0
-        self.ranked: list[tuple[str, float]] = []
-
-    def candidates(self) -> list[str]:
-        if self.cfg.symbols.candidates == "config":
-            return [c for c in self.cfg.markets if self.flags.get(c, 0) == 0 and c in self.flags]
-        return sorted(c for c, f in self.flags.items() if f == 0)
-
-    def refresh_safety(self) -> None:
-        self.flags = safety_flags(self.rest.get("/v1/market/all", {"is_details": "true"}))
-        unsafe = sorted(c for c, f in self.flags.items() if f)
-        log.info("safety filter: %d KRW markets, %d unsafe", len(self.flags), len(unsafe))
-
-    def tickers(self, codes: list[str]) -> list[dict]:
-        out = []
-        for i in range(0, len(codes), 50):
-            out += self.rest.get("/v1/ticker", {"markets": ",".join(codes[i:i + 50])})
-        return out
-
-    def step(self) -> bool:
-        """One poll: refresh what is due (market time). Returns True if the table was written."""
-        sc = self.cfg.symbols
-        if self.last_safety is None:
-            self.refresh_safety()
-            self.last_safety = self.market_now_s
-        ticks = self.tickers(self.candidates())
-        if not ticks:
-            return False  # nothing has traded yet (a replay waiting for its first subscriber)
-        self.market_now_s = max(t["trade_timestamp"] for t in ticks) / 1000.0
-        if self.market_now_s - self.last_safety >= sc.safety_interval_s:
-            self.refresh_safety()
-            self.last_safety = self.market_now_s
-        if self.last_rank is not None and self.market_now_s - self.last_rank < sc.rank_interval_s:
-            return False
-        self.last_rank = self.market_now_s
-        self.ranked = sorted(((t["market"], float(t["acc_trade_price_24h"])) for t in ticks), key=lambda x: -x[1])
-        members = set(self.top.update([c for c, _ in self.ranked], self.market_now_s))
-        rows = [(c, (IN_UNIVERSE | TRADABLE) if c in members else 0, i + 1, v) for i, (c, v) in enumerate(self.ranked)]
-        rows += [(c, f, 0, 0.0) for c, f in sorted(self.flags.items()) if f and (sc.candidates == "all" or c in self.cfg.markets)]
-        self.table.write(rows[:self.table.n_rows])
-        return True
-
-
-class SymbolsProcess:
-    def __init__(self, cfg: Config):
+    def __init__(self, base: BaseConfig, upbit: UpbitConfig, cfg: SymbolsConfig, **kw):
+        super().__init__(base, **kw)
         self.cfg = cfg
-        self.status = StatusTable.writer(cfg.instance)
-        self.row = StatusRow(self.status, "symbols")
-        self.manager = SymbolManager(cfg, RestClient(cfg.ingest.rest_url, RateLimiter()),
-                                     SymbolsTable.writer(cfg.instance, cfg.shm.rows), self.row)
-        self.running = True
+        rest = RestClient(UpbitUrls(upbit.ws_url, upbit.rest_url, base.run_dir).rest,
+                          RateLimiter(clock=self.clock.monotonic))
+        self.manager = SymbolManager(cfg, base.markets, SymbolsTable.writer(base.instance, base.shm.rows),
+                                     market_all=rest.market_all, tickers=rest.tickers)
 
-    def stop(self, *_):
-        self.running = False
+    def on_tick(self) -> None:
+        try:
+            if self.manager.step():
+                self.row.msgs_out += 1
+            self.set_state(State.RUNNING)
+        except FetchError as e:
+            self.row.errors += 1
+            self.set_state(State.DISCONNECTED)
+            self.log.warning("REST failed: %s", e)
+        self.idle(self.cfg.poll_s)
 
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
-        state = State.STARTING
-        while self.running:
-            try:
-                if self.manager.step():
-                    self.row.msgs_out += 1
-                state = State.RUNNING
-            except (RestError, requests.RequestException) as e:
-                self.row.errors += 1
-                state = State.DISCONNECTED
-                log.warning("REST failed: %s", e)
-            top = self.manager.top.members
-            self.row.detail = f"top {len(top)}: {','.join(c[4:] for c in top)}"[:88]
-            self.row.beat(state)
-            deadline = time.monotonic() + self.cfg.symbols.poll_s
-            while self.running and time.monotonic() < deadline:
-                time.sleep(min(0.2, self.cfg.symbols.poll_s))
-                self.row.beat()
-        self.row.stopped()
-        return 0
+    def on_beat(self) -> None:
+        top = self.manager.top.members
+        self.row.detail = f"top {len(top)}: {','.join(c[4:] for c in top)}"[:88]
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, _ = process_start("symbols", "safety filter and 24 h top-N ranking → the symbols table", argv)
-    return 2 if cfg is None else SymbolsProcess(cfg).run()
+    cfg, _ = start("symbols", "safety filter and 24 h top-N ranking → the symbols table", argv)
+    return 2 if cfg is None else SymbolsProcess(cfg.base, cfg.upbit, cfg.symbols).run()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,10 @@
 """Running the chart: a PyQt6 window with a render timer, or off-screen through EGL.
 
-Both modes drive the same :class:`render.chart.CandleChart` from a *source* (the
-monitor's read-only view of shared memory, :class:`procs.monitor.MonitorSource`) with
-this duck-typed interface:
-
-``poll() -> bool``                    cheap: did anything shown change (global seq, selection)?
-``snapshot() -> (candles, fast, slow, bands)`` copies of the selected market and timeframe
-``status_text(stats) -> str``         the status line
-``report(stats)``                     heartbeat into the monitor's status row
-``select(market_step, tf_step)``      keyboard navigation
-``snapshot_path``                     where the off-screen PNG goes
+Both modes drive the same :class:`render.chart.CandleChart` from a
+:class:`render.snapshot.ChartSource` (the monitor's read-only view of shared memory,
+``procs.views.chart_source``): ``poll()`` says whether anything shown changed, ``snapshot()``
+gives a :class:`~render.snapshot.ChartSnapshot`, ``status_text``/``report`` the status line and
+the heartbeat, ``select`` the keyboard navigation, ``snapshot_path`` where the PNG goes.
 
 * :func:`run_window` — VisPy on PyQt6. A timer at ``fps`` polls; buffers are touched and a
   redraw requested only when ``poll()`` says something changed (dirty flag); the status
@@ -23,8 +18,8 @@ Qt is only imported in window mode: with no display Qt aborts the process.
 from __future__ import annotations
 
 import os
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,19 +57,23 @@ def _write_png(path: str, img: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str) -> int:
-    """Open the PyQt6 window and run until closed or SIGTERM. Returns an exit code."""
-    import vispy
-    vispy.use(app="pyqt6")
-    from vispy import app, scene
+def _connect_keys(canvas, source) -> None:
+    """Keys: ←/→ market, ↑/↓ timeframe, 1–9 timeframe by position."""
+    steps = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}
 
-    from .chart import BACKGROUND, CandleChart
+    def on_key(ev):
+        k = ev.key.name if ev.key is not None else ""
+        if k in steps:
+            source.select(*steps[k])
+        elif ev.text and ev.text.isdigit() and ev.text != "0":
+            source.select(0, None, int(ev.text) - 1)
 
-    canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
-    chart = CandleChart(canvas, max_candles)
-    chart.show_text(False)  # candles first; glyphs on the next frame
-    stats = FrameStats()
-    state = {"last_status": 0.0, "draw_start": 0.0}
+    canvas.events.key_press.connect(on_key)
+
+
+def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
+    """Measure each draw into ``stats``; after the first frame, turn the text on."""
+    state = {"draw_start": 0.0}
 
     def on_draw_start(ev):
         state["draw_start"] = time.perf_counter()
@@ -91,25 +90,37 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
     canvas.events.draw.connect(on_draw_start, position="first")
     canvas.events.draw.connect(on_draw_end, position="last")
 
-    def on_key(ev):
-        k = ev.key.name if ev.key is not None else ""
-        steps = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}
-        if k in steps:
-            source.select(*steps[k])
-        elif ev.text and ev.text.isdigit() and ev.text != "0":
-            source.select(0, None, int(ev.text) - 1)
 
-    canvas.events.key_press.connect(on_key)
+def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
+               should_run: Callable[[], bool] = lambda: True) -> int:
+    """Open the PyQt6 window and run until it is closed or ``should_run()`` turns false (checked
+    on every timer tick: the process's stop request). Returns an exit code."""
+    import vispy
+    vispy.use(app="pyqt6")
+    from vispy import app, scene
+
+    from .chart import BACKGROUND, CandleChart
+
+    canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
+    chart = CandleChart(canvas, max_candles)
+    chart.show_text(False)  # candles first; glyphs on the next frame
+    stats = FrameStats()
+    _time_draws(canvas, chart, source, stats)
+    _connect_keys(canvas, source)
+    last_status = [0.0]
 
     def tick(ev):
+        if not should_run():
+            app.quit()
+            return
         stats.ticks += 1
         dirty = False
         if source.poll():
-            chart.set_data(*source.snapshot())
+            chart.set_data(source.snapshot())
             dirty = True
         now = time.monotonic()
-        if now - state["last_status"] >= 0.5:
-            state["last_status"] = now
+        if now - last_status[0] >= 0.5:
+            last_status[0] = now
             stats.roll()
             chart.set_status(source.status_text(stats))
             source.report(stats)
@@ -118,8 +129,6 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
             canvas.update()
 
     timer = app.Timer(interval=1.0 / fps, connect=tick, start=True)
-    signal.signal(signal.SIGTERM, lambda *a: app.quit())
-    signal.signal(signal.SIGINT, lambda *a: app.quit())
     app.run()
     timer.stop()
     return 0
@@ -142,7 +151,7 @@ def render_once(source, *, size: tuple[int, int], max_candles: int) -> np.ndarra
     canvas = make_offscreen_canvas(size)
     chart = CandleChart(canvas, max_candles)
     source.poll()
-    chart.set_data(*source.snapshot())
+    chart.set_data(source.snapshot())
     chart.set_status(source.status_text(FrameStats()))
     img = canvas.render()
     canvas.close()
@@ -150,7 +159,7 @@ def render_once(source, *, size: tuple[int, int], max_candles: int) -> np.ndarra
 
 
 def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, snapshot_interval_s: float,
-                  should_run=lambda: True) -> int:
+                  should_run: Callable[[], bool] = lambda: True) -> int:
     """Render off-screen until ``should_run()`` is false, writing PNG snapshots."""
     import logging
     log = logging.getLogger("smtm.monitor")
@@ -170,7 +179,7 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
     while should_run():
         stats.ticks += 1
         if source.poll():
-            chart.set_data(*source.snapshot())
+            chart.set_data(source.snapshot())
             dirty = True
         now = time.monotonic()
         if now - last_status >= 0.5:

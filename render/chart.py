@@ -20,11 +20,14 @@ falling one blue.
 """
 from __future__ import annotations
 
+from datetime import UTC
+
 import numpy as np
 from vispy import gloo, scene
 from vispy.visuals import Visual
 
 from . import fonts
+from .snapshot import ChartSnapshot
 from .text import format_krw
 
 fonts.install()
@@ -218,13 +221,11 @@ class CandleChart:
             self.status.text = text
             self._status = text
 
-    def set_data(self, candles: np.ndarray, ema_fast: np.ndarray, ema_slow: np.ndarray,
-                 bands: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, rsi: np.ndarray | None = None,
-                 macd: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, marks: np.ndarray | None = None) -> None:
-        """``candles``: structured array with t, o, h, l, c (oldest first, ≤ max_candles);
-        ``ema_fast``/``ema_slow`` float64 aligned with it (NaN while warming up); optional, aligned
-        likewise: ``bands`` Bollinger (upper, middle, lower), ``rsi`` (0..100), ``macd``
-        (line, signal, histogram); ``marks`` indices of candles where a buy signal fired."""
+    def set_data(self, snap: ChartSnapshot) -> None:
+        """Show ``snap`` (≤ max_candles candles, oldest first, indicators aligned with them; see
+        :class:`render.snapshot.ChartSnapshot`)."""
+        candles, ema_fast, ema_slow = snap.candles, snap.ema_fast, snap.ema_slow
+        bands, rsi, macd, marks = snap.bands, snap.rsi, snap.macd_lines, snap.marks
         self._set_panels(candles, rsi, macd, marks)
         candles = candles[-self.max_candles:]
         ema_fast = ema_fast[-self.max_candles:]
@@ -342,8 +343,8 @@ class CandleChart:
         k = min(6, n)
         lo_i, hi_i = (round(n * 0.06), round(n * 0.94)) if n >= 20 else (0, n - 1)
         idx = np.unique(np.linspace(lo_i, hi_i, k).round().astype(int))
-        from datetime import datetime, timezone
+        from datetime import datetime
         fmt = "%m-%d %H:%M" if n > 1 and (t[-1] - t[0]) / max(n - 1, 1) < 86400 else "%Y-%m-%d"
-        labels = [datetime.fromtimestamp(int(t[i]), timezone.utc).strftime(fmt) for i in idx]
+        labels = [datetime.fromtimestamp(int(t[i]), UTC).strftime(fmt) for i in idx]
         self.xlabels.text = labels
         self.xlabels.pos = np.c_[idx, np.full(len(idx), 0.5)].astype(np.float32)

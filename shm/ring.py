@@ -2,50 +2,43 @@
 
 Layout of a ring segment's payload (after the 1 KiB header of :mod:`shm.segment`)::
 
-    control  (n_rows, 64 bytes)   seq <u8 @0 | count <u8 @8 | name S16 @16 | rewrites <u8 @32 | pad
+    control  (n_rows, 64 bytes)   seq <u8 @0 | count <u8 @8 | name S16 @16 | rewrites <u8 @32 |
+                                  generation <u8 @40 | pad
     records  (n_rows, capacity)   of ``dtype``, 64-byte aligned
 
-Per row, ``count`` is the number of records ever written (monotonic); the newest record
+Per row, ``count`` is the number of records written (monotonic within a generation); the newest record
 is at slot ``(count - 1) % capacity``. ``seq`` is the row's seqlock (odd while a write is
 in progress). ``rewrites`` counts writes that changed history (records before the newest
 one, e.g. a gap backfill): a consumer that keeps derived state compares it to know when
 to rebuild. Each control row sits on its own 64-byte cache line.
 
-Seqlock protocol (one writer per row, any number of readers)::
+Seqlock protocol (one writer per row, any number of readers): :mod:`shm.seqlock`; after a
+batch the writer bumps the segment's global seq as well.
 
-    writer: seq += 1 (odd) -> write slots -> count -> seq += 1 (even); after a batch,
-            the segment's global seq += 1.
-    reader: s1 = seq (retry while odd) -> copy -> s2 = seq; retry unless s1 == s2.
-
-Memory ordering. This relies on x86-64 (TSO): stores are not reordered with other
-stores, loads are not reordered with other loads, and every numpy scalar store/load of
-an aligned 8-byte word used here is one ``mov`` issued from a separate C call, so the
-compiler cannot merge or reorder them across calls. On weakly ordered CPUs (ARM,
-POWER) the writer would need a release fence between the data and the even ``seq``
-store (and after the odd one), and the reader acquire fences after each ``seq`` load;
-pure Python cannot issue those, so this module would need a small C helper there.
+Rows are reclaimed, not only assigned: :meth:`RingTable.reassign_row` gives a row that belonged to
+a market gone long ago to another market, inside one seqlock section: the name changes, ``count``
+restarts at 0 and ``generation`` and ``rewrites`` move. A reader that keeps state per row
+(the indicator) compares ``generation`` to notice; a reader that looked a row up by name checks
+the name again after its copy (:meth:`RingTable.read_last_of`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .segment import Layout, Segment, ShmError
+from .seqlock import Seqlock, SeqlockTimeout
+
+__all__ = ["CONTROL_DTYPE", "Overrun", "RingTable", "SeqlockTimeout", "TableFull", "ring_layout"]
 
 CONTROL_DTYPE = np.dtype(
-    {"names": ["seq", "count", "name", "rewrites"], "formats": ["<u8", "<u8", "S16", "<u8"],
-     "offsets": [0, 8, 16, 32], "itemsize": 64}
+    {"names": ["seq", "count", "name", "rewrites", "generation"], "formats": ["<u8", "<u8", "S16", "<u8", "<u8"],
+     "offsets": [0, 8, 16, 32, 40], "itemsize": 64}
 )
 _ALIGN = 64
 
 
 class TableFull(ShmError):
-    """Every row of the table is assigned; raise its ``rows`` setting."""
-
-
-class SeqlockTimeout(ShmError):
-    """A consistent read did not succeed within the retry budget (a writer
-    died mid-write, or writes are so frequent that the copy never fits between
-    two of them)."""
+    """Every row of the table is assigned; raise its ``rows`` setting (or let rows be reclaimed)."""
 
 
 class Overrun(ShmError):
@@ -59,13 +52,17 @@ def _round_up(n: int, k: int = _ALIGN) -> int:
 def ring_layout(table: str, dtype: np.dtype, n_rows: int, capacity: int) -> Layout:
     """Layout of a ring table: hashed from dtype, rows and capacity."""
     dtype = np.dtype(dtype)
-    size = _round_up(n_rows * CONTROL_DTYPE.itemsize) + n_rows * capacity * dtype.itemsize
     return Layout(
         kind="ring",
         params={"table": table, "dtype": [list(d) for d in dtype.descr], "rows": n_rows,
                 "capacity": capacity, "control": [list(d) for d in CONTROL_DTYPE.descr]},
-        size=size,
+        size=ring_size(dtype, n_rows, capacity),
     )
+
+
+def ring_size(dtype: np.dtype, n_rows: int, capacity: int) -> int:
+    """Payload bytes of a ring table (control rows + records)."""
+    return _round_up(n_rows * CONTROL_DTYPE.itemsize) + n_rows * capacity * np.dtype(dtype).itemsize
 
 
 class RingTable:
@@ -85,13 +82,14 @@ class RingTable:
         self.dtype = np.dtype(dtype)
         self.n_rows = n_rows
         self.capacity = capacity
-        self.seqlock = seqlock
         self.control = seg.payload(CONTROL_DTYPE, (n_rows,), 0)
         # Strided single-field views: element access is one aligned 8-byte load/store.
         self._seq = self.control["seq"]
         self._count = self.control["count"]
         self._names = self.control["name"]
         self._rewrites = self.control["rewrites"]
+        self._generation = self.control["generation"]
+        self.lock = Seqlock(self._seq, seg.name, enabled=seqlock)
         data_off = _round_up(n_rows * CONTROL_DTYPE.itemsize)
         self.data = seg.payload(self.dtype, (n_rows, capacity), data_off)
         # The same bytes as uint8: numpy copies structured records field by field (~13 µs for
@@ -101,7 +99,7 @@ class RingTable:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def create(cls, name: str, table: str, dtype, n_rows: int, capacity: int) -> "RingTable":
+    def create(cls, name: str, table: str, dtype, n_rows: int, capacity: int) -> RingTable:
         """Create (or re-attach to, keeping its data) the table as its single writer.
 
         A row left with an odd ``seq`` by a writer that died mid-write is closed
@@ -110,22 +108,19 @@ class RingTable:
         """
         seg = Segment.create_or_attach(name, ring_layout(table, dtype, n_rows, capacity))
         ring = cls(seg, table, dtype, n_rows, capacity)
-        if not seg.created:
-            torn = np.nonzero(ring._seq & 1)[0]
-            for row in torn:
-                ring._seq[row] += 1
-            if len(torn):
-                seg.bump_global_seq()
+        if not seg.created and ring.lock.repair():
+            seg.bump_global_seq()
         return ring
 
     @classmethod
-    def open(cls, name: str, table: str, dtype, n_rows: int, capacity: int, *, seqlock: bool = True) -> "RingTable":
+    def open(cls, name: str, table: str, dtype, n_rows: int, capacity: int, *, seqlock: bool = True) -> RingTable:
         """Attach read-only. Raises SegmentNotFound / SegmentNotReady / LayoutMismatch."""
         seg = Segment.attach(name, ring_layout(table, dtype, n_rows, capacity))
         return cls(seg, table, dtype, n_rows, capacity, seqlock=seqlock)
 
     def close(self) -> None:
-        self.control = self._seq = self._count = self._names = self._rewrites = self.data = self._raw = None
+        self.control = self._seq = self._count = self._names = self._rewrites = self._generation = None
+        self.data = self._raw = self.lock = None
         self.seg.close()
 
     # -- rows -----------------------------------------------------------------------
@@ -144,13 +139,20 @@ class RingTable:
     def row_of(self, name: str) -> int | None:
         """Row index of ``name``, or None if it has no row.
 
-        A row keeps its name once assigned, so a cached row is only re-checked (one 16-byte
-        compare); the names are decoded again only on a miss (a row assigned since)."""
+        A cached row is only re-checked (one 16-byte compare); the names are decoded again only
+        on a miss (a row assigned or reassigned since)."""
         row = self._name_cache.get(name)
         if row is not None and bytes(self._names[row]) == name.encode():
             return row
         self._name_cache = {n: i for i, n in enumerate(self.names()) if n}
         return self._name_cache.get(name)
+
+    @staticmethod
+    def _check_name(name: str) -> bytes:
+        raw = name.encode("ascii")
+        if not raw or len(raw) > 16:
+            raise ValueError(f"row name {name!r} must be 1..16 ASCII bytes")
+        return raw
 
     def assign_row(self, name: str, row: int | None = None) -> int:
         """Writer: the row of ``name``, assigning a free one (or ``row``) if needed.
@@ -160,9 +162,7 @@ class RingTable:
         existing = self.row_of(name)
         if existing is not None:
             return existing
-        raw = name.encode("ascii")
-        if not raw or len(raw) > 16:
-            raise ValueError(f"row name {name!r} must be 1..16 ASCII bytes")
+        raw = self._check_name(name)
         if row is None:
             free = [i for i, n in enumerate(self._names) if not bytes(n)]
             if not free:
@@ -170,9 +170,22 @@ class RingTable:
             row = free[0]
         elif bytes(self._names[row]):
             raise ValueError(f"{self.seg.name}: row {row} already belongs to {bytes(self._names[row]).decode()}")
-        self._names[row] = raw
+        with self.lock.section(row):
+            self._names[row] = raw
         self.seg.bump_global_seq()
         return row
+
+    def reassign_row(self, row: int, name: str) -> None:
+        """Writer: give ``row`` to ``name`` with an empty history (one seqlock section): the name
+        changes, ``count`` restarts at 0, ``generation`` and ``rewrites`` move. Readers that keep
+        state per row see the new ``generation``. Raises ValueError for a bad name."""
+        raw = self._check_name(name)
+        with self.lock.section(row):
+            self._names[row] = raw
+            self._count[row] = 0
+            self._generation[row] += 1
+            self._rewrites[row] += 1
+        self.seg.bump_global_seq()
 
     def count(self, row: int) -> int:
         return int(self._count[row])
@@ -185,6 +198,10 @@ class RingTable:
         """Copy of every row's history-rewrite counter (uint64, shape (n_rows,))."""
         return self._rewrites.copy()
 
+    def generations(self) -> np.ndarray:
+        """Copy of every row's generation (uint64, shape (n_rows,)): moves when a row is reassigned."""
+        return self._generation.copy()
+
     def seqs(self) -> np.ndarray:
         """Copy of every row's ``seq`` (uint64, shape (n_rows,))."""
         return self._seq.copy()
@@ -195,18 +212,21 @@ class RingTable:
 
         ``index == count`` appends; ``count - capacity <= index < count`` rewrites in place
         (the open candle). ``record`` is a tuple in dtype field order or a structured scalar.
-        Raises IndexError outside that window, before touching the seqlock.
+        Raises IndexError outside that window, or the conversion's error for a record that does
+        not fit the dtype, before touching the seqlock.
         """
         cnt = int(self._count[row])
         if not (cnt - self.capacity <= index <= cnt) or index < 0:
             raise IndexError(f"{self.seg.name} row {row}: index {index} outside [{max(cnt - self.capacity, 0)}, {cnt}]")
         rec = record if isinstance(record, np.void) else np.array(record, dtype=self.dtype)[()]
-        s = int(self._seq[row])
-        self._seq[row] = s + 1
-        self.data[row, index % self.capacity] = rec
-        if index == cnt:
-            self._count[row] = cnt + 1
-        self._seq[row] = s + 2
+        lock = self.lock
+        s = lock.begin(row)
+        try:
+            self.data[row, index % self.capacity] = rec
+            if index == cnt:
+                self._count[row] = cnt + 1
+        finally:
+            lock.end(row, s)
 
     def write_many(self, row: int, start: int, records: np.ndarray, *, truncate: bool = False) -> None:
         """Writer: put consecutive records from absolute index ``start`` (one seqlock section).
@@ -228,19 +248,21 @@ class RingTable:
         if n > self.capacity:
             records, start, n = records[-self.capacity:], start + n - self.capacity, self.capacity
         rewrite = start < cnt - 1 or (truncate and start + n < cnt)
-        s = int(self._seq[row])
-        self._seq[row] = s + 1
-        if start > cnt:
-            gap = np.arange(max(cnt, start - self.capacity), start) % self.capacity
-            self.data[row, gap] = np.zeros(1, dtype=self.dtype)
-        if n:
-            slots = np.arange(start, start + n) % self.capacity
-            self.data[row, slots] = records
-        if start + n > cnt or truncate:
-            self._count[row] = start + n
-        if rewrite:
-            self._rewrites[row] += 1
-        self._seq[row] = s + 2
+        gap = np.arange(max(cnt, start - self.capacity), start) % self.capacity if start > cnt else None
+        slots = np.arange(start, start + n) % self.capacity
+        lock = self.lock
+        s = lock.begin(row)
+        try:
+            if gap is not None:
+                self.data[row, gap] = np.zeros(1, dtype=self.dtype)
+            if n:
+                self.data[row, slots] = records
+            if start + n > cnt or truncate:
+                self._count[row] = start + n
+            if rewrite:
+                self._rewrites[row] += 1
+        finally:
+            lock.end(row, s)
 
     def publish(self) -> None:
         """Writer: bump the global seq after a batch of writes."""
@@ -267,16 +289,28 @@ class RingTable:
         ``count - len(records) + k``. Raises :class:`SeqlockTimeout` after ``max_spins``
         failed attempts.
         """
-        for _ in range(max_spins):
-            s1 = int(self._seq[row])
-            if s1 & 1 and self.seqlock:
-                continue
+        def copy():
             cnt = int(self._count[row])
             k = min(n, cnt, self.capacity)
-            out = self._copy(row, cnt - k, cnt)
-            if not self.seqlock or int(self._seq[row]) == s1:
-                return out, cnt
-        raise SeqlockTimeout(f"{self.seg.name} row {row}: no consistent read in {max_spins} attempts")
+            return self._copy(row, cnt - k, cnt), cnt
+        return self.lock.read(row, copy, max_spins, f"row {row}")
+
+    def read_last_of(self, name: str, n: int, max_spins: int = 100_000) -> tuple[np.ndarray, int] | None:
+        """:meth:`read_last` of the row named ``name``, or None if no row (still) has that name
+        (the name is checked inside the consistent read, so a row reassigned meanwhile is never
+        returned under the old name)."""
+        row = self.row_of(name)
+        if row is None:
+            return None
+        raw = name.encode()
+
+        def copy():
+            if bytes(self._names[row]) != raw:
+                return None
+            cnt = int(self._count[row])
+            k = min(n, cnt, self.capacity)
+            return self._copy(row, cnt - k, cnt), cnt
+        return self.lock.read(row, copy, max_spins, f"row {row}")
 
     def read_range(self, row: int, start: int, end: int | None = None, max_spins: int = 100_000) -> tuple[np.ndarray, int]:
         """Copy of records with absolute indices ``[start, min(end, count))``, oldest first.
@@ -284,15 +318,10 @@ class RingTable:
         Returns ``(records, count)``. Raises :class:`Overrun` if ``start`` was already
         overwritten, :class:`SeqlockTimeout` as :meth:`read_last`.
         """
-        for _ in range(max_spins):
-            s1 = int(self._seq[row])
-            if s1 & 1 and self.seqlock:
-                continue
+        def copy():
             cnt = int(self._count[row])
             stop = cnt if end is None else min(end, cnt)
             if start < cnt - self.capacity:
                 raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten (count {cnt}, capacity {self.capacity})")
-            out = self._copy(row, start, max(start, stop))
-            if not self.seqlock or int(self._seq[row]) == s1:
-                return out, cnt
-        raise SeqlockTimeout(f"{self.seg.name} row {row}: no consistent read in {max_spins} attempts")
+            return self._copy(row, start, max(start, stop)), cnt
+        return self.lock.read(row, copy, max_spins, f"row {row}")

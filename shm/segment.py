@@ -40,7 +40,7 @@ import numpy as np
 import posix_ipc
 
 MAGIC = b"SMTMSHM1"
-LAYOUT_VERSION = 2  # 2: ring control rows carry a history-rewrite counter
+LAYOUT_VERSION = 3  # 2: ring control rows carry a history-rewrite counter; 3: and a row generation
 HEADER_SIZE = 1024
 _LAYOUT_JSON_OFFSET = 128
 _LAYOUT_JSON_MAX = HEADER_SIZE - _LAYOUT_JSON_OFFSET
@@ -134,7 +134,7 @@ class Segment:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def create_or_attach(cls, name: str, layout: Layout, *, shared: bool = False) -> "Segment":
+    def create_or_attach(cls, name: str, layout: Layout, *, shared: bool = False) -> Segment:
         """Create the segment, or re-attach to it as its writer and keep its data.
 
         ``shared=True`` is for the one table written by several processes (``status``,
@@ -181,7 +181,7 @@ class Segment:
         return seg
 
     @classmethod
-    def attach(cls, name: str, layout: Layout) -> "Segment":
+    def attach(cls, name: str, layout: Layout) -> Segment:
         """Map an existing segment read-only (``PROT_READ``).
 
         Raises :class:`SegmentNotFound`, :class:`SegmentNotReady` or :class:`LayoutMismatch`.

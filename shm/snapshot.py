@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ring import SeqlockTimeout
 from .segment import Layout, Segment, segment_name
+from .seqlock import Seqlock
 
 _SEQ_BYTES = 64
 
@@ -24,20 +24,25 @@ class SnapshotTable:
     def __init__(self, seg: Segment, n_rows: int):
         self.seg = seg
         self.n_rows = n_rows
-        self._seq = seg.payload("<u8", (1,), 0)
+        self.lock = Seqlock(seg.payload("<u8", (1,), 0), seg.name)
         self.rows = seg.payload(self.DTYPE, (n_rows,), _SEQ_BYTES)
 
     @classmethod
     def layout(cls, n_rows: int) -> Layout:
         return Layout(kind=cls.KIND, params={"rows": n_rows, "dtype": [list(d) for d in cls.DTYPE.descr]},
-                      size=_SEQ_BYTES + n_rows * cls.DTYPE.itemsize)
+                      size=cls.size(n_rows))
+
+    @classmethod
+    def size(cls, n_rows: int) -> int:
+        """Payload bytes of the table."""
+        return _SEQ_BYTES + n_rows * cls.DTYPE.itemsize
 
     @classmethod
     def writer(cls, instance: str, n_rows: int):
         seg = Segment.create_or_attach(segment_name(instance, cls.TABLE), cls.layout(n_rows))
         t = cls(seg, n_rows)
-        if int(t._seq[0]) & 1:  # a writer died mid-write
-            t._seq[0] += 1
+        if t.lock.repair():  # a writer died mid-write
+            seg.bump_global_seq()
         return t
 
     @classmethod
@@ -51,25 +56,19 @@ class SnapshotTable:
 
     def read_all(self, max_spins: int = 10_000) -> tuple[np.ndarray, int]:
         """Consistent copy of every row and the version it belongs to. Raises SeqlockTimeout."""
-        for _ in range(max_spins):
-            s1 = int(self._seq[0])
-            if s1 & 1:
-                continue
-            ver = self.seg.global_seq
-            rows = self.rows.copy()
-            if int(self._seq[0]) == s1:
-                return rows, ver
-        raise SeqlockTimeout(f"{self.seg.name}: no consistent read")
+        return self.lock.read(0, lambda: (self.rows.copy(), self.seg.global_seq), max_spins)
 
     def write_rows(self, index, values) -> int:
-        """Writer: ``rows[index] = values`` in one seqlock section; returns the new version."""
-        s = int(self._seq[0])
-        self._seq[0] = s + 1
-        self.rows[index] = values
-        self._seq[0] = s + 2
+        """Writer: ``rows[index] = values`` in one seqlock section; returns the new version.
+
+        ``values`` is converted to the row dtype first, so a bad value raises before the section."""
+        values = np.asarray(values, dtype=self.DTYPE) if not isinstance(values, np.ndarray) or \
+            values.dtype != self.DTYPE else values
+        with self.lock.section(0):
+            self.rows[index] = values
         self.seg.bump_global_seq()
         return self.version
 
     def close(self) -> None:
-        self._seq = self.rows = None
+        self.lock = self.rows = None
         self.seg.close()

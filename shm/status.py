@@ -1,34 +1,34 @@
 """The ``status`` table: one row per process, each row written by that process only.
 
-Rows are fixed by :data:`PROCESSES` (the roster), so no process has to claim a row
-and the table has no shared counter. Each row carries its own seqlock; the reader
-:meth:`StatusTable.read` returns a consistent copy. ``parked`` is the consumer's half
-of the wake protocol (:mod:`shm.wake`): a single aligned int32 that its owner stores
-on its own, outside the seqlock, and producers load.
+Rows are fixed by the roster of programs the caller passes (``procs.runtime.roster``: the data
+plane knows no program names), so no process has to claim a row and the table has no shared
+counter; the roster is part of the layout hash. Each row carries its own seqlock
+(:mod:`shm.seqlock`); :meth:`StatusTable.read` returns a consistent copy. ``parked`` is the
+consumer's half of the wake protocol (:mod:`shm.wake`): a single aligned int32 that its owner
+stores on its own, outside the seqlock, and producers load.
 """
 from __future__ import annotations
 
 import enum
 import os
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .ring import SeqlockTimeout
 from .segment import Layout, Segment, segment_name
-
-#: Row order of the status table. A new process appends its name (the layout hash changes).
-PROCESSES = ("exchange", "ingest", "indicator", "symbols", "monitor")
+from .seqlock import Seqlock
 
 
 class State(enum.IntEnum):
-    """Life-cycle state a process reports in its status row."""
+    """Life-cycle state a process reports in its status row (the runtime's transition table,
+    ``procs.runtime.process``, says which follow which)."""
     STOPPED = 0
     STARTING = 1
     RUNNING = 2
     DISCONNECTED = 3  # up, but its upstream connection is down
     STOPPING = 4
-    FAILED = 5
+    FAILED = 5        # its work loop died; it exits non-zero so that supervisord restarts it
 
 
 #: One status row, 192 bytes.
@@ -48,35 +48,58 @@ STATUS_DTYPE = np.dtype({
     "itemsize": 192,
 })
 
-_FIELDS = [n for n in STATUS_DTYPE.names if n not in ("seq", "parked")]
+#: A row's owner publishes bytes ``[PAYLOAD_OFFSET, itemsize)`` (every field but ``seq`` and
+#: ``parked``, which lie before it) in one seqlock section, as one copy.
+PAYLOAD_OFFSET = STATUS_DTYPE.fields["state"][1]
+assert all(STATUS_DTYPE.fields[n][1] >= PAYLOAD_OFFSET for n in STATUS_DTYPE.names if n not in ("seq", "parked"))
+
+_I64 = (-(1 << 63), (1 << 63) - 1)
+_U64_MAX = (1 << 64) - 1
 
 
-def status_layout(processes=PROCESSES) -> Layout:
+def _i64(x: int) -> int:
+    return min(max(int(x), _I64[0]), _I64[1])
+
+
+def _u64(x: int) -> int:
+    return min(max(int(x), 0), _U64_MAX)
+
+
+def status_layout(processes: Sequence[str]) -> Layout:
     return Layout(kind="status", params={"rows": list(processes),
                                           "dtype": [list(d) for d in STATUS_DTYPE.descr]},
-                  size=len(processes) * STATUS_DTYPE.itemsize)
+                  size=status_size(processes))
+
+
+def status_size(processes: Sequence[str]) -> int:
+    """Payload bytes of the status table."""
+    return len(processes) * STATUS_DTYPE.itemsize
 
 
 class StatusTable:
-    """Mapping of the status table. :meth:`writer` for a process's own row, :meth:`open` to read."""
+    """Mapping of the status table. :meth:`writer` for a process's own row, :meth:`open` to read.
 
-    def __init__(self, seg: Segment, processes=PROCESSES):
+    ``processes`` is the roster (row order); every process of an instance passes the same one."""
+
+    def __init__(self, seg: Segment, processes: Sequence[str]):
         self.seg = seg
         self.processes = tuple(processes)
         self.rows = seg.payload(STATUS_DTYPE, (len(self.processes),), 0)
-        self._seq = self.rows["seq"]
+        # the same bytes as uint8, without seq and parked: what a beat copies in one store
+        self.payload = self.rows.view(np.uint8).reshape(len(self.processes), STATUS_DTYPE.itemsize)[:, PAYLOAD_OFFSET:]
+        self.lock = Seqlock(self.rows["seq"], seg.name)
         self.parked = self.rows["parked"]
 
     @classmethod
-    def writer(cls, instance: str) -> "StatusTable":
+    def writer(cls, instance: str, processes: Sequence[str]) -> StatusTable:
         """Create or attach the table read-write (every process writes its own row)."""
-        seg = Segment.create_or_attach(segment_name(instance, "status"), status_layout(), shared=True)
-        return cls(seg)
+        seg = Segment.create_or_attach(segment_name(instance, "status"), status_layout(processes), shared=True)
+        return cls(seg, processes)
 
     @classmethod
-    def open(cls, instance: str) -> "StatusTable":
+    def open(cls, instance: str, processes: Sequence[str]) -> StatusTable:
         """Attach read-only."""
-        return cls(Segment.attach(segment_name(instance, "status"), status_layout()))
+        return cls(Segment.attach(segment_name(instance, "status"), status_layout(processes)), processes)
 
     def row_index(self, process: str) -> int:
         try:
@@ -87,33 +110,29 @@ class StatusTable:
     def read(self, process: str, max_spins: int = 10_000) -> np.void:
         """Consistent copy of one row (structured scalar). Raises SeqlockTimeout."""
         i = self.row_index(process)
-        for _ in range(max_spins):
-            s1 = int(self._seq[i])
-            if s1 & 1:
-                continue
-            rec = self.rows[i].copy()
-            if int(self._seq[i]) == s1:
-                return rec
-        raise SeqlockTimeout(f"status row {process}: no consistent read")
+        return self.lock.read(i, lambda: self.rows[i].copy(), max_spins, f"row {process}")
 
     def read_all(self) -> dict[str, np.void]:
         return {p: self.read(p) for p in self.processes}
 
     def close(self) -> None:
-        self.rows = self._seq = self.parked = None
+        self.rows = self.payload = self.lock = self.parked = None
         self.seg.close()
 
 
 class StatusRow:
     """A process's own row: counters kept in Python, published by :meth:`beat`.
 
-    Only the owning process (and within it one thread) calls :meth:`beat`.
+    Only the owning process (and within it one thread) calls :meth:`beat`. A row left odd by a
+    predecessor killed mid-beat is repaired on construction. ``clock`` gives the heartbeat
+    (CLOCK_MONOTONIC ns: it is compared across processes, so a test clock must keep that meaning).
     """
 
-    def __init__(self, table: StatusTable, process: str):
+    def __init__(self, table: StatusTable, process: str, clock: Callable[[], int] = time.monotonic_ns):
         self.table = table
         self.process = process
         self.index = table.row_index(process)
+        self.clock = clock
         self.pid = os.getpid()
         self.state = State.STARTING
         self.started_unix_ns = time.time_ns()
@@ -121,6 +140,11 @@ class StatusRow:
         self.lag_ns = 0
         self.fps = 0.0
         self.detail = ""
+        self._rec = np.zeros(1, STATUS_DTYPE)
+        self._rec_bytes = self._rec.view(np.uint8)[PAYLOAD_OFFSET:]
+        words = table.lock.words
+        if int(words[self.index]) & 1:  # our predecessor died inside a beat
+            words[self.index] += 1
         self.table.parked[self.index] = 0
         self.beat()
 
@@ -129,27 +153,28 @@ class StatusRow:
         self.table.parked[self.index] = 1 if parked else 0
 
     def beat(self, state: State | None = None) -> None:
-        """Write the whole row (one seqlock section) with a fresh heartbeat."""
+        """Publish the whole row (one seqlock section) with a fresh heartbeat.
+
+        Every value is converted (and clamped to its field's range) before the section, so a
+        beat can neither raise inside it nor leave the row odd."""
         if state is not None:
             self.state = state
+        rec = self._rec
+        rec["state"] = int(self.state)
+        rec["pid"] = self.pid
+        rec["heartbeat_ns"] = _i64(self.clock())
+        rec["started_unix_ns"] = _i64(self.started_unix_ns)
+        rec["msgs_in"] = _u64(self.msgs_in)
+        rec["msgs_out"] = _u64(self.msgs_out)
+        rec["errors"] = _u64(self.errors)
+        rec["dropped"] = _u64(self.dropped)
+        rec["reconnects"] = _u64(self.reconnects)
+        rec["lag_ns"] = _i64(self.lag_ns)
+        rec["fps"] = float(self.fps)
+        rec["detail"] = self.detail.encode()[:88]
         i = self.index
-        rows = self.table.rows
-        s = int(self.table._seq[i])
-        self.table._seq[i] = s + 1
-        r = rows[i]
-        r["state"] = int(self.state)
-        r["pid"] = self.pid
-        r["heartbeat_ns"] = time.monotonic_ns()
-        r["started_unix_ns"] = self.started_unix_ns
-        r["msgs_in"] = self.msgs_in
-        r["msgs_out"] = self.msgs_out
-        r["errors"] = self.errors
-        r["dropped"] = self.dropped
-        r["reconnects"] = self.reconnects
-        r["lag_ns"] = self.lag_ns
-        r["fps"] = self.fps
-        r["detail"] = self.detail.encode()[:88]
-        self.table._seq[i] = s + 2
+        with self.table.lock.section(i):
+            self.table.payload[i] = self._rec_bytes
 
     def stopped(self) -> None:
         self.set_parked(False)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import posix_ipc
 
@@ -68,7 +68,8 @@ class SpinThenPark:
         self.wakeups = 0     # times a post woke it
 
     def wait(self, changed: Callable[[], bool]) -> bool:
-        """Return True as soon as ``changed()`` holds, False after one park timeout."""
+        """Return True as soon as ``changed()`` holds, False after one park timeout (or when a
+        signal interrupted the park: a process's stop request never waits for the timeout)."""
         if changed():
             return True
         if self.spin_ns:
@@ -87,6 +88,8 @@ class SpinThenPark:
                 self.wakeups += 1
             except posix_ipc.BusyError:
                 pass
+            except posix_ipc.SignalError:
+                pass  # a signal (SIGTERM) interrupted the wait: return, so the caller sees its stop flag
         finally:
             self._set_parked(False)
         self._drain()
@@ -108,7 +111,8 @@ class SpinThenPark:
 class Waker:
     """Producer side: after publishing, post each consumer that is parked.
 
-    ``consumers`` are process names of :data:`shm.status.PROCESSES`.
+    ``consumers`` are process names of the status table's roster (each parks on its own
+    semaphore ``/smtm.<instance>.wake.<consumer>``).
     """
 
     def __init__(self, instance: str, status: StatusTable, consumers: list[str]):

@@ -1,0 +1,81 @@
+"""``smtm`` — start, stop and look into an SMTM-NG instance (``SMTM_INSTANCE``, default ``default``).
+
+    smtm up [--profile replay|live]   start the instance's supervisord and every program, wait until RUNNING
+    smtm down                         stop it, unlink the instance's shared memory
+    smtm ctl [ARGS...]                supervisorctl of this instance (status, stop monitor, start monitor, ...)
+    smtm status                       programs (state, pid, uptime), heartbeats, counters, top N, rings
+    smtm tail MARKET [--tf 30m] [-n 10]  latest candles with EMA, RSI, MACD, Bollinger, from shared memory
+    smtm signals                      the buyable set (markets whose buy signal is on)
+    smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
+    smtm replay status | speed X | pause | resume   the replay exchange's clock
+    smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
+
+Supervision itself is supervisord's (``supervisord.conf`` at the repository root; ``--conf``
+names another): this tool starts it with the instance's environment and reads state.
+Modules: :mod:`.supervisor` (up/down/ctl), :mod:`.inspect` (shared-memory inspection),
+:mod:`.replay_admin` (the replay exchange's admin routes).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..runtime.config import ROOT, ConfigError, load_config
+from .inspect import cmd_signals, cmd_status, cmd_tail, cmd_universe
+from .replay_admin import cmd_fault, cmd_replay
+from .supervisor import Supervisor, cmd_ctl, cmd_down, cmd_up
+
+DEFAULT_CONF = ROOT / "supervisord.conf"
+COMMANDS = {"up": cmd_up, "down": cmd_down, "ctl": cmd_ctl, "status": cmd_status, "tail": cmd_tail,
+            "signals": cmd_signals, "universe": cmd_universe, "replay": cmd_replay, "fault": cmd_fault}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="smtm", description="SMTM-NG: start, stop and inspect an instance "
+                                                          "(SMTM_INSTANCE, default 'default')")
+    ap.add_argument("--conf", type=Path, default=DEFAULT_CONF, help="supervisord configuration (default: %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start supervisord and every program")
+    up.add_argument("--profile", choices=("replay", "live"), default=None)
+    up.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for RUNNING")
+    down = sub.add_parser("down", help="stop everything and unlink the instance's shared memory")
+    down.add_argument("--timeout", type=float, default=20.0)
+    ctl = sub.add_parser("ctl", help="supervisorctl of this instance, e.g. `smtm ctl stop monitor`")
+    ctl.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("status", help="programs, heartbeats, counters and rings")
+    tail = sub.add_parser("tail", help="latest candles with their indicators, from shared memory")
+    tail.add_argument("market", help="market code, e.g. KRW-BTC")
+    tail.add_argument("--tf", help="timeframe (default: monitor.timeframe)")
+    tail.add_argument("-n", type=int, default=10, help="candles (default 10)")
+    sub.add_parser("signals", help="the buyable set: markets whose buy signal is on")
+    uni = sub.add_parser("universe", help="set or show the market universe (the symbols table)")
+    uni.add_argument("action", choices=("set", "show"))
+    uni.add_argument("codes", nargs="?", default="", help="comma-separated market codes (set)")
+    rp = sub.add_parser("replay", help="replay exchange: status, speed X, pause, resume")
+    rp.add_argument("action", choices=("status", "speed", "pause", "resume"))
+    rp.add_argument("value", nargs="?", type=float, help="speed: replay seconds per wall second (0 = max)")
+    fl = sub.add_parser("fault", help="inject a fault into the replay exchange (it lists the types it knows)")
+    fl.add_argument("type", help="drop, stall, malformed, duplicate, reorder, rest_429, rest_418, rest_slow")
+    fl.add_argument("--count", type=int, default=1, help="frames/trades/requests affected (default 1)")
+    fl.add_argument("--seconds", type=float, default=0.0, help="duration (stall, rest_418, rest_slow, drop outage)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `smtm status | head` must not trace back
+    args = _parser().parse_args(argv)
+    instance = os.environ.get("SMTM_INSTANCE") or "default"
+    run_base = Path(os.environ.get("SMTM_RUN_DIR", ROOT / "run"))
+    profile = getattr(args, "profile", None) or os.environ.get("SMTM_PROFILE")
+    profile_file = run_base / instance / "profile"
+    if profile is None and profile_file.exists():
+        profile = profile_file.read_text().strip() or None  # the profile `smtm up` started
+    try:
+        cfg = load_config(profile)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.cmd](args, cfg, Supervisor(args.conf, cfg.instance))

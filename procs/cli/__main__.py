@@ -1,0 +1,4 @@
+"""``python -m procs.cli`` = ``smtm``."""
+from . import main
+
+raise SystemExit(main())

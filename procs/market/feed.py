@@ -1,0 +1,388 @@
+"""The candle feed: validated trades → the ``candles.<tf>`` rings (ingest's domain; no network).
+
+:class:`CandleFeed` is the single writer of the candle rings. It takes the trades the venue
+adapter parsed (:class:`~procs.market.types.MarketEvents`), aggregates each into every timeframe
+(:class:`~procs.market.candles.CandleBuilder`), publishes the rings once per frame and wakes the
+consumers. It owns the rows of the rings, and repairs history from REST candles fetched through
+an injected ``fetch`` function (the adapter's REST client) **outside** its write lock: a slow
+REST never stalls the live stream.
+
+What a trade must pass, in order (each failure is counted under its reason in ``drops``):
+
+* ``unknown_market`` — a market without a row;
+* ``future_trade`` — a trade time more than ``ingest.max_future_s`` ahead of the receive clock
+  (one trade dated in the year 3000 would otherwise open a candle that makes every later real
+  trade late);
+* ``duplicate`` — the same ``sequential_id`` again (the last ``dedupe_window`` per market);
+* already in the REST candles of the last repair — skipped silently;
+* ``price_band`` — a price more than ``ingest.price_band`` times above or below the market's last
+  price: **held** — not applied, its candle re-read from REST, which is the authority (a real
+  jump comes back in the REST candles and re-centres the band; a fat finger does not);
+* ``late_trade`` — older than the market's newest candle in any timeframe: not applied (a closed
+  candle never changes from the stream), its candle re-read from REST.
+
+Repairs. On connect, before subscribing, markets without any candle get the latest REST page
+(:meth:`CandleFeed.warm_up`). A *gap* repair (when data resumes after a (re)connect or a silence,
+a market added to the universe) holds the market's trades in a buffer until the REST candles are in — so no candle is ever
+closed from a history known to be incomplete — then applies the REST candles and the buffered
+trades after their last tick; other markets keep flowing meanwhile. A *correction* repair (a late
+or held trade) keeps applying trades live, buffers them, and re-applies those after the REST
+candles' last tick. A hold lasts at most ``ingest.repair_hold_s`` while REST keeps failing; then
+the buffered trades are applied and the repair continues as a correction.
+
+Rows. Each market gets the same row in every timeframe. When the table is full, the row of the
+market gone from the universe longest — at least ``ingest.reclaim_after_s`` — is reassigned
+(:meth:`shm.ring.RingTable.reassign_row`: readers see a new row generation). If none may be
+reclaimed yet, the markets that do not fit are reported (``table_full``, log) and retried on
+every tick; the others are applied.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+
+import numpy as np
+
+from shm.ring import RingTable, TableFull
+from shm.tables import CANDLES
+
+from ..runtime.clock import SYSTEM_CLOCK, Clock
+from ..runtime.config import BaseConfig, IngestConfig, tf_seconds
+from .backfill import Backfiller
+from .candles import CandleBuilder
+from .types import FetchError, MarketEvents, Ticker, Trade
+
+log = logging.getLogger("smtm.ingest")
+
+#: ``fetch(market, unit_min, since_s, max_pages) -> (CANDLE_DTYPE records oldest first, last tick ms)``;
+#: raises :class:`FetchError`.
+Fetch = Callable[[str, int, int, int], tuple[np.ndarray, int]]
+
+BUFFER_TRADES = 200_000   #: trades buffered per market during a repair (the newest are kept)
+_DAY_NS = 86_400 * 10**9
+
+
+class Dedupe:
+    """The last ``window`` sequential_ids per market."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self._seen: dict[str, set] = {}
+        self._order: dict[str, deque] = {}
+
+    def seen(self, code: str, sid: int) -> bool:
+        """True if (code, sid) was seen before; else remember it."""
+        s = self._seen.setdefault(code, set())
+        if sid in s:
+            return True
+        q = self._order.setdefault(code, deque())
+        s.add(sid)
+        q.append(sid)
+        if len(q) > self.window:
+            s.discard(q.popleft())
+        return False
+
+    def forget(self, code: str) -> None:
+        self._seen.pop(code, None)
+        self._order.pop(code, None)
+
+
+class _Repair:
+    """A pending repair of one market: from ``since`` (Unix s; None = the latest page)."""
+    __slots__ = ("since", "hold", "due", "held_since", "buffer")
+
+    def __init__(self, since: int | None, hold: bool, due: float, now: float):
+        self.since, self.hold, self.due, self.held_since = since, hold, due, now
+        self.buffer: deque[Trade] = deque(maxlen=BUFFER_TRADES)
+
+
+class CandleFeed:
+    """Writer of ``candles.<tf>`` for every timeframe of ``base.shm``. Thread-safe: the WebSocket
+    thread calls :meth:`apply`, :meth:`warm_up` (on connect, before any data) and
+    :meth:`schedule_gap_repairs`; the tick thread calls :meth:`set_universe` and
+    :meth:`run_repairs`. Only :meth:`run_repairs` (and so :meth:`warm_up`) waits on the network,
+    never while holding the write lock."""
+
+    def __init__(self, base: BaseConfig, cfg: IngestConfig, *, fetch: Fetch | None = None,
+                 wake: Callable[[], None] = lambda: None, clock: Clock = SYSTEM_CLOCK,
+                 universe: list[str] | None = None):
+        self.cfg = cfg
+        self.fetch = fetch
+        self.wake = wake
+        self.clock = clock
+        self.lock = threading.RLock()         # the write lock: rings, builders, repairs
+        self._repairing = threading.Lock()    # one repair runner at a time (never held with I/O by the stream)
+        self.tf_s = {tf: tf_seconds(tf) for tf in base.shm.timeframes}
+        self.rings: dict[str, RingTable] = {tf: CANDLES.create(base.instance, tf, base.shm.rows, base.shm.capacity)
+                                            for tf in base.shm.timeframes}
+        self.builders_by_tf = {tf: CandleBuilder(ring, self.tf_s[tf]) for tf, ring in self.rings.items()}
+        self.builders = list(self.builders_by_tf.values())
+        self.backfill = Backfiller(self.rings, self.builders_by_tf, self.tf_s)
+        self.dedupe = Dedupe(cfg.dedupe_window)
+        self.market_row: dict[str, int] = {}
+        self.universe: list[str] = []     # markets with rows that are subscribed
+        self.wanted: list[str] = []       # the universe asked for (may not all fit yet)
+        self.table_full: list[str] = []   # wanted markets without a row yet
+        self._left_at: dict[str, float] = {}
+        self.drops: Counter[str] = Counter()
+        self.trades = self.duplicates = self.errors = self.lag_ns = 0
+        self.last_price: dict[str, float] = {}
+        self.tickers: dict[str, Ticker] = {}
+        self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
+        self.repairs: dict[str, _Repair] = {}
+        self.repair_retry_at = 0.0
+        fine = self.rings[self.backfill.fine]
+        now = clock.monotonic()
+        for row, code in enumerate(fine.names()):   # rows kept from an earlier run
+            if code:
+                self.market_row[code] = row
+                self._left_at[code] = now
+                recs, _ = fine.read_last(row, 1)
+                if len(recs):
+                    self.last_price[code] = float(recs["c"][0])
+        self.set_universe(list(universe or base.markets))
+
+    # -- universe and rows ------------------------------------------------------------------------
+    def set_universe(self, codes: list[str]) -> bool:
+        """Make ``codes`` the universe: each gets a row (the same in every timeframe); a market new
+        to the rings gets a REST warm-up. Returns True if the subscribed universe changed."""
+        with self.lock:
+            now = self.clock.monotonic()
+            for code in self.wanted:
+                if code not in codes:
+                    self._left_at[code] = now
+            self.wanted = list(codes)
+            missing = []
+            for code in codes:
+                self._left_at.pop(code, None)
+                if code in self.market_row:
+                    continue
+                try:
+                    row = self._row_for(code, now)
+                except TableFull:
+                    missing.append(code)
+                    continue
+                if self.universe:  # a market added while running: its history comes from REST
+                    self.schedule_repair(code, None, hold=True, delay_s=0.0)
+                self.market_row[code] = row
+            if missing != self.table_full and missing:
+                log.error("candle tables full (%d rows): no row yet for %s; retrying as rows of markets gone "
+                          "for %.0f s become free", self.rings[self.backfill.fine].n_rows, ", ".join(missing),
+                          self.cfg.reclaim_after_s)
+                self.errors += 1
+            self.table_full = missing
+            subscribed = [c for c in codes if c in self.market_row]
+            for ring in self.rings.values():
+                ring.publish()
+            if subscribed == self.universe:
+                return False
+            self.universe = subscribed
+            return True
+
+    def retry_universe(self) -> bool:
+        """Try again to give rows to the markets that did not fit (tick thread)."""
+        return bool(self.table_full) and self.set_universe(self.wanted)
+
+    def _row_for(self, code: str, now: float) -> int:
+        rings = list(self.rings.values())
+        try:
+            rows = {ring.assign_row(code) for ring in rings}
+        except TableFull:
+            gone = [(t, c) for c, t in self._left_at.items()
+                    if c in self.market_row and c not in self.wanted and now - t >= self.cfg.reclaim_after_s]
+            if not gone:
+                raise
+            left_at, old = min(gone)
+            row = self.market_row.pop(old)
+            for ring in rings:
+                ring.reassign_row(row, code)
+            for b in self.builders:
+                b.reload(row, 0)
+            for d in (self._left_at, self.last_price, self.covered_ms, self.repairs, self.tickers):
+                d.pop(old, None)
+            self.dedupe.forget(old)
+            log.info("row %d reclaimed from %s (gone %.0f s) for %s", row, old, now - left_at, code)
+            return row
+        if len(rows) != 1:
+            raise RuntimeError(f"market {code} has different rows across timeframes: {rows}; run `smtm down`")
+        return rows.pop()
+
+    # -- the stream (WebSocket thread) ---------------------------------------------------------------
+    def apply(self, ev: MarketEvents) -> int:
+        """Apply one frame's events; publish and wake once. Returns trades written to the rings."""
+        for why in ev.dropped:
+            self.drops[why] += 1
+        for err in ev.errors:
+            self.errors += 1
+            log.error("exchange error: %s", err)
+        for t in ev.tickers:
+            if t.code in self.market_row:
+                self.tickers[t.code] = t
+            else:
+                self.drops["bad_ticker"] += 1
+        if not ev.trades:
+            return 0
+        now_ns = self.clock.time_ns()
+        with self.lock:
+            n = 0
+            for t in ev.trades:
+                n += self._trade(t, now_ns)
+            if n:
+                for ring in self.rings.values():
+                    ring.publish()
+                self.wake()
+        return n
+
+    def _trade(self, t: Trade, now_ns: int) -> int:
+        row = self.market_row.get(t.code)
+        if row is None:
+            return self._drop("unknown_market")
+        if t.ts_ms * 1_000_000 > now_ns + self.cfg.max_future_s * 1e9:
+            return self._drop("future_trade")
+        if self.dedupe.seen(t.code, t.sequential_id):
+            self.duplicates += 1
+            return self._drop("duplicate")
+        if t.ts_ms <= self.covered_ms.get(t.code, 0):
+            return 0  # already counted in the REST candles of the last repair
+        ref = self.last_price.get(t.code)
+        band = self.cfg.price_band
+        if ref is not None and not ref / band <= t.price <= ref * band:
+            self.schedule_repair(t.code, t.ts_ms // 1000)
+            return self._drop("price_band")
+        rep = self.repairs.get(t.code)
+        if rep is not None:
+            rep.buffer.append(t)
+            if rep.hold:
+                return 0  # applied with the REST candles
+        n = self._build(row, t)
+        if n and t.server_ms is not None:
+            lag = now_ns - t.server_ms * 1_000_000
+            if -_DAY_NS < lag < _DAY_NS:
+                self.lag_ns = lag
+        return n
+
+    def _build(self, row: int, t: Trade) -> int:
+        for b in self.builders:
+            if b.is_late(row, t.ts_ms):
+                self.schedule_repair(t.code, t.ts_ms // 1000)
+                return self._drop("late_trade")
+        for b in self.builders:
+            b.on_trade(row, t.ts_ms, t.price, t.volume)
+        self.trades += 1
+        self.last_price[t.code] = t.price
+        return 1
+
+    def _drop(self, why: str) -> int:
+        self.drops[why] += 1
+        return 0
+
+    # -- repairs ------------------------------------------------------------------------------------
+    def schedule_repair(self, code: str, since_s: int | None, *, hold: bool = False, delay_s: float = 0.3) -> None:
+        """Ask for a REST repair of ``code`` from ``since_s`` (None: the latest page, for a market
+        with no candle). Requests merge: the earliest start wins, a hold stays a hold."""
+        if self.fetch is None:
+            return
+        with self.lock:
+            now = self.clock.monotonic()
+            due = now + delay_s
+            rep = self.repairs.get(code)
+            if rep is None:
+                self.repairs[code] = _Repair(since_s, hold, due, now)
+                return
+            rep.since = since_s if rep.since is None else rep.since if since_s is None else min(rep.since, since_s)
+            rep.due = min(rep.due, due)
+            if hold and not rep.hold:
+                rep.hold, rep.held_since = True, now
+
+    def warm_up(self) -> int:
+        """On connect, before subscribing (no stream yet, so nothing waits): markets without a
+        candle get the latest REST page now — the history the stream cannot give. Returns markets
+        warmed; one that fails is retried by :meth:`run_repairs`, its trades held meanwhile."""
+        with self.lock:
+            fine = self.rings[self.backfill.fine]
+            for code in self.universe:
+                if fine.count(self.market_row[code]) == 0:
+                    self.schedule_repair(code, None, hold=True, delay_s=0.0)
+        return self.run_repairs()
+
+    def schedule_gap_repairs(self) -> None:
+        """Data (re)started after a connect or a silence: every market with candles is repaired
+        from the start of its newest one, holding its trades until the REST candles are in."""
+        with self.lock:
+            fine = self.rings[self.backfill.fine]
+            for code in self.universe:
+                recs, _ = fine.read_last(self.market_row[code], 1)
+                if len(recs):
+                    self.schedule_repair(code, int(recs["t"][0]), hold=True, delay_s=0.0)
+
+    def run_repairs(self) -> int:
+        """Run the due repairs: fetch without the write lock, apply with it (one caller at a
+        time). Returns markets repaired."""
+        with self._repairing:
+            return self._run_repairs()
+
+    def _run_repairs(self) -> int:
+        now = self.clock.monotonic()
+        with self.lock:
+            if now < self.repair_retry_at:
+                return 0
+            due = [(code, rep.since) for code, rep in self.repairs.items() if rep.due <= now]
+        done = 0
+        fs = self.tf_s[self.backfill.fine]
+        for code, since in due:
+            start = 0 if since is None else since // fs * fs   # from the start of the candle holding `since`
+            try:
+                recs, last = self.fetch(code, self.backfill.unit_min, start, 1 if since is None else 50)
+            except FetchError as e:
+                self.errors += 1
+                log.warning("REST repair of %s failed (%s); retrying in 2 s", code, e)
+                self.repair_retry_at = self.clock.monotonic() + 2.0
+                self._release_stale_holds()
+                break
+            with self.lock:
+                done += self._finish_repair(code, since, recs, last)
+        if done:
+            with self.lock:
+                for ring in self.rings.values():
+                    ring.publish()
+                self.wake()
+        return done
+
+    def _finish_repair(self, code: str, since: int | None, recs: np.ndarray, last: int) -> int:
+        rep = self.repairs.get(code)
+        row = self.market_row.get(code)
+        if rep is None or row is None:
+            return 0  # the row was reclaimed meanwhile
+        if len(recs):
+            self.backfill.apply(code, row, recs, last)
+            self.covered_ms[code] = max(self.covered_ms.get(code, 0), last)
+            self.last_price[code] = float(recs["c"][-1])
+            replay = [t for t in rep.buffer if t.ts_ms > last]
+        else:
+            replay = list(rep.buffer) if rep.hold else []
+        if rep.since == since:   # nothing earlier was asked for meanwhile: done
+            del self.repairs[code]
+        else:
+            rep.buffer.clear()
+            rep.hold = False
+        for t in replay:
+            self._build(row, t)
+        return 1
+
+    def _release_stale_holds(self) -> None:
+        """REST keeps failing: a market held longer than ``repair_hold_s`` gets its trades now."""
+        with self.lock:
+            now = self.clock.monotonic()
+            for code, rep in self.repairs.items():
+                if rep.hold and now - rep.held_since >= self.cfg.repair_hold_s:
+                    log.warning("%s: REST still failing after %.0f s; applying %d held trades", code,
+                                now - rep.held_since, len(rep.buffer))
+                    rep.hold = False
+                    row = self.market_row[code]
+                    for t in rep.buffer:
+                        self._build(row, t)
+            for ring in self.rings.values():
+                ring.publish()
+            self.wake()

@@ -1,0 +1,392 @@
+"""Configuration: TOML in ``conf/``, each key declared once — with its type, default and limits —
+in the frozen pydantic models below, and validated at start.
+
+Load order (later wins): ``conf/default.toml`` → ``conf/<profile>.toml`` → the file named by
+``SMTM_CONFIG`` (an overlay, used by tests) → environment (``SMTM_INSTANCE``). The profile comes
+from the argument, else ``SMTM_PROFILE``, else ``replay``.
+
+A bad value raises :class:`ConfigError` naming the key path, the value and what is allowed
+(``shm.timeframes[1] = '7m': allowed values are '1m', ...``), and the process stops before it
+touches shared memory. Unknown keys are errors too (a typo must not silently fall back to a
+default). Checks that span sections (a timeframe that must be one of the candle tables, the
+replay exchange's data directory, the tables fitting in ``/dev/shm``) run in :class:`Config`.
+
+Each process receives only the sections it needs (:attr:`Config.base` — instance, run
+directory, markets, tables — plus its own section and, for the network clients, ``[upbit]``),
+never the whole configuration. API keys never come from here (DESIGN §6): only from the
+environment.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+from shm.tables import table_sizes
+
+from .roster import STATUS_ROWS
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = ROOT / "conf"
+PROFILES = ("replay", "live")
+
+#: Supported timeframes → seconds. Candle starts are multiples of this in UTC
+#: (Upbit aligns 4 h candles to 00/04/08/.. UTC = 01/05/09.. KST, days to 00:00 UTC).
+TIMEFRAMES = {"1m": 60, "3m": 180, "5m": 300, "10m": 600, "15m": 900, "30m": 1800,
+              "1h": 3600, "4h": 14400, "1d": 86400}
+Timeframe = Literal["1m", "3m", "5m", "10m", "15m", "30m", "1h", "4h", "1d"]
+assert get_args(Timeframe) == tuple(TIMEFRAMES)
+
+#: Buy rules of ``procs.market.signals`` (its ``RULES`` must have exactly these names).
+SignalRule = Literal["macd_cross", "macd_cross_rsi_bb"]
+
+MarketCode = Annotated[str, StringConstraints(pattern=r"^KRW-[A-Z0-9]{1,12}$")]
+Day = Annotated[str, StringConstraints(pattern=r"^(\d{4}-\d{2}-\d{2})?$")]
+Seconds = Annotated[float, Field(ge=0.0, le=1e7)]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+def tf_seconds(tf: str) -> int:
+    """Seconds of a timeframe name such as ``"30m"``; raises ConfigError for others."""
+    try:
+        return TIMEFRAMES[tf]
+    except KeyError:
+        raise ConfigError(f"unknown timeframe {tf!r}: allowed values are {', '.join(TIMEFRAMES)}") from None
+
+
+class Section(BaseModel):
+    """Every section: frozen, unknown keys refused, no type coercion (``'8'`` is not 8), finite floats."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _unique(values: tuple, what: str) -> tuple:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"{v!r} appears twice in {what}")
+        seen.add(v)
+    return values
+
+
+class MarketsConfig(Section):
+    """The markets this instance knows: ingest's universe until the symbols table exists, the
+    symbol manager's candidates (``symbols.candidates = "config"``), what the replay serves."""
+    codes: Annotated[tuple[MarketCode, ...], Field(min_length=1)]
+
+    @field_validator("codes")
+    @classmethod
+    def _no_repeats(cls, v):
+        return _unique(v, "markets.codes")
+
+
+class ShmConfig(Section):
+    """The data plane's tables (their sizes are part of each segment's layout)."""
+    rows: Annotated[int, Field(ge=1, le=4096)] = 32           #: market rows per table
+    capacity: Annotated[int, Field(ge=16, le=1 << 20)] = 2048  #: records per ring (each timeframe)
+    #: one ``candles.<tf>`` / ``indicators.<tf>`` pair per timeframe; the finest is built from trades
+    timeframes: Annotated[tuple[Timeframe, ...], Field(min_length=1)] = ("30m", "4h", "1d")
+
+    @field_validator("timeframes")
+    @classmethod
+    def _no_repeats(cls, v):
+        return _unique(v, "shm.timeframes")
+
+
+class UpbitConfig(Section):
+    """Where the Upbit API is. ``"auto"``: the replay exchange of this instance, whose address it
+    publishes in ``run/<instance>/exchange.json`` when it listens (read again at each connect)."""
+    ws_url: str = "auto"
+    rest_url: str = "auto"
+
+    @field_validator("ws_url")
+    @classmethod
+    def _ws(cls, v: str) -> str:
+        if v != "auto" and not re.match(r"^wss?://[^/\s]+(/\S*)?$", v):
+            raise ValueError("expected 'auto' or a ws:// or wss:// URL such as 'wss://api.upbit.com/websocket/v1'")
+        return v
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest(cls, v: str) -> str:
+        if v != "auto" and not re.match(r"^https?://[^/\s]+/?$", v):
+            raise ValueError("expected 'auto' or an http:// or https:// base URL such as 'https://api.upbit.com'")
+        return v
+
+
+class ExchangeConfig(Section):
+    """The replay exchange (an Upbit-compatible server on loopback)."""
+    enabled: bool = True
+    host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"   #: loopback only
+    port: Annotated[int, Field(ge=0, le=65535)] = 0   #: 0 = a free port, published in the run directory
+    data_dir: Annotated[str, Field(min_length=1)] = "data/upbit"   #: relative to the repository root unless absolute
+    speed: Annotated[float, Field(ge=0.0, le=1e9)] = 1800.0  #: replay s per wall s; 0 = as fast as consumers keep up
+    trades_per_candle: Annotated[int, Field(ge=4, le=64)] = 6      #: synthesized trades per source candle
+    rest_per_second: Annotated[int, Field(ge=1, le=1000)] = 10     #: REST requests per s and group before 429
+    recording: str = ""     #: replay this recording (path or glob) instead of the bundled candles
+    start: Day = ""         #: replay only candles from this UTC day (YYYY-MM-DD) ...
+    end: Day = ""           #: ... up to (not including) this one
+
+
+class IngestConfig(Section):
+    format: Literal["DEFAULT", "SIMPLE"] = "SIMPLE"                 #: WebSocket format requested
+    ping_interval_s: Annotated[float, Field(ge=1.0, le=110.0)] = 30.0  #: ping frames (Upbit closes after 120 s idle)
+    ping_timeout_s: Annotated[float, Field(ge=0.5, le=60.0)] = 10.0
+    keepalive_s: Annotated[float, Field(ge=0.5, le=110.0)] = 10.0   #: the text ``PING`` this often
+    stall_timeout_s: Annotated[float, Field(ge=0.5, le=600.0)] = 15.0  #: no frame for this long = stalled
+    backoff_base_s: Annotated[float, Field(ge=0.01, le=60.0)] = 0.5   #: first reconnect delay, doubling ...
+    backoff_cap_s: Annotated[float, Field(ge=0.01, le=600.0)] = 30.0  #: ... up to this, +-50 % jitter
+    max_connects_per_s: Annotated[float, Field(ge=0.1, le=5.0)] = 5.0  #: Upbit: 5 connection attempts per s
+    dedupe_window: Annotated[int, Field(ge=16, le=1_000_000)] = 8192  #: sequential_ids remembered per market
+    max_future_s: Annotated[float, Field(ge=0.0, le=86_400.0)] = 60.0  #: trade time at most this ahead of our clock
+    price_band: Annotated[float, Field(ge=1.01, le=1e6)] = 5.0   #: a trade priced over x this (or under /this) ...
+    #: ... the market's last price is held: not applied, counted, its candle re-read from REST
+    repair_hold_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 10.0  #: longest hold of a market's trades ...
+    #: ... while its gap repair's REST keeps failing (then they are applied and the repair goes on)
+    reclaim_after_s: Annotated[float, Field(ge=0.0, le=1e7)] = 3600.0  #: a row gone this long may be reused
+    subscribe_ticker: bool = False  #: also subscribe to ``ticker`` (live profile)
+    record: bool = False            #: record every received frame
+    record_dir: str = ""            #: where; "" = <run dir>/recordings
+    record_rotate_s: Annotated[float, Field(ge=1.0, le=86400.0)] = 600.0
+    record_rotate_mb: Annotated[float, Field(ge=0.01, le=10_000.0)] = 64.0
+    heartbeat_s: Annotated[float, Field(ge=0.01, le=1.0)] = 0.25
+
+    @model_validator(mode="after")
+    def _backoff(self):
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError(f"ingest.backoff_cap_s = {self.backoff_cap_s} must be >= ingest.backoff_base_s = "
+                             f"{self.backoff_base_s}")
+        return self
+
+
+Period = Annotated[int, Field(ge=2, le=1000)]
+
+
+class IndicatorConfig(Section):
+    ema_fast: Period = 12
+    ema_slow: Period = 26
+    rsi_period: Period = 14                                       #: Wilder
+    macd_fast: Period = 12
+    macd_slow: Period = 26
+    macd_signal: Annotated[int, Field(ge=1, le=1000)] = 9
+    bb_period: Period = 20
+    bb_k: Annotated[float, Field(ge=0.1, le=10.0)] = 2.0          #: band width in population std devs
+    spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0  #: spin budget before parking
+    park_timeout_s: Annotated[float, Field(ge=0.001, le=1.0)] = 0.25  #: longest park (heartbeat period)
+
+    @model_validator(mode="after")
+    def _orders(self):
+        for fast, slow in (("ema_fast", "ema_slow"), ("macd_fast", "macd_slow")):
+            if getattr(self, fast) >= getattr(self, slow):
+                raise ValueError(f"indicator.{fast} = {getattr(self, fast)} must be < indicator.{slow} = "
+                                 f"{getattr(self, slow)}")
+        return self
+
+    def periods(self) -> dict:
+        """``IndicatorSet`` keyword arguments."""
+        return self.model_dump(exclude={"spin_us", "park_timeout_s"})
+
+
+class SignalsConfig(Section):
+    """Buy signals (``procs.market.signals``), evaluated on candle close of ``timeframe``."""
+    timeframe: Literal[("", *TIMEFRAMES)] = ""  # type: ignore[valid-type]  #: "" = the finest of shm.timeframes
+    rules: Annotated[tuple[SignalRule, ...], Field(min_length=1)] = ("macd_cross_rsi_bb",)
+    rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] = 70.0      #: RSI bound of macd_cross_rsi_bb
+
+
+class SymbolsConfig(Section):
+    """The symbol manager; intervals in market time."""
+    top_n: Annotated[int, Field(ge=1, le=4096)] = 8
+    min_stable_s: Seconds = 1800.0
+    rank_interval_s: Seconds = 600.0
+    safety_interval_s: Seconds = 3600.0
+    poll_s: Annotated[float, Field(ge=0.05, le=600.0)] = 1.0
+    candidates: Literal["config", "all"] = "config"   #: "config" = markets.codes; "all" = every KRW market
+
+
+class MonitorConfig(Section):
+    fps: Annotated[int, Field(ge=1, le=240)] = 60             #: render timer rate with a display
+    headless_fps: Annotated[int, Field(ge=1, le=120)] = 10    #: off-screen frame rate without a display
+    snapshot_interval_s: Annotated[float, Field(ge=0.1, le=3600.0)] = 3.0
+    candles_shown: Annotated[int, Field(ge=10, le=2000)] = 200
+    width: Annotated[int, Field(ge=200, le=8192)] = 1280
+    height: Annotated[int, Field(ge=150, le=8192)] = 720
+    market: MarketCode = "KRW-BTC"
+    timeframe: Timeframe = "30m"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """What every process gets: which instance, where its run files go, its markets and tables."""
+    profile: str
+    instance: str
+    run_dir: Path
+    markets: tuple[str, ...]
+    shm: ShmConfig
+
+    @property
+    def finest_timeframe(self) -> str:
+        return min(self.shm.timeframes, key=tf_seconds)
+
+
+class Config(Section):
+    """The whole configuration (only the loader and the CLI hold it; processes get sections)."""
+    profile: Literal["replay", "live"]
+    instance: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,40}$")] = "default"
+    markets: MarketsConfig
+    shm: ShmConfig = ShmConfig()
+    upbit: UpbitConfig = UpbitConfig()
+    exchange: ExchangeConfig = ExchangeConfig()
+    ingest: IngestConfig = IngestConfig()
+    indicator: IndicatorConfig = IndicatorConfig()
+    signals: SignalsConfig = SignalsConfig()
+    symbols: SymbolsConfig = SymbolsConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    @model_validator(mode="after")
+    def _across_sections(self):
+        tfs = self.shm.timeframes
+        if len(self.markets.codes) > self.shm.rows:
+            raise ValueError(f"shm.rows = {self.shm.rows} is less than the {len(self.markets.codes)} markets "
+                             f"in markets.codes")
+        for key, tf in (("signals.timeframe", self.signals.timeframe), ("monitor.timeframe", self.monitor.timeframe)):
+            if tf and tf not in tfs:
+                raise ValueError(f"{key} = {tf!r}: allowed values are the tables' timeframes shm.timeframes = "
+                                 f"{', '.join(tfs)}")
+        if self.symbols.candidates == "config" and self.monitor.market not in self.markets.codes:
+            raise ValueError(f"monitor.market = {self.monitor.market!r}: allowed values are markets.codes = "
+                             f"{', '.join(self.markets.codes)}")
+        for key in ("ws_url", "rest_url"):
+            if getattr(self.upbit, key) == "auto" and not self.exchange.enabled:
+                raise ValueError(f"upbit.{key} = 'auto' names the replay exchange, but exchange.enabled = false; "
+                                 f"give the URL (e.g. wss://api.upbit.com/websocket/v1)")
+        if self.exchange.enabled and not self.exchange.recording:
+            d = self.data_path()
+            if not (d / "minute30").is_dir():
+                raise ValueError(f"exchange.data_dir = {self.exchange.data_dir!r}: {d / 'minute30'} is not a "
+                                 f"directory of Upbit minute-candle CSVs")
+        self._check_shm_fits()
+        return self
+
+    def _check_shm_fits(self) -> None:
+        need = sum(table_sizes(self.shm.timeframes, self.shm.rows, self.shm.capacity, STATUS_ROWS).values())
+        try:
+            st = os.statvfs("/dev/shm")
+        except OSError:
+            return  # no /dev/shm to measure (not Linux)
+        total = st.f_blocks * st.f_frsize
+        if need > total:
+            raise ValueError(f"shm.rows = {self.shm.rows} x shm.capacity = {self.shm.capacity} x "
+                             f"{len(self.shm.timeframes)} timeframes needs {need / 2**20:,.0f} MiB of shared memory; "
+                             f"/dev/shm holds {total / 2**20:,.0f} MiB")
+
+    @property
+    def signal_timeframe(self) -> str:
+        """The timeframe buy signals are evaluated on (``signals.timeframe`` or the finest)."""
+        return self.signals.timeframe or self.base.finest_timeframe
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this instance keeps its run-time files: ``$SMTM_RUN_DIR/<instance>`` or
+        ``run/<instance>`` in the repository."""
+        return Path(os.environ.get("SMTM_RUN_DIR", ROOT / "run")) / self.instance
+
+    @property
+    def base(self) -> BaseConfig:
+        return BaseConfig(self.profile, self.instance, self.run_dir, self.markets.codes, self.shm)
+
+    def data_path(self) -> Path:
+        p = Path(self.exchange.data_dir)
+        return p if p.is_absolute() else ROOT / p
+
+
+# -- loading ---------------------------------------------------------------------------------
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _tuples(x: Any) -> Any:
+    """TOML arrays → tuples (the models are frozen), recursively."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _key(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = Config
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _explain(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _key(loc)
+    ty = err["type"]
+    if ty == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = f"; allowed keys: {', '.join(model.model_fields)}" if model else ""
+        return f"unknown key {key}{allowed}"
+    shown = f"{key} = {err['input']!r}: " if key and not isinstance(err.get("input"), dict) else (f"{key}: " if key else "")
+    if ty in ("literal_error", "enum"):
+        return f"{shown}allowed values are {err['ctx']['expected']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if ty == "value_error" and (not key or isinstance(err.get("input"), dict)):
+        return msg  # a check across keys: its message names them
+    return f"{shown}{msg[0].lower() + msg[1:]}"
+
+
+def load_config(profile: str | None = None, *, conf_dir: Path | None = None, overlay: Path | None = None) -> Config:
+    """Load and validate the configuration. Raises :class:`ConfigError`."""
+    profile = profile or os.environ.get("SMTM_PROFILE") or "replay"
+    if profile not in PROFILES:
+        raise ConfigError(f"profile {profile!r}: allowed values are {', '.join(PROFILES)}")
+    conf_dir = Path(conf_dir or os.environ.get("SMTM_CONF_DIR", CONF_DIR))
+    files = [conf_dir / "default.toml", conf_dir / f"{profile}.toml"]
+    extra = overlay or os.environ.get("SMTM_CONFIG")
+    if extra:
+        files.append(Path(extra))
+    raw: dict = {}
+    for f in files:
+        raw = _merge(raw, _read_toml(f))
+    raw["profile"] = profile
+    if os.environ.get("SMTM_INSTANCE"):
+        raw["instance"] = os.environ["SMTM_INSTANCE"]
+    try:
+        return Config.model_validate(_tuples(raw))
+    except ValidationError as e:
+        where = " + ".join(str(f) for f in files)
+        lines = [_explain(err) for err in e.errors()]
+        raise ConfigError("\n".join(lines) + f"\n(configuration: {where})") from None

@@ -1,0 +1,1 @@
+"""Read-only views of shared memory for people: the monitor's chart source (:mod:`.chart_source`)."""

@@ -1,0 +1,159 @@
+"""Shared test helpers (imported by tests; the fixtures in conftest.py use them too).
+
+:class:`Env` is one test instance: its own shared-memory instance name, run directory and config
+overlay; processes it starts are stopped at the end. Servers bind port 0 and publish the port
+they got in the run directory (``procs.runtime.endpoints``), so suites never race for ports.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from procs.runtime.endpoints import EndpointUnavailable, lookup
+from procs.runtime.roster import program
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL", "KRW-DOGE", "KRW-ADA",
+               "KRW-LINK", "KRW-ETC", "KRW-SAND", "KRW-HBAR", "KRW-XLM", "KRW-SHIB"]
+DATA = ROOT / "data" / "upbit"
+
+
+class Env:
+    """An instance's environment: config overlay, run dir, processes."""
+
+    def __init__(self, instance: str, tmp: Path):
+        self.instance = instance
+        self.tmp = tmp
+        self.run_base = tmp / "run"
+        self.run_dir = self.run_base / instance
+        self.procs: list[subprocess.Popen] = []
+        self.overlay = tmp / "overlay.toml"
+        self.env = dict(os.environ, SMTM_INSTANCE=instance, SMTM_CONFIG=str(self.overlay),
+                        SMTM_RUN_DIR=str(self.run_base), SMTM_PROFILE="replay", PYTHONUNBUFFERED="1")
+        self.env.pop("DISPLAY", None)
+
+    def write_overlay(self, *, markets=None, capacity=2048, speed=0.0, extra: str = "", exchange: str = "",
+                      rows: int = 32) -> None:
+        """Config overlay: markets, ring capacity, replay speed; ``extra`` lines go into [ingest],
+        ``exchange`` lines into [exchange]."""
+        markets = markets or ALL_MARKETS
+        self.overlay.write_text(f"""
+[markets]
+codes = {markets!r}
+[shm]
+rows = {rows}
+capacity = {capacity}
+[exchange]
+speed = {speed}
+{exchange}
+[ingest]
+backoff_base_s = 0.2
+backoff_cap_s = 1.0
+{extra}
+""".replace("'", '"'))
+
+    @property
+    def base(self) -> str:
+        """The replay exchange's HTTP base URL (waits until it has published its port)."""
+        return wait_for(lambda: _published(self.run_dir), 30, "the exchange to publish its port").http
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        """Start the program ``name`` of the roster (``exchange``, ``ingest``, ...)."""
+        log = open(self.tmp / f"{name}.log", "w")
+        p = subprocess.Popen([sys.executable, "-m", program(name).module, *args], cwd=ROOT, env=self.env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _published(run_dir: Path):
+    try:
+        return lookup(run_dir, "exchange")
+    except EndpointUnavailable:
+        return None
+
+
+def get_json(url: str):
+    """The JSON body at ``url`` on loopback, or None while the server is not answering."""
+    import requests
+    try:
+        return requests.get(url, timeout=2).json()
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def attach(open_fn, *args):
+    """``open_fn(*args)`` (a read-only table), or None while its writer has not created it yet."""
+    from shm.segment import ShmError
+    try:
+        return open_fn(*args)
+    except ShmError:
+        return None
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``pred`` (bounded); raise AssertionError naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_supervisord(env: Env, *, conf_dir: Path | None = None):
+    """Start supervisord with the repository's own ``supervisord.conf`` for ``env``'s instance: its
+    ``run/`` pointed at the test's run base (as ``SMTM_RUN_DIR``), its interpreter at this one.
+    Returns ``(Supervisor, conf path)``; stop it with :func:`stop_supervisord`."""
+    from procs.cli.supervisor import Supervisor
+    conf_dir = conf_dir or env.tmp / "sv"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (env.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    text = (ROOT / "supervisord.conf").read_text()
+    text = text.replace("%(here)s/.venv/bin/python", sys.executable).replace("%(here)s/run", str(env.run_base))
+    text = text.replace("%(here)s", str(ROOT))
+    conf = conf_dir / "supervisord.conf"
+    conf.write_text(text)
+    e = dict(env.env, SMTM_REPLAY="true")
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", str(conf)], env=e, check=True)
+    return Supervisor(conf, env.instance), conf
+
+
+def stop_supervisord(sup) -> None:
+    try:
+        pid = sup.rpc().supervisor.getPID()
+        sup.rpc().supervisor.shutdown()
+    except OSError:
+        return
+    wait_for(lambda: not _alive(pid), 30, "supervisord to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -1,0 +1,35 @@
+"""The symbol manager's domain: the safety filter on the recorded market/all response, and top-N
+hysteresis."""
+
+from procs.market.universe import TopN, safety_flags
+from procs.replay.tape import load_market_all
+from shm.symbols import CAUTION, WARNING
+from tests.helpers import ROOT
+
+
+def test_safety_filter_excludes_exactly_the_flagged_krw_markets():
+    doc = load_market_all(ROOT / "data" / "upbit")
+    flags = safety_flags(doc)
+    krw = [m for m in doc if m["market"].startswith("KRW-")]
+    assert len(flags) == len(krw) == 155
+    for m in krw:
+        ev = m["market_event"]
+        flagged = ev["warning"] or any(ev["caution"].values())
+        assert (flags[m["market"]] != 0) == flagged, m["market"]
+        assert bool(flags[m["market"]] & WARNING) == ev["warning"]
+        assert bool(flags[m["market"]] & CAUTION) == any(ev["caution"].values())
+    assert "KRW-ETC" in flags and flags["KRW-ETC"] & CAUTION  # TRADING_VOLUME_SOARING in the recording
+    assert not any(c.startswith(("BTC-", "USDT-")) for c in flags)
+
+
+def test_topn_hysteresis_does_not_flap():
+    top = TopN(2, min_stable_s=100)
+    assert top.update(["A", "B", "C"], 0) == ["A", "B"]          # start-up: the top 2 at once
+    # C and B swap around the cut every 30 s: nothing changes while neither is stable
+    for t, ranked in ((30, ["A", "C", "B"]), (60, ["A", "B", "C"]), (90, ["A", "C", "B"]), (120, ["A", "B", "C"])):
+        assert top.update(ranked, t) == ["A", "B"], t
+    # C stays inside for 100 s: B leaves after 100 s outside, C joins once there is room
+    for t in (150, 200, 249):
+        assert top.update(["A", "C", "B"], t) == ["A", "B"]
+    assert top.update(["A", "C", "B"], 250) == ["A", "C"]     # both stable for 100 s: B out, C in
+    assert top.update(["D", "A", "C"], 252) == ["A", "C"]     # D must prove itself too
