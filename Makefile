@@ -1,4 +1,5 @@
-# SMTM-NG — `make run` starts the replay pipeline, `make test` runs the test suite.
+# SMTM-NG — `make run` starts the replay pipeline, `make test` runs the contracts, lint and the test suite.
+# SMTM_INSTANCE=name make run|stop|status runs another instance beside the default one.
 # Both install what they need: a venv with the pinned Python packages and, when run as
 # root on Debian, the system libraries the monitor and its tests need (Mesa EGL, Xvfb).
 
@@ -11,7 +12,7 @@ DEBS   := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libfontconfig1 libfreetype
           libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
           libxcb-shape0 libxcb-xkb1
 
-.PHONY: run stop status test bench debs venv dev clean
+.PHONY: run stop status test lint bench debs venv dev clean
 
 $(BIN)/smtm: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
@@ -47,7 +48,13 @@ stop: venv
 status: venv
 	$(BIN)/smtm status
 
-test: dev debs
+# Architecture contracts (import-linter, configured in setup.cfg) and lint (ruff, ruff.toml): a broken
+# contract fails the run before the suite starts.
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: dev debs lint
 	$(BIN)/python -m pytest -q tests
 
 bench: dev debs

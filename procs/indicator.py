@@ -50,10 +50,7 @@ class IndicatorProcess(Process):
             self.idle(0.2)
 
     def _changed(self) -> bool:
-        for w in self.workers:
-            if w.candles.global_seq != w.last_gseq:
-                return True
-        return False
+        return any(w.candles.global_seq != w.last_gseq for w in self.workers)
 
     def on_tick(self) -> None:
         if self.waiter.wait(self._changed):

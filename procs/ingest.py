@@ -5,7 +5,8 @@ is parsed by the venue adapter (:mod:`procs.upbit.parsing`) and applied by the c
 (:mod:`procs.market.feed`, the single writer of ``candles.<tf>``), which wakes the indicator. The
 process's own loop (:mod:`procs.runtime.process`) follows the ``symbols`` table (a new universe is
 resubscribed completely: Upbit replaces a subscription, it never adds to it), keeps the
-connection alive, runs REST repairs (outside the feed's write lock) and beats its status row.
+connection alive and beats its status row; a third thread runs the REST repairs (outside the
+feed's write lock), so a slow REST stalls neither the stream nor the heartbeat.
 With ``ingest.record`` every received frame is also written to rotating compressed files.
 """
 from __future__ import annotations
@@ -85,6 +86,7 @@ class IngestProcess(Process):
     def on_start(self) -> None:
         self.set_state(State.DISCONNECTED)  # until the session connects
         self.start_worker(self.session.run, "websocket")
+        self.start_worker(self._repairs, "repairs")
         self.log.info("connecting to %s for %d markets", self.urls.describe(), len(self.feed.universe))
 
     def on_tick(self) -> None:
@@ -95,10 +97,15 @@ class IngestProcess(Process):
                           len(self.feed.universe))
             self.session.resubscribe()
         self.session.tick()
-        if self.session.connected:
-            self.feed.run_repairs()
         self.set_state(State.RUNNING if self.session.connected else State.DISCONNECTED)
         self.idle(self.heartbeat_s)
+
+    def _repairs(self) -> None:
+        """Worker: REST repairs, off the WebSocket thread and off the heartbeat (a slow REST stalls
+        neither the stream nor the status row)."""
+        while not self.clock.wait(self._stop, 0.05):
+            if self.session.connected:
+                self.feed.run_repairs()
 
     def on_beat(self) -> None:
         f, row = self.feed, self.row

@@ -312,7 +312,8 @@ class RingTable:
             return self._copy(row, cnt - k, cnt), cnt
         return self.lock.read(row, copy, max_spins, f"row {row}")
 
-    def read_range(self, row: int, start: int, end: int | None = None, max_spins: int = 100_000) -> tuple[np.ndarray, int]:
+    def read_range(self, row: int, start: int, end: int | None = None,
+                   max_spins: int = 100_000) -> tuple[np.ndarray, int]:
         """Copy of records with absolute indices ``[start, min(end, count))``, oldest first.
 
         Returns ``(records, count)``. Raises :class:`Overrun` if ``start`` was already
@@ -322,6 +323,7 @@ class RingTable:
             cnt = int(self._count[row])
             stop = cnt if end is None else min(end, cnt)
             if start < cnt - self.capacity:
-                raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten (count {cnt}, capacity {self.capacity})")
+                raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten "
+                              f"(count {cnt}, capacity {self.capacity})")
             return self._copy(row, start, max(start, stop)), cnt
         return self.lock.read(row, copy, max_spins, f"row {row}")

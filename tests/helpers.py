@@ -25,10 +25,10 @@ DATA = ROOT / "data" / "upbit"
 class Env:
     """An instance's environment: config overlay, run dir, processes."""
 
-    def __init__(self, instance: str, tmp: Path):
+    def __init__(self, instance: str, tmp: Path, run_base: Path | None = None):
         self.instance = instance
         self.tmp = tmp
-        self.run_base = tmp / "run"
+        self.run_base = run_base or tmp / "run"
         self.run_dir = self.run_base / instance
         self.procs: list[subprocess.Popen] = []
         self.overlay = tmp / "overlay.toml"
@@ -67,9 +67,9 @@ backoff_cap_s = 1.0
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         """Start the program ``name`` of the roster (``exchange``, ``ingest``, ...)."""
-        log = open(self.tmp / f"{name}.log", "w")
-        p = subprocess.Popen([sys.executable, "-m", program(name).module, *args], cwd=ROOT, env=self.env,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.tmp / f"{name}.log", "w") as log:   # the child keeps its own copy of the descriptor
+            p = subprocess.Popen([sys.executable, "-m", program(name).module, *args], cwd=ROOT, env=self.env,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
         return p
 
@@ -157,3 +157,27 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+class FakeClock:
+    """A :class:`procs.runtime.clock.Clock` that tests move by hand: ``advance(s)``; ``wait``
+    advances time instead of sleeping (and returns at once if the event is set)."""
+
+    def __init__(self, monotonic: float = 1000.0, wall_ns: int = 1_730_000_000 * 10**9):
+        self.now = monotonic
+        self.wall_ns = wall_ns
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return self.wall_ns + int((self.now - 1000.0) * 1e9)
+
+    def wait(self, event, seconds: float) -> bool:
+        if event.is_set():
+            return True
+        self.advance(seconds)
+        return event.is_set()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -166,7 +166,8 @@ def cmd_universe(args, cfg: Config, sup: Supervisor) -> int:
         codes = [c.strip().upper() for c in args.codes.split(",") if c.strip()]
         bad = [c for c in codes if not c.startswith("KRW-") or len(c) > 16]
         if not codes or bad:
-            print(f"universe set: expected comma-separated KRW market codes, bad: {bad or 'none given'}", file=sys.stderr)
+            print(f"universe set: expected comma-separated KRW market codes, bad: {bad or 'none given'}",
+                  file=sys.stderr)
             return 2
         t = SymbolsTable.writer(cfg.instance, cfg.shm.rows)
         ver = t.write([(c, IN_UNIVERSE, 0, 0.0) for c in dict.fromkeys(codes)])

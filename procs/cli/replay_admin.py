@@ -1,6 +1,8 @@
 """``smtm replay`` / ``fault``: the replay exchange's admin routes, at the address it published."""
 from __future__ import annotations
 
+import sys
+
 import requests
 
 from ..runtime.config import Config
@@ -12,11 +14,11 @@ def _admin(cfg: Config, method: str, path: str, body: dict | None = None):
     try:
         url = lookup(cfg.run_dir, "exchange").http + path
     except EndpointUnavailable as e:
-        raise SystemExit(f"replay exchange of instance {cfg.instance!r}: {e}")
+        raise SystemExit(f"replay exchange of instance {cfg.instance!r}: {e}") from None
     try:
         r = requests.request(method, url, json=body, timeout=5)
     except requests.RequestException as e:
-        raise SystemExit(f"replay exchange not reachable at {url}: {e}")
+        raise SystemExit(f"replay exchange not reachable at {url}: {e}") from None
     doc = r.json()
     if r.status_code >= 400:
         raise SystemExit(f"{url}: {doc.get('error', doc)}")
@@ -24,9 +26,11 @@ def _admin(cfg: Config, method: str, path: str, body: dict | None = None):
 
 
 def _progress_line(p: dict) -> str:
-    state = "finished" if p["finished"] else "paused" if p["paused"] else "running" if p["started"] else "waiting for a subscriber"
+    state = ("finished" if p["finished"] else "paused" if p["paused"] else "running" if p["started"]
+             else "waiting for a subscriber")
+    fastest = " (as fast as consumers keep up)" if p["speed"] == 0 else ""
     return (f"replay {state}: {p['replay_time']}  {p['percent']:.1f}% ({p['position']:,}/{p['trades']:,} trades)  "
-            f"speed x{p['speed']:g}{' (as fast as consumers keep up)' if p['speed'] == 0 else ''}  clients {p['clients']}")
+            f"speed x{p['speed']:g}{fastest}  clients {p['clients']}")
 
 
 def cmd_replay(args, cfg: Config, sup: Supervisor) -> int:
@@ -35,7 +39,8 @@ def cmd_replay(args, cfg: Config, sup: Supervisor) -> int:
         return 0
     if args.action == "speed":
         if args.value is None:
-            print("replay speed: give a number (replay seconds per wall second; 0 = as fast as possible)", file=sys.stderr)
+            print("replay speed: give a number (replay seconds per wall second; 0 = as fast as possible)",
+                  file=sys.stderr)
             return 2
         body = {"speed": args.value}
     else:

@@ -67,7 +67,8 @@ class Supervisor:
     def ctl(self, args: list[str]) -> int:
         """``supervisorctl`` of this instance with ``args``; returns its exit code."""
         exe = Path(sys.executable).parent / "supervisorctl"
-        cmd = [str(exe) if exe.exists() else "supervisorctl", "-c", str(self.conf), "-s", f"unix://{self.socket}", *args]
+        cmd = [str(exe) if exe.exists() else "supervisorctl", "-c", str(self.conf), "-s", f"unix://{self.socket}",
+               *args]
         return subprocess.run(cmd, env=dict(os.environ, SMTM_INSTANCE=self.instance)).returncode
 
 
@@ -96,7 +97,8 @@ def cmd_up(args, cfg: Config, sup: Supervisor) -> int:
     cmd_status(args, cfg, sup)
     bad = [p for p in expected if states.get(p) != "RUNNING"]
     if bad:
-        print(f"\nnot RUNNING after {args.timeout:.0f} s: {', '.join(bad)} — see {sup.logdir}/<name>.log", file=sys.stderr)
+        print(f"\nnot RUNNING after {args.timeout:.0f} s: {', '.join(bad)} — see {sup.logdir}/<name>.log",
+              file=sys.stderr)
         return 1
     _print_where(cfg, sup)
     return 0

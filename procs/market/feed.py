@@ -23,8 +23,9 @@ What a trade must pass, in order (each failure is counted under its reason in ``
 
 Repairs. On connect, before subscribing, markets without any candle get the latest REST page
 (:meth:`CandleFeed.warm_up`). A *gap* repair (when data resumes after a (re)connect or a silence,
-a market added to the universe) holds the market's trades in a buffer until the REST candles are in — so no candle is ever
-closed from a history known to be incomplete — then applies the REST candles and the buffered
+a market added to the universe) holds the market's trades in a buffer until the REST candles are
+in — so no candle is ever closed from a history known to be incomplete — then applies the REST
+candles and the buffered
 trades after their last tick; other markets keep flowing meanwhile. A *correction* repair (a late
 or held trade) keeps applying trades live, buffers them, and re-applies those after the REST
 candles' last tick. A hold lasts at most ``ingest.repair_hold_s`` while REST keeps failing; then

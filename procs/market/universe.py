@@ -123,6 +123,7 @@ class SymbolManager:
         self.ranked = sorted(((t.code, t.acc_trade_price_24h) for t in ticks), key=lambda x: -x[1])
         members = set(self.top.update([c for c, _ in self.ranked], self.market_now_s))
         rows = [(c, (IN_UNIVERSE | TRADABLE) if c in members else 0, i + 1, v) for i, (c, v) in enumerate(self.ranked)]
-        rows += [(c, f, 0, 0.0) for c, f in sorted(self.flags.items()) if f and (sc.candidates == "all" or c in self.markets)]
+        rows += [(c, f, 0, 0.0) for c, f in sorted(self.flags.items())
+                 if f and (sc.candidates == "all" or c in self.markets)]
         self.table.write(rows[:self.table.n_rows])
         return True

@@ -105,7 +105,8 @@ class FaultInjector:
 
     def state(self) -> dict:
         now = self.clock()
-        return {"refuse_s_left": max(0.0, self.refuse_until - now), "stall_s_left": max(0.0, self.stall_until - now), "malformed_left": self.malformed_left,
+        return {"refuse_s_left": max(0.0, self.refuse_until - now), "stall_s_left": max(0.0, self.stall_until - now),
+                "malformed_left": self.malformed_left,
                 "duplicate_left": self.duplicate_left, "reorder_left": self.reorder_left,
                 "rest_429_left": self.rest_429_left, "rest_418_s_left": max(0.0, self.rest_418_until - now),
                 "rest_slow_left": self.rest_slow_left, "rest_slow_s": self.rest_slow_s, "applied": dict(self.applied)}

@@ -1,10 +1,11 @@
 """Reading recordings back as a replay tape.
 
 A recording of ingest's frame recorder (:mod:`procs.upbit.recorder` documents the format) — or
-a plain JSONL file of Upbit messages such as the real ticker recording in ``data/upbit/ws/`` (time axis: each message's ``timestamp``) — is turned into a
-:class:`~procs.replay.tape.ReplayTape` whose replay clock is the **receive time**: replayed
-at ``speed`` 10 it runs ten times faster than it was recorded, in the original arrival
-order. Trades keep their own ``trade_timestamp``; tickers are replayed as recorded.
+a plain JSONL file of Upbit messages such as the real ticker recording in ``data/upbit/ws/``
+(time axis: each message's ``timestamp``) — is turned into a :class:`~procs.replay.tape.ReplayTape`
+whose replay clock is the **receive time**: replayed at ``speed`` 10 it runs ten times faster than
+it was recorded, in the original arrival order. Trades keep their own ``trade_timestamp``;
+tickers are replayed as recorded.
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ def tape_from_recording(paths: list[Path]) -> ReplayTape:
         mi = markets.setdefault(code, len(markets))
         if msg["type"] == "trade":
             try:
-                trades.append((clock, int(msg["trade_timestamp"]), float(msg["trade_price"]), float(msg["trade_volume"]),
-                               1 if msg.get("ask_bid") == "BID" else 0, int(msg.get("sequential_id") or 0), mi))
+                trades.append((clock, int(msg["trade_timestamp"]), float(msg["trade_price"]),
+                               float(msg["trade_volume"]), 1 if msg.get("ask_bid") == "BID" else 0,
+                               int(msg.get("sequential_id") or 0), mi))
             except (KeyError, TypeError, ValueError):
                 continue
         else:

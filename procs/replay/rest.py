@@ -187,6 +187,8 @@ class RestApi:
                 "change_price": abs(change), "change_rate": abs(change) / prev_close,
                 "signed_change_price": change, "signed_change_rate": change / prev_close,
                 "trade_volume": float(vol[hi - 1]),
-                "acc_trade_price": float(cum_val[hi] - cum_val[d0]), "acc_trade_price_24h": float(cum_val[hi] - cum_val[w0]),
-                "acc_trade_volume": float(cum_vol[hi] - cum_vol[d0]), "acc_trade_volume_24h": float(cum_vol[hi] - cum_vol[w0]),
+                "acc_trade_price": float(cum_val[hi] - cum_val[d0]),
+                "acc_trade_price_24h": float(cum_val[hi] - cum_val[w0]),
+                "acc_trade_volume": float(cum_vol[hi] - cum_vol[d0]),
+                "acc_trade_volume_24h": float(cum_vol[hi] - cum_vol[w0]),
                 "timestamp": int(time.time() * 1000)}

@@ -100,25 +100,25 @@ class ShmConfig(Section):
         return _unique(v, "shm.timeframes")
 
 
+def _url(pattern: str, expected: str):
+    """A field validator: ``"auto"`` or a URL matching ``pattern``."""
+    def check(cls, v: str) -> str:
+        if v != "auto" and not re.match(pattern, v):
+            raise ValueError(f"expected 'auto' or {expected}")
+        return v
+    return classmethod(check)
+
+
 class UpbitConfig(Section):
     """Where the Upbit API is. ``"auto"``: the replay exchange of this instance, whose address it
     publishes in ``run/<instance>/exchange.json`` when it listens (read again at each connect)."""
     ws_url: str = "auto"
     rest_url: str = "auto"
 
-    @field_validator("ws_url")
-    @classmethod
-    def _ws(cls, v: str) -> str:
-        if v != "auto" and not re.match(r"^wss?://[^/\s]+(/\S*)?$", v):
-            raise ValueError("expected 'auto' or a ws:// or wss:// URL such as 'wss://api.upbit.com/websocket/v1'")
-        return v
-
-    @field_validator("rest_url")
-    @classmethod
-    def _rest(cls, v: str) -> str:
-        if v != "auto" and not re.match(r"^https?://[^/\s]+/?$", v):
-            raise ValueError("expected 'auto' or an http:// or https:// base URL such as 'https://api.upbit.com'")
-        return v
+    _ws = field_validator("ws_url")(_url(r"^wss?://[^/\s]+(/\S*)?$",
+                                         "a ws:// or wss:// URL such as 'wss://api.upbit.com/websocket/v1'"))
+    _rest = field_validator("rest_url")(_url(r"^https?://[^/\s]+/?$",
+                                             "an http:// or https:// base URL such as 'https://api.upbit.com'"))
 
 
 class ExchangeConfig(Section):
@@ -359,7 +359,10 @@ def _explain(err: dict) -> str:
         model = _model_at(loc[:-1])
         allowed = f"; allowed keys: {', '.join(model.model_fields)}" if model else ""
         return f"unknown key {key}{allowed}"
-    shown = f"{key} = {err['input']!r}: " if key and not isinstance(err.get("input"), dict) else (f"{key}: " if key else "")
+    if key and not isinstance(err.get("input"), dict):
+        shown = f"{key} = {err['input']!r}: "
+    else:
+        shown = f"{key}: " if key else ""
     if ty in ("literal_error", "enum"):
         return f"{shown}allowed values are {err['ctx']['expected']}"
     msg = err["msg"].removeprefix("Value error, ")

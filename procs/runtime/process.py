@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import contextlib
 import logging
 import signal
 import threading
@@ -112,10 +113,8 @@ class Process(abc.ABC):
     def request_stop(self, *_) -> None:
         """SIGTERM/SIGINT (or a caller): stop after the current tick. Signal-safe, never raises."""
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):
             self.on_stop_requested()
-        except Exception:
-            pass
 
     def idle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` (heartbeating); True as soon as a stop is requested."""
@@ -204,7 +203,8 @@ class Process(abc.ABC):
 
 
 def start(prog: str, description: str, argv: list[str] | None = None,
-          add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Config | None, argparse.Namespace]:
+          add_args: Callable[[argparse.ArgumentParser], None] | None = None
+          ) -> tuple[Config | None, argparse.Namespace]:
     """Common start of every program: ``--profile`` (plus ``add_args(parser)``), logging, and the
     validated configuration. Returns ``(cfg, args)``, or ``(None, args)`` after logging a
     :class:`ConfigError` (the caller exits with status 2)."""

@@ -154,7 +154,8 @@ class RestClient:
 
     def __init__(self, base_url: str | Callable[[], str], limiter: RateLimiter, timeout_s: float = 10.0,
                  max_retries: int = 6):
-        self._base = base_url if callable(base_url) else (lambda b=base_url.rstrip("/"): b)
+        fixed = base_url.rstrip("/") if isinstance(base_url, str) else ""
+        self._base = base_url if callable(base_url) else (lambda: fixed)
         self.limiter = limiter
         self.timeout_s = timeout_s
         self.max_retries = max_retries

@@ -21,6 +21,7 @@ from its own loop for what must happen on time:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -198,7 +199,5 @@ class WebSocketSession:
     def _shutdown_socket(self) -> None:
         sock = getattr(getattr(self.app, "sock", None), "sock", None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

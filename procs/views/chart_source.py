@@ -8,6 +8,7 @@ yet (ingest not started) are retried once a second.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,10 +70,8 @@ class ShmChartSource:
             except (SegmentNotFound, SegmentNotReady, LayoutMismatch) as e:
                 self.attach_error = str(e).splitlines()[0]
         if self.status is None:
-            try:
+            with contextlib.suppress(SegmentNotFound, SegmentNotReady, LayoutMismatch):
                 self.status = StatusTable.open(b.instance, STATUS_ROWS)
-            except (SegmentNotFound, SegmentNotReady, LayoutMismatch):
-                pass
 
     # -- the source interface ------------------------------------------------------------
     def poll(self) -> bool:

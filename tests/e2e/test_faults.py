@@ -63,9 +63,11 @@ class Rig:
             src = SRC[m]
             k = int(np.searchsorted(src["t"], closed["t"][0]))
             exp = src[k:k + len(closed)]
-            if len(exp) != len(closed) or not all(np.array_equal(closed[f], exp[f]) for f in ("t", "o", "h", "l", "c", "v")):
-                bad = [f for f in ("t", "o", "h", "l", "c", "v") if len(exp) != len(closed) or not np.array_equal(closed[f], exp[f])]
-                i = int(np.argmax(closed[bad[0]][:len(exp)] != exp[bad[0]][:len(closed)])) if len(exp) and len(closed) else 0
+            fields = ("t", "o", "h", "l", "c", "v")
+            if len(exp) != len(closed) or not all(np.array_equal(closed[f], exp[f]) for f in fields):
+                bad = [f for f in fields if len(exp) != len(closed) or not np.array_equal(closed[f], exp[f])]
+                i = int(np.argmax(closed[bad[0]][:len(exp)] != exp[bad[0]][:len(closed)])) \
+                    if len(exp) and len(closed) else 0
                 self.mismatch = (m, bad, len(closed), len(exp), i, closed[i] if i < len(closed) else None,
                                  exp[i] if i < len(exp) else None)
                 return False
@@ -95,7 +97,8 @@ keepalive_s = 0.5
     wait_for(lambda: get_json(r.base + "/replay/status"), 30, "the exchange")
     ing = env.start("ingest")
     r.status = wait_for(lambda: attach(StatusTable.open, env.instance, STATUS_ROWS), 30, "the status table")
-    r.rings = {tf: wait_for(lambda tf=tf: attach(CANDLES.open, env.instance, tf, 32, CAP), 30, f"candles.{tf}") for tf in ("30m", "4h", "1d")}
+    r.rings = {tf: wait_for(lambda tf=tf: attach(CANDLES.open, env.instance, tf, 32, CAP), 30, f"candles.{tf}")
+               for tf in ("30m", "4h", "1d")}
     wait_for(lambda: r.flowing(100), 30, "trades flowing")
     r.pid = ing.pid
     return r
@@ -108,7 +111,7 @@ def test_fault_matrix(rig, env):
     # malformed frames: counted and dropped, never written
     r.post("/faults", {"type": "malformed", "count": 40})
     r.timed("malformed (40 bad frames)", lambda: int(r.ingest()["dropped"]) >= dropped0 + 40)
-    assert set(n for n in r.rings["30m"].names() if n) == set(MARKETS)
+    assert {n for n in r.rings["30m"].names() if n} == set(MARKETS)
     assert r.closed_candles_match()
 
     # duplicated trades: counted once

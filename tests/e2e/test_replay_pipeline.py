@@ -139,12 +139,13 @@ def test_rest_candles_page_like_upbit(replayed):
     page = r.json()
     assert len(page) == 200 and page[0]["candle_date_time_utc"] > page[-1]["candle_date_time_utc"]  # newest first
     # page backwards with `to` = the oldest start of the previous page (exclusive)
-    r2 = requests.get(f"{base}/v1/candles/minutes/30",
-                      params={"market": "KRW-BTC", "count": 3, "to": page[-1]["candle_date_time_utc"]}, timeout=5).json()
+    r2 = requests.get(f"{base}/v1/candles/minutes/30", timeout=5,
+                      params={"market": "KRW-BTC", "count": 3, "to": page[-1]["candle_date_time_utc"]}).json()
     starts = [x["candle_date_time_utc"] for x in r2]
     assert starts[0] < page[-1]["candle_date_time_utc"] and len(starts) == 3
     k = int(np.searchsorted(src["t"], pd.Timestamp(starts[0], tz="UTC").timestamp()))
-    assert r2[0]["trade_price"] == src["c"][k] and r2[0]["candle_acc_trade_volume"] == pytest.approx(src["v"][k], rel=1e-12)
+    assert r2[0]["trade_price"] == src["c"][k]
+    assert r2[0]["candle_acc_trade_volume"] == pytest.approx(src["v"][k], rel=1e-12)
     h4 = requests.get(f"{base}/v1/candles/minutes/240", params={"market": "KRW-ETH", "count": 2,
                       "to": "2024-11-01T09:00:00+09:00"}, timeout=5).json()
     assert [x["candle_date_time_utc"] for x in h4] == ["2024-10-31T20:00:00", "2024-10-31T16:00:00"]

@@ -54,11 +54,12 @@ def test_stop_ingest_stops_only_ingest(supervised):
     st = wait_for(lambda: attach(StatusTable.open, env.instance, STATUS_ROWS), 30, "the status table")
     wait_for(lambda: st.read("ingest")["state"] == State.RUNNING, 60, "ingest RUNNING")
     ctl = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
-    out = subprocess.run([ctl, "-c", str(conf), "-s", f"unix://{sup.socket}", "stop", "ingest"], capture_output=True, text=True, timeout=30)
+    ctl = [ctl, "-c", str(conf), "-s", f"unix://{sup.socket}"]
+    out = subprocess.run([*ctl, "stop", "ingest"], capture_output=True, text=True, timeout=30)
     assert "ingest: stopped" in out.stdout
     states = {p["name"]: p["statename"] for p in sup.processes()}
     assert states == {"exchange": "RUNNING", "ingest": "STOPPED", "indicator": "RUNNING", "symbols": "RUNNING",
                       "monitor": "RUNNING"}
     assert st.read("ingest")["state"] == State.STOPPED
-    out = subprocess.run([ctl, "-c", str(conf), "-s", f"unix://{sup.socket}", "start", "ingest"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([*ctl, "start", "ingest"], capture_output=True, text=True, timeout=30)
     assert "ingest: started" in out.stdout

@@ -36,8 +36,8 @@ poll_s = 0.2
     def settled():
         rows, _ = table.read()
         ranked = [r for r in rows if int(r["rank"]) > 0]
-        return list(rows) if ranked and all(float(r["value_24h"]) == tick[bytes(r["code"]).decode()]["acc_trade_price_24h"]
-                                      for r in ranked) else None
+        same = all(float(r["value_24h"]) == tick[bytes(r["code"]).decode()]["acc_trade_price_24h"] for r in ranked)
+        return list(rows) if ranked and same else None
     rows = wait_for(settled, 30, "a ranking at the paused replay time")
     tape = ReplayTape.build(ROOT / "data" / "upbit", ALL_MARKETS, 6, 1730419200, 1731196800)
     df = pd.DataFrame({"market": np.array(tape.markets)[tape.trades["market"]], "ts": tape.trades["ts"],

@@ -42,7 +42,8 @@ def test_universe_change_resubscribes_once_and_fills_the_new_ring(env):
     assert st["subscriptions"][-1]["types"]["trade"] == ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
     # a market dropped from the universe keeps its ring readable
     assert smtm(env, "universe", "set", "KRW-XRP").returncode == 0
-    wait_for(lambda: get_json(base + "/replay/status")["subscriptions"][-1]["types"]["trade"] == ["KRW-XRP"], 5, "the reduced subscription")
+    wait_for(lambda: get_json(base + "/replay/status")["subscriptions"][-1]["types"]["trade"] == ["KRW-XRP"], 5,
+             "the reduced subscription")
     assert ring.count(ring.row_of("KRW-BTC")) > 3
     shown = smtm(env, "universe", "show")
     assert "KRW-XRP" in shown.stdout and "KRW-BTC" not in shown.stdout

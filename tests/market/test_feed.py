@@ -1,13 +1,17 @@
 """The candle feed: DEFAULT and SIMPLE trades (parsed by the venue adapter) build candles;
 anything malformed is counted and dropped, never written to a ring."""
 import json
+import threading
+import time
 
+import numpy as np
 import pytest
 
 from procs.market.feed import CandleFeed
 from procs.runtime.config import load_config
 from procs.upbit.parsing import parse_frame
-from shm.tables import CLOSED, GAP
+from shm.tables import BACKFILLED, CANDLE_DTYPE, CLOSED, GAP
+from tests.helpers import FakeClock
 
 
 class Feed(CandleFeed):
@@ -22,6 +26,7 @@ class Feed(CandleFeed):
 
 
 def make_feed(instance, tmp_path, monkeypatch, text="", **kw):
+    """A feed over two markets; ``text`` continues the overlay's [shm] section."""
     monkeypatch.setenv("SMTM_INSTANCE", instance)
     (tmp_path / "o.toml").write_text("[markets]\ncodes = ['KRW-BTC', 'KRW-ETH']\n[shm]\ncapacity = 64\n" + text)
     cfg = load_config("replay", overlay=tmp_path / "o.toml")
@@ -114,3 +119,138 @@ def test_keepalive_and_error_messages(ingest):
     ingest.on_message(b'{"status":"UP"}')
     ingest.on_message(b'{"error":{"name":"WRONG_FORMAT","message":"x"}}')
     assert ingest.dropped == 0 and ingest.errors == 1
+
+
+# -- hostile input: each of these reached the rings before (regressions) ------------------------------
+def test_a_trade_time_that_overflows_is_bad_and_changes_nothing(ingest):
+    ingest.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    before = ingest.rings["30m"].read_last(0, 5)[0].tobytes()
+    ingest.on_message(trade(10**25, 100.0, 1.0))
+    ingest.on_message(trade(T0 + 2_000, 101.0, 1.0))
+    recs, cnt = ingest.rings["30m"].read_last(0, 5)
+    assert ingest.drops["bad_trade"] == 1 and cnt == 1 and not recs[0]["flags"] & CLOSED
+    assert recs[0]["n"] == 2 and before != recs.tobytes()
+
+
+def test_a_trade_from_the_year_3000_is_dropped_and_the_market_keeps_trading(ingest):
+    y3000 = 32_503_680_000_000
+    ingest.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    ingest.on_message(trade(y3000, 100.0, 1.0))
+    ingest.on_message(trade(T0 + 1_800_000 + 5, 102.0, 1.0))   # the next real candle still opens
+    assert ingest.drops["future_trade"] == 1 and ingest.drops["late_trade"] == 0
+    for ring in ingest.rings.values():
+        recs, _ = ring.read_last(0, 10)
+        assert recs["t"].max() < 2_000_000_000, "a candle from the future reached a ring"
+    assert ingest.rings["30m"].count(0) == 2
+
+
+def test_fat_finger_prices_are_held_and_absurd_volumes_dropped(instance, tmp_path, monkeypatch):
+    fetched = []
+    feed = make_feed(instance, tmp_path, monkeypatch,
+                     fetch=lambda *a: fetched.append(a) or (np.zeros(0, CANDLE_DTYPE), 0))
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    feed.on_message(trade(T0 + 2_000, 100.0 * 10**6, 1.0))   # 10^6 x the last price
+    feed.on_message(trade(T0 + 3_000, 100.0, 1e308))          # value = inf
+    feed.on_message(trade(T0 + 4_000, 101.0, 1.0))
+    assert feed.drops["price_band"] == 1 and feed.drops["bad_trade"] == 1
+    for ring in feed.rings.values():
+        rec = ring.read_last(0, 1)[0][0]
+        assert rec["h"] == 101.0 and np.isfinite(rec["value"]) and rec["v"] == 2.0
+    assert "KRW-BTC" in feed.repairs   # the held trade's candle is checked against REST
+    feed.clock = FakeClock(monotonic=1e9)
+    feed.run_repairs()
+    assert fetched and fetched[0][0] == "KRW-BTC" and fetched[0][2] == T0 // 1000 // 1800 * 1800
+
+
+def test_a_real_jump_comes_back_from_rest_and_recentres_the_band(instance, tmp_path, monkeypatch):
+    t = T0 // 1000
+
+    def rest(code, unit, since, pages):   # REST knows the jump: the candle closed at 1,000
+        rec = np.zeros(1, CANDLE_DTYPE)
+        rec[0] = (t, 100.0, 1000.0, 100.0, 1000.0, 2.0, 1100.0, 0, BACKFILLED)
+        return rec, T0 + 2_000
+    feed = make_feed(instance, tmp_path, monkeypatch, fetch=rest)
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    feed.on_message(trade(T0 + 2_000, 1000.0, 1.0))            # 10x: held
+    assert feed.drops["price_band"] == 1 and feed.rings["30m"].read_last(0, 1)[0][0]["h"] == 100.0
+    feed.repairs["KRW-BTC"].due = 0.0
+    assert feed.run_repairs() == 1
+    feed.on_message(trade(T0 + 3_000, 990.0, 1.0))             # inside the band around 1,000 now
+    rec = feed.rings["30m"].read_last(0, 1)[0][0]
+    assert feed.drops["price_band"] == 1 and (rec["h"], rec["c"], rec["v"]) == (1000.0, 990.0, 3.0)
+
+
+@pytest.mark.parametrize("sid", [1.5, "77", None, True])
+def test_sequential_id_must_be_an_integer(ingest, sid):
+    frame = json.dumps({"type": "trade", "code": "KRW-BTC", "trade_price": 100.0, "trade_volume": 1.0,
+                        "trade_timestamp": T0 + 5, "sequential_id": sid}).encode()
+    ingest.on_message(frame)
+    ingest.on_message(frame)   # the same trade again: never applied twice
+    assert ingest.drops["bad_trade"] == 2 and ingest.rings["30m"].count(0) == 0
+
+
+def test_a_json_array_of_scalars_counts_once(ingest):
+    ingest.on_message(b"[1, 2, 3, 4, 5]")
+    ingest.on_message(json.dumps([json.loads(trade(T0 + 5, 100.0, 1.0)), 7]).encode())
+    assert ingest.drops["not_object"] == 2 and ingest.dropped == 2
+    assert ingest.rings["30m"].count(0) == 1   # the trade in the mixed array is applied
+
+
+# -- rows: a long-running engine never runs out of them --------------------------------------------
+def churn(feed, clock, codes):
+    for i, code in enumerate(codes):
+        feed.set_universe(["KRW-BTC", code])
+        feed.on_message(trade(T0 + 60_000 * i, 100.0, 1.0, code=code, sid=i))
+        clock.advance(10.0)
+
+
+def test_rows_of_markets_gone_long_enough_are_reclaimed(instance, tmp_path, monkeypatch):
+    clock = FakeClock()
+    feed = make_feed(instance, tmp_path, monkeypatch, "rows = 4\n[ingest]\nreclaim_after_s = 5.0\n", clock=clock)
+    codes = [f"KRW-C{i}" for i in range(12)]            # 12 markets through a 4-row table
+    churn(feed, clock, codes)
+    ring = feed.rings["30m"]
+    assert not feed.table_full and feed.universe == ["KRW-BTC", codes[-1]]
+    row = ring.row_of(codes[-1])
+    assert ring.count(row) == 1 and ring.generations()[row] > 0
+    assert ring.read_last_of(codes[-1], 5)[0]["c"][0] == 100.0
+    assert ring.read_last_of(codes[0], 5) is None       # the old market's name is gone with its row
+    assert feed.drops["unknown_market"] == 0
+
+
+def test_a_full_table_is_loud_and_retried(instance, tmp_path, monkeypatch, caplog):
+    clock = FakeClock()
+    feed = make_feed(instance, tmp_path, monkeypatch, "rows = 2\n[ingest]\nreclaim_after_s = 60.0\n", clock=clock)
+    assert feed.universe == ["KRW-BTC", "KRW-ETH"]      # both rows in use
+    with caplog.at_level("ERROR"):
+        feed.set_universe(["KRW-BTC", "KRW-C2"])      # KRW-ETH left just now: its row is not free yet
+    assert feed.table_full == ["KRW-C2"] and feed.errors == 1 and "tables full" in caplog.text
+    assert feed.universe == ["KRW-BTC"]               # the rest is applied
+    assert not feed.retry_universe()
+    clock.advance(61.0)
+    assert feed.retry_universe() and feed.universe == ["KRW-BTC", "KRW-C2"] and not feed.table_full
+
+
+# -- repairs: REST is fetched outside the write lock --------------------------------------------------
+def test_live_trades_keep_flowing_while_a_repair_waits_on_rest(instance, tmp_path, monkeypatch):
+    in_fetch, release = threading.Event(), threading.Event()
+
+    def slow_rest(code, unit, since, pages):
+        in_fetch.set()
+        assert release.wait(10)
+        return np.zeros(0, CANDLE_DTYPE), 0
+    feed = make_feed(instance, tmp_path, monkeypatch, fetch=slow_rest)
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    feed.on_message(trade(T0 + 1_800_000 + 5, 101.0, 1.0))
+    feed.on_message(trade(T0 + 2_000, 100.5, 1.0))        # late: its candle is repaired from REST
+    feed.repairs["KRW-BTC"].due = 0.0
+    repair = threading.Thread(target=feed.run_repairs)
+    repair.start()
+    assert in_fetch.wait(10)
+    t0 = time.monotonic()
+    for i in range(50):                                   # both markets, while REST hangs
+        feed.on_message(trade(T0 + 1_800_000 + 10 + i, 101.0, 1.0, code=("KRW-ETH", "KRW-BTC")[i % 2], sid=9000 + i))
+    assert time.monotonic() - t0 < 1.0 and feed.trades == 2 + 50
+    release.set()
+    repair.join(10)
+    assert not repair.is_alive() and "KRW-BTC" not in feed.repairs

@@ -19,7 +19,8 @@ def test_websocket_protocol(env):
         for req, name in (([{"type": "trade", "codes": ["KRW-BTC"]}], "NO_TICKET"),
                           ([{"ticket": "t"}], "NO_TYPE"),
                           ([{"ticket": "t"}, {"type": "trade"}], "NO_CODES"),
-                          ([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}, {"format": "XML"}], "WRONG_FORMAT")):
+                          ([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}, {"format": "XML"}],
+                           "WRONG_FORMAT")):
             ws.send(json.dumps(req))
             assert json.loads(ws.recv())["error"]["name"] == name
         ws.send(json.dumps([{"ticket": "t"}, {"type": "trade", "codes": ["KRW-BTC"]}, {"format": "SIMPLE"}]))

@@ -2,6 +2,7 @@
 import pytest
 
 from procs.runtime.config import ConfigError, load_config
+from shm.segment import list_instance_objects
 
 
 def overlay(tmp_path, text):
@@ -25,6 +26,14 @@ def test_profiles_load():
     ("[monitor]\nfsp = 60", "monitor.fsp"),
     ("[markets]\ncodes = ['KRW-BTC', 'btc']", "markets.codes[1]"),
     ("[indicator]\nema_fast = 30", "indicator.ema_fast"),
+    # values that used to be accepted and fail later (regressions)
+    ("[upbit]\nws_url = 'htp://127.0.0.1:1/websocket/v1'", "upbit.ws_url"),
+    ("[upbit]\nrest_url = ''", "upbit.rest_url"),
+    ("[exchange]\ndata_dir = 'no/such/dir'", "exchange.data_dir"),
+    ("[markets]\ncodes = ['KRW-BTC', 'KRW-ETH', 'KRW-BTC']", "markets.codes"),
+    ("[monitor]\nmarket = 'KRW-DOT'", "monitor.market"),
+    ("[shm]\nrows = 4096\ncapacity = 1048576", "shm.capacity"),
+    ("[exchange]\nenabled = false", "upbit.ws_url"),          # 'auto' needs the replay exchange
 ])
 def test_bad_value_names_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
@@ -32,13 +41,25 @@ def test_bad_value_names_the_key(tmp_path, text, key):
     assert key in str(e.value)
 
 
+def test_allowed_values_are_named(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("replay", overlay=overlay(tmp_path, "[ingest]\nformat = 'XML'"))
+    assert "allowed values are 'DEFAULT' or 'SIMPLE'" in str(e.value)
+
+
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="allowed values are replay, live"):
         load_config("paper")
 
 
-def test_process_exits_naming_the_key(env):
-    env.overlay.write_text("[ingest]\nping_interval_s = 500.0\n")
-    p = env.start("ingest")
+@pytest.mark.parametrize("program, text, key", [
+    ("ingest", "[ingest]\nping_interval_s = 500.0\n", "ingest.ping_interval_s"),
+    ("ingest", "[upbit]\nws_url = 'htp://x'\n", "upbit.ws_url"),
+    ("exchange", "[exchange]\ndata_dir = 'missing'\n", "exchange.data_dir"),
+])
+def test_a_program_exits_naming_the_key_before_touching_shared_memory(env, program, text, key):
+    env.overlay.write_text(text)
+    p = env.start(program)
     assert p.wait(timeout=30) == 2
-    assert "ingest.ping_interval_s" in env.log("ingest")
+    assert key in env.log(program) and "Traceback" not in env.log(program)
+    assert list_instance_objects(env.instance) == []

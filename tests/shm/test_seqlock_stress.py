@@ -19,7 +19,8 @@ def _record(k: int) -> np.void:
 
 def _consistent(rec) -> bool:
     k = int(rec["t"])
-    return all(float(rec[f]) == float(k) for f in ("o", "h", "l", "c", "v", "value")) and int(rec["n"]) == k & 0x7FFFFFFF
+    prices_ok = all(float(rec[f]) == float(k) for f in ("o", "h", "l", "c", "v", "value"))
+    return prices_ok and int(rec["n"]) == k & 0x7FFFFFFF
 
 
 def _writer_one_slot(instance, stop, mode):
