@@ -37,7 +37,7 @@ class IndicatorProcess(Process):
             self.row.detail = f"waiting for ingest: {e}"[:88]
             return False
         signals = SignalsTable.writer(b.instance, b.shm.rows)
-        signal_tf = self.signals_cfg.timeframe or b.finest_timeframe
+        signal_tf = self.signals_cfg.on(b)
         self.workers = [TimeframeWorker(cand, INDICATORS.create(b.instance, tf, b.shm.rows, b.shm.capacity),
                                         self.cfg.periods(), signals if tf == signal_tf else None,
                                         self.signals_cfg.rules, self.signals_cfg.rsi_max)

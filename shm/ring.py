@@ -198,6 +198,10 @@ class RingTable:
         """Copy of every row's history-rewrite counter (uint64, shape (n_rows,))."""
         return self._rewrites.copy()
 
+    def generation(self, row: int) -> int:
+        """The row's generation (one 8-byte load): moves when the row is reassigned."""
+        return int(self._generation[row])
+
     def generations(self) -> np.ndarray:
         """Copy of every row's generation (uint64, shape (n_rows,)): moves when a row is reassigned."""
         return self._generation.copy()
@@ -249,12 +253,13 @@ class RingTable:
             records, start, n = records[-self.capacity:], start + n - self.capacity, self.capacity
         rewrite = start < cnt - 1 or (truncate and start + n < cnt)
         gap = np.arange(max(cnt, start - self.capacity), start) % self.capacity if start > cnt else None
+        blank = np.zeros(1, dtype=self.dtype) if gap is not None else None
         slots = np.arange(start, start + n) % self.capacity
         lock = self.lock
         s = lock.begin(row)
         try:
             if gap is not None:
-                self.data[row, gap] = np.zeros(1, dtype=self.dtype)
+                self.data[row, gap] = blank
             if n:
                 self.data[row, slots] = records
             if start + n > cnt or truncate:
@@ -321,9 +326,12 @@ class RingTable:
         """
         def copy():
             cnt = int(self._count[row])
-            stop = cnt if end is None else min(end, cnt)
             if start < cnt - self.capacity:
-                raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten "
-                              f"(count {cnt}, capacity {self.capacity})")
+                return None, cnt   # overwritten: reported once the read proved consistent
+            stop = cnt if end is None else min(end, cnt)
             return self._copy(row, start, max(start, stop)), cnt
-        return self.lock.read(row, copy, max_spins, f"row {row}")
+        out, cnt = self.lock.read(row, copy, max_spins, f"row {row}")
+        if out is None:
+            raise Overrun(f"{self.seg.name} row {row}: index {start} overwritten "
+                          f"(count {cnt}, capacity {self.capacity})")
+        return out, cnt

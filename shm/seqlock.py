@@ -105,9 +105,6 @@ class Seqlock:
                 return out
         raise SeqlockTimeout(f"{self.name}{' ' + what if what else ''}: no consistent read in {max_spins} attempts")
 
-    def value(self, i: int = 0) -> int:
-        return int(self.words[i])
-
     def repair(self) -> int:
         """Writer, at start: make every word left odd by a writer killed mid-write even again.
         Returns how many were repaired."""

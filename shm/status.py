@@ -175,7 +175,3 @@ class StatusRow:
         i = self.index
         with self.table.lock.section(i):
             self.table.payload[i] = self._rec_bytes
-
-    def stopped(self) -> None:
-        self.set_parked(False)
-        self.beat(State.STOPPED)

@@ -59,7 +59,7 @@ backoff_cap_s = 1.0
     @property
     def base(self) -> str:
         """The replay exchange's HTTP base URL (waits until it has published its port)."""
-        return wait_for(lambda: _published(self.run_dir), 30, "the exchange to publish its port").http
+        return wait_for(lambda: published(self.run_dir), 30, "the exchange to publish its port").http
 
     @property
     def port(self) -> int:
@@ -88,7 +88,8 @@ backoff_cap_s = 1.0
                 p.wait()
 
 
-def _published(run_dir: Path):
+def published(run_dir: Path):
+    """The replay exchange's published endpoint in ``run_dir``, or None while it has not published one."""
     try:
         return lookup(run_dir, "exchange")
     except EndpointUnavailable:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from render.text import format_krw
+from shm.ring import Overrun
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.seqlock import SeqlockTimeout
 from shm.signals import SignalsTable
@@ -96,12 +97,12 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
         print(f"{e}\nIs the instance up? (`smtm up`)", file=sys.stderr)
         return 1
     market = args.market.upper()
-    row = cand.row_of(market)
-    if row is None:
+    got = cand.read_last_of(market, args.n)
+    if got is None:
         print(f"{market} has no candles in instance {cfg.instance!r}; markets: "
               f"{', '.join(n for n in cand.names() if n)}", file=sys.stderr)
         return 1
-    recs, cnt = cand.read_last(row, args.n)
+    recs, cnt = got
     first = cnt - len(recs)
     cols = ("ema_fast", "ema_slow", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_mid", "bb_lower")
     ind_vals = {k: np.full(len(recs), np.nan) for k in cols}
@@ -114,8 +115,8 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
             ok = irecs["t"] == recs["t"][:k]
             for c in cols:
                 ind_vals[c][:k] = np.where(ok, irecs[c], np.nan)
-    except (SegmentNotFound, SegmentNotReady, SeqlockTimeout):
-        pass
+    except (SegmentNotFound, SegmentNotReady, SeqlockTimeout, Overrun):
+        pass  # the candles alone, then
     ic = cfg.indicator
     print(f"{market} {tf}  ({cnt} candles written, instance {cfg.instance})")
     print(f"{'start (UTC)':<17} {'open':>13} {'high':>13} {'low':>13} {'close':>13} {'volume':>15} {'trades':>6} "

@@ -118,13 +118,19 @@ def _wait_running(sup: Supervisor, expected: list[str], timeout: float) -> dict:
     return states
 
 
-def _print_where(cfg: Config, sup: Supervisor) -> None:
+def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:
     if cfg.exchange.enabled:
-        try:
-            ep = lookup(cfg.run_dir, "exchange")
-            print(f"\nreplay exchange: {ep.http} (published in {cfg.run_dir / 'exchange.json'})")
-        except EndpointUnavailable as e:
-            print(f"\nreplay exchange: {e}")
+        deadline = time.monotonic() + wait_s   # RUNNING comes before the exchange has built its tape
+        while True:
+            try:
+                ep = lookup(cfg.run_dir, "exchange")
+                print(f"\nreplay exchange: {ep.http} (published in {cfg.run_dir / 'exchange.json'})")
+                break
+            except EndpointUnavailable as e:
+                if time.monotonic() > deadline:
+                    print(f"\nreplay exchange: {e}")
+                    break
+                time.sleep(0.2)
     if os.environ.get("DISPLAY") and os.environ.get("SMTM_MONITOR_OFFSCREEN") != "1":
         print(f"monitor: a window on display {os.environ['DISPLAY']}")
     else:

@@ -53,7 +53,8 @@ class TimeframeWorker:
         self.state: list[RowState | None] = [None] * candles.n_rows
         self.last_seqs = np.full(candles.n_rows, -1, dtype=np.int64)
         self.last_rewrites = candles.rewrites().astype(np.int64)
-        self.last_generations = candles.generations().astype(np.int64)
+        # -1: the first step checks every row's name (a row may have changed hands while we were down)
+        self.last_generations = np.full(candles.n_rows, -1, dtype=np.int64)
         self.last_gseq = -1
         self.rebuilds = 0
         self.records_out = 0
@@ -82,7 +83,8 @@ class TimeframeWorker:
                 if not names[row] or not self._follow_name(row, names[row], gens[row]):
                     continue
             try:
-                self._update_row(row)
+                if not self._update_row(row, int(gens[row])):
+                    continue   # the row changed hands during the read: follow it next step
             except Overrun:
                 self.state[row] = None  # lapped while reading: rebuild next time
                 continue
@@ -103,7 +105,8 @@ class TimeframeWorker:
         self.last_generations[row] = gen
         return True
 
-    def _update_row(self, row: int) -> None:
+    def _update_row(self, row: int, gen: int) -> bool:
+        """Fold the row's new candles; False (nothing written) if the row changed hands meanwhile."""
         cnt = self.candles.count(row)
         st = self.state[row]
         if st is None or st.closed_n < cnt - self.candles.capacity or st.closed_n > cnt:
@@ -111,9 +114,13 @@ class TimeframeWorker:
             self.rebuilds += 1
         start = st.closed_n
         recs, cnt = self.candles.read_range(row, start)
+        if self.candles.generation(row) != gen:
+            self.state[row] = None
+            self.last_generations[row] = -1
+            return False
         n = len(recs)
         if n == 0:
-            return
+            return True
         if start < self.ind.count(row) - self.ind.capacity:  # history shortened behind our window
             self.ind.reassign_row(row, self.ind.name(row))
         out = np.empty(n, dtype=INDICATOR_DTYPE)
@@ -133,6 +140,7 @@ class TimeframeWorker:
                 out[j] = (ts[j], *ind.peek(c))
         self.ind.write_many(row, start, out, truncate=start + n < self.ind.count(row))
         self.records_out += n
+        return True
 
     def _signal(self, row: int, sig: SignalState, t: int, close: float, vals: tuple) -> None:
         changed = evaluate(sig, t, close, dict(zip(_COLUMNS, vals)), self.rules, self.rsi_max)

@@ -53,7 +53,7 @@ from ..runtime.clock import SYSTEM_CLOCK, Clock
 from ..runtime.config import BaseConfig, IngestConfig, tf_seconds
 from .backfill import Backfiller
 from .candles import CandleBuilder
-from .types import FetchError, MarketEvents, Ticker, Trade
+from .types import FetchError, MarketEvents, Trade
 
 log = logging.getLogger("smtm.ingest")
 
@@ -90,13 +90,22 @@ class Dedupe:
         self._order.pop(code, None)
 
 
+APPLIED, HELD, BAND = 0, 1, 2   #: what became of a trade buffered during a repair
+
+
 class _Repair:
-    """A pending repair of one market: from ``since`` (Unix s; None = the latest page)."""
-    __slots__ = ("since", "hold", "due", "held_since", "buffer")
+    """A pending repair of one market: from ``since`` (Unix s; None = the latest page).
+
+    ``buffer`` holds ``[trade, state]`` in arrival order: APPLIED (in the rings; re-applied after
+    the REST candles replace history), HELD (waiting for the REST candles: a gap repair) or BAND
+    (outside the price band: re-checked against the band around the REST close). ``requests``
+    counts the requests merged into it, so a fetch finishes the repair only if none came since."""
+    __slots__ = ("since", "hold", "due", "held_since", "buffer", "requests")
 
     def __init__(self, since: int | None, hold: bool, due: float, now: float):
         self.since, self.hold, self.due, self.held_since = since, hold, due, now
-        self.buffer: deque[Trade] = deque(maxlen=BUFFER_TRADES)
+        self.buffer: deque[list] = deque(maxlen=BUFFER_TRADES)
+        self.requests = 1
 
 
 class CandleFeed:
@@ -130,22 +139,33 @@ class CandleFeed:
         self.drops: Counter[str] = Counter()
         self.trades = self.duplicates = self.errors = self.lag_ns = 0
         self.last_price: dict[str, float] = {}
-        self.tickers: dict[str, Ticker] = {}
+        self.tickers = 0                           # ticker messages received (live profile)
         self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
         self.repairs: dict[str, _Repair] = {}
-        self.repair_retry_at = 0.0
-        fine = self.rings[self.backfill.fine]
-        now = clock.monotonic()
-        for row, code in enumerate(fine.names()):   # rows kept from an earlier run
-            if code:
-                self.market_row[code] = row
-                self._left_at[code] = now
-                recs, _ = fine.read_last(row, 1)
-                if len(recs):
-                    self.last_price[code] = float(recs["c"][0])
+        self._adopt_rows(clock.monotonic())
         self.set_universe(list(universe or base.markets))
 
     # -- universe and rows ------------------------------------------------------------------------
+    def _adopt_rows(self, now: float) -> None:
+        """Rows kept from an earlier run: each market keeps its row, in every timeframe (a timeframe
+        added since gets the same rows); those not in the first universe may be reclaimed at once
+        (they have been gone at least as long as ingest was down)."""
+        fine = self.rings[self.backfill.fine]
+        for row, code in enumerate(fine.names()):
+            if not code:
+                continue
+            for ring in self.rings.values():
+                if ring.row_of(code) != row:
+                    try:
+                        ring.assign_row(code, row)
+                    except ValueError as e:
+                        raise RuntimeError(f"{e}; the candle tables disagree on rows: run `smtm down`") from None
+            self.market_row[code] = row
+            self._left_at[code] = now - self.cfg.reclaim_after_s
+            recs, _ = fine.read_last(row, 1)
+            if len(recs):
+                self.last_price[code] = float(recs["c"][0])
+
     def set_universe(self, codes: list[str]) -> bool:
         """Make ``codes`` the universe: each gets a row (the same in every timeframe); a market new
         to the rings gets a REST warm-up. Returns True if the subscribed universe changed."""
@@ -201,7 +221,7 @@ class CandleFeed:
                 ring.reassign_row(row, code)
             for b in self.builders:
                 b.reload(row, 0)
-            for d in (self._left_at, self.last_price, self.covered_ms, self.repairs, self.tickers):
+            for d in (self._left_at, self.last_price, self.covered_ms, self.repairs):
                 d.pop(old, None)
             self.dedupe.forget(old)
             log.info("row %d reclaimed from %s (gone %.0f s) for %s", row, old, now - left_at, code)
@@ -213,20 +233,18 @@ class CandleFeed:
     # -- the stream (WebSocket thread) ---------------------------------------------------------------
     def apply(self, ev: MarketEvents) -> int:
         """Apply one frame's events; publish and wake once. Returns trades written to the rings."""
-        for why in ev.dropped:
-            self.drops[why] += 1
         for err in ev.errors:
-            self.errors += 1
             log.error("exchange error: %s", err)
-        for t in ev.tickers:
-            if t.code in self.market_row:
-                self.tickers[t.code] = t
-            else:
-                self.drops["bad_ticker"] += 1
-        if not ev.trades:
-            return 0
         now_ns = self.clock.time_ns()
-        with self.lock:
+        with self.lock:   # counters too: the repair thread counts into them as well
+            self.errors += len(ev.errors)
+            for why in ev.dropped:
+                self.drops[why] += 1
+            for t in ev.tickers:
+                if t.code in self.market_row:
+                    self.tickers += 1
+                else:
+                    self.drops["bad_ticker"] += 1
             n = 0
             for t in ev.trades:
                 n += self._trade(t, now_ns)
@@ -247,17 +265,17 @@ class CandleFeed:
             return self._drop("duplicate")
         if t.ts_ms <= self.covered_ms.get(t.code, 0):
             return 0  # already counted in the REST candles of the last repair
-        ref = self.last_price.get(t.code)
-        band = self.cfg.price_band
-        if ref is not None and not ref / band <= t.price <= ref * band:
+        if not self._in_band(t):
             self.schedule_repair(t.code, t.ts_ms // 1000)
+            self._buffer(self.repairs.get(t.code), t, BAND)
             return self._drop("price_band")
         rep = self.repairs.get(t.code)
-        if rep is not None:
-            rep.buffer.append(t)
-            if rep.hold:
-                return 0  # applied with the REST candles
+        if rep is not None and rep.hold:
+            self._buffer(rep, t, HELD)
+            return 0  # applied with the REST candles
         n = self._build(row, t)
+        if n and rep is not None:
+            self._buffer(rep, t, APPLIED)
         if n and t.server_ms is not None:
             lag = now_ns - t.server_ms * 1_000_000
             if -_DAY_NS < lag < _DAY_NS:
@@ -279,6 +297,17 @@ class CandleFeed:
         self.drops[why] += 1
         return 0
 
+    def _in_band(self, t: Trade) -> bool:
+        ref = self.last_price.get(t.code)
+        return ref is None or ref / self.cfg.price_band <= t.price <= ref * self.cfg.price_band
+
+    def _buffer(self, rep: _Repair | None, t: Trade, state: int) -> None:
+        if rep is None:
+            return  # no REST to check against (no fetch function)
+        if len(rep.buffer) == rep.buffer.maxlen and rep.buffer[0][1] != APPLIED:
+            self.drops["repair_overflow"] += 1   # a trade that was never applied falls out
+        rep.buffer.append([t, state])
+
     # -- repairs ------------------------------------------------------------------------------------
     def schedule_repair(self, code: str, since_s: int | None, *, hold: bool = False, delay_s: float = 0.3) -> None:
         """Ask for a REST repair of ``code`` from ``since_s`` (None: the latest page, for a market
@@ -294,6 +323,7 @@ class CandleFeed:
                 return
             rep.since = since_s if rep.since is None else rep.since if since_s is None else min(rep.since, since_s)
             rep.due = min(rep.due, due)
+            rep.requests += 1
             if hold and not rep.hold:
                 rep.hold, rep.held_since = True, now
 
@@ -327,23 +357,25 @@ class CandleFeed:
     def _run_repairs(self) -> int:
         now = self.clock.monotonic()
         with self.lock:
-            if now < self.repair_retry_at:
-                return 0
-            due = [(code, rep.since) for code, rep in self.repairs.items() if rep.due <= now]
-        done = 0
+            due = [(code, rep.since, rep.requests) for code, rep in self.repairs.items() if rep.due <= now]
+        done = failed = 0
         fs = self.tf_s[self.backfill.fine]
-        for code, since in due:
+        for code, since, token in due:
             start = 0 if since is None else since // fs * fs   # from the start of the candle holding `since`
             try:
                 recs, last = self.fetch(code, self.backfill.unit_min, start, 1 if since is None else 50)
             except FetchError as e:
-                self.errors += 1
+                failed += 1
                 log.warning("REST repair of %s failed (%s); retrying in 2 s", code, e)
-                self.repair_retry_at = self.clock.monotonic() + 2.0
-                self._release_stale_holds()
-                break
+                with self.lock:
+                    self.errors += 1
+                    if code in self.repairs:
+                        self.repairs[code].due = self.clock.monotonic() + 2.0
+                continue
             with self.lock:
-                done += self._finish_repair(code, since, recs, last)
+                done += self._finish_repair(code, token, recs, last)
+        if failed:
+            self._release_stale_holds()
         if done:
             with self.lock:
                 for ring in self.rings.values():
@@ -351,39 +383,56 @@ class CandleFeed:
                 self.wake()
         return done
 
-    def _finish_repair(self, code: str, since: int | None, recs: np.ndarray, last: int) -> int:
+    def _finish_repair(self, code: str, token: int, recs: np.ndarray, last: int) -> int:
+        """Apply a fetch's REST candles, then the buffered trades after their last tick."""
         rep = self.repairs.get(code)
         row = self.market_row.get(code)
         if rep is None or row is None:
             return 0  # the row was reclaimed meanwhile
-        if len(recs):
+        last = min(last, self.clock.time_ns() // 1_000_000 + int(self.cfg.max_future_s * 1000))
+        replaced = len(recs) > 0
+        if replaced:
             self.backfill.apply(code, row, recs, last)
             self.covered_ms[code] = max(self.covered_ms.get(code, 0), last)
             self.last_price[code] = float(recs["c"][-1])
-            replay = [t for t in rep.buffer if t.ts_ms > last]
-        else:
-            replay = list(rep.buffer) if rep.hold else []
-        if rep.since == since:   # nothing earlier was asked for meanwhile: done
+        release = rep.requests == token or not rep.hold   # no newer gap asks to keep holding
+        keep: deque[list] = deque(maxlen=BUFFER_TRADES)
+        for e in rep.buffer:
+            t, state = e
+            if replaced and t.ts_ms <= last:
+                continue                       # in the REST candles already
+            if state == BAND:
+                if not self._in_band(t):
+                    continue                   # REST did not confirm it: a fat finger, dropped for good
+                state = e[1] = HELD
+            if state == APPLIED and replaced or state == HELD and release:
+                self._build(row, t)            # (a late one schedules a repair of its own)
+                e[1] = APPLIED
+            keep.append(e)
+        if rep.requests == token:              # nothing asked for since the fetch began: done
             del self.repairs[code]
         else:
-            rep.buffer.clear()
-            rep.hold = False
-        for t in replay:
-            self._build(row, t)
+            rep.buffer = keep
         return 1
 
     def _release_stale_holds(self) -> None:
-        """REST keeps failing: a market held longer than ``repair_hold_s`` gets its trades now."""
+        """REST keeps failing: a market held longer than ``repair_hold_s`` gets its held trades now
+        (trades outside the price band stay out until REST can tell)."""
         with self.lock:
             now = self.clock.monotonic()
+            released = 0
             for code, rep in self.repairs.items():
                 if rep.hold and now - rep.held_since >= self.cfg.repair_hold_s:
-                    log.warning("%s: REST still failing after %.0f s; applying %d held trades", code,
-                                now - rep.held_since, len(rep.buffer))
+                    log.warning("%s: REST still failing after %.0f s; applying the held trades", code,
+                                now - rep.held_since)
                     rep.hold = False
                     row = self.market_row[code]
-                    for t in rep.buffer:
-                        self._build(row, t)
-            for ring in self.rings.values():
-                ring.publish()
-            self.wake()
+                    for e in rep.buffer:
+                        if e[1] == HELD:
+                            self._build(row, e[0])
+                            e[1] = APPLIED
+                            released += 1
+            if released:
+                for ring in self.rings.values():
+                    ring.publish()
+                self.wake()

@@ -200,6 +200,10 @@ class SignalsConfig(Section):
     rules: Annotated[tuple[SignalRule, ...], Field(min_length=1)] = ("macd_cross_rsi_bb",)
     rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] = 70.0      #: RSI bound of macd_cross_rsi_bb
 
+    def on(self, base: BaseConfig) -> str:
+        """The timeframe buy signals are evaluated on: ``timeframe``, or the finest of the tables."""
+        return self.timeframe or base.finest_timeframe
+
 
 class SymbolsConfig(Section):
     """The symbol manager; intervals in market time."""
@@ -256,6 +260,16 @@ class Config(Section):
         if len(self.markets.codes) > self.shm.rows:
             raise ValueError(f"shm.rows = {self.shm.rows} is less than the {len(self.markets.codes)} markets "
                              f"in markets.codes")
+        fine = min(tfs, key=tf_seconds)
+        if tf_seconds(fine) > TIMEFRAMES["4h"]:
+            raise ValueError(f"shm.timeframes = {', '.join(tfs)}: the finest timeframe ({fine}) is built from trades "
+                             f"and repaired from REST minute candles, so it must be 4h or finer")
+        for tf in tfs:
+            if tf_seconds(tf) % tf_seconds(fine):
+                raise ValueError(f"shm.timeframes = {', '.join(tfs)}: {tf} is not a multiple of the finest, {fine} "
+                                 f"(coarser candles are rolled up from it)")
+        if self.symbols.top_n > self.shm.rows:
+            raise ValueError(f"symbols.top_n = {self.symbols.top_n} is more than shm.rows = {self.shm.rows}")
         for key, tf in (("signals.timeframe", self.signals.timeframe), ("monitor.timeframe", self.monitor.timeframe)):
             if tf and tf not in tfs:
                 raise ValueError(f"{key} = {tf!r}: allowed values are the tables' timeframes shm.timeframes = "
@@ -290,7 +304,7 @@ class Config(Section):
     @property
     def signal_timeframe(self) -> str:
         """The timeframe buy signals are evaluated on (``signals.timeframe`` or the finest)."""
-        return self.signals.timeframe or self.base.finest_timeframe
+        return self.signals.on(self.base)
 
     @property
     def run_dir(self) -> Path:

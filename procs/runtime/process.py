@@ -183,6 +183,7 @@ class Process(abc.ABC):
             self._fail()
             code = 1
         finally:
+            self.request_stop()   # after a failure too: worker threads end before clean-up runs
             if self.state is not State.FAILED:
                 self.set_state(State.STOPPING)
             try:

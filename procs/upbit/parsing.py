@@ -114,7 +114,8 @@ def candle_start(s: str) -> int:
 def parse_rest_candles(rows: list[dict]) -> tuple[np.ndarray, int]:
     """Upbit REST minute-candle rows (oldest first) → CANDLE_DTYPE records flagged BACKFILLED, and
     the last tick they cover (Unix ms; 0 if none is given). REST candles carry no trade count
-    (``n`` is 0). Raises ValueError naming the row and field of a malformed row."""
+    (``n`` is 0). Prices must be finite and > 0 with ``l <= o, c <= h``, volumes >= 0. Raises
+    ValueError naming the row and field of a malformed row (the feed then retries the repair)."""
     out = np.zeros(len(rows), CANDLE_DTYPE)
     last_tick = 0
     for i, c in enumerate(rows):
@@ -125,8 +126,10 @@ def parse_rest_candles(rows: list[dict]) -> tuple[np.ndarray, int]:
             tick = c.get("timestamp") or 0
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"REST candle row {i}: {e!r}") from None
-        if not all(math.isfinite(v) and v >= 0 for v in vals) or not _is_int(tick):
-            raise ValueError(f"REST candle row {i}: bad numbers {vals} / timestamp {tick!r}")
+        o, h, lo, c, v, value = vals
+        if not (all(math.isfinite(x) for x in vals) and min(o, h, lo, c) > 0 and v >= 0 and value >= 0
+                and h >= max(o, c, lo) and lo <= min(o, c)) or not (_is_int(tick) and 0 <= tick < _MAX_INT):
+            raise ValueError(f"REST candle row {i}: bad numbers o h l c v value = {vals} / timestamp {tick!r}")
         out[i] = (t, *vals, 0, BACKFILLED)
         last_tick = max(last_tick, tick)
     return out, last_tick

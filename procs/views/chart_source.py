@@ -39,7 +39,7 @@ class ShmChartSource:
     def __init__(self, base: BaseConfig, cfg: MonitorConfig, indicator: IndicatorConfig, signals: SignalsConfig,
                  on_report: Callable[[FrameStatsLike], None] | None = None, snapshot_path: Path | None = None):
         self.base, self.cfg, self.indicator, self.signals = base, cfg, indicator, signals
-        self.signal_timeframe = signals.timeframe or base.finest_timeframe
+        self.signal_timeframe = signals.on(base)
         self.timeframes = list(base.shm.timeframes)
         self.tf = cfg.timeframe
         self.market = cfg.market

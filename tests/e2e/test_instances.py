@@ -6,11 +6,10 @@ import subprocess
 import sys
 import uuid
 
-from procs.runtime.endpoints import lookup
 from procs.runtime.roster import STATUS_ROWS
 from shm.segment import list_instance_objects, unlink_instance
 from shm.tables import CANDLES
-from tests.helpers import ROOT, Env, attach, start_supervisord, stop_supervisord, wait_for
+from tests.helpers import ROOT, Env, attach, published, start_supervisord, stop_supervisord, wait_for
 
 
 def test_two_instances_run_side_by_side_and_stop_alone(env, tmp_path):
@@ -29,7 +28,7 @@ def test_two_instances_run_side_by_side_and_stop_alone(env, tmp_path):
         assert sa.socket != sb.socket and os.path.exists(sa.socket) and os.path.exists(sb.socket)
         for e in (alice, bob):
             assert (e.run_dir / "supervisord.pid").exists() and (e.run_dir / "logs" / "ingest.log").exists()
-        pa, pb = lookup(alice.run_dir, "exchange").port, lookup(bob.run_dir, "exchange").port
+        pa, pb = (wait_for(lambda e=e: published(e.run_dir), 30, "the exchange's port").port for e in (alice, bob))
         assert pa != pb
         rings = [wait_for(lambda e=e: attach(CANDLES.open, e.instance, "30m", 32, 2048), 30, "candles")
                  for e in (alice, bob)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from procs.market.feed import CandleFeed
+from procs.market.types import FetchError
 from procs.runtime.config import load_config
 from procs.upbit.parsing import parse_frame
 from shm.tables import BACKFILLED, CANDLE_DTYPE, CLOSED, GAP
@@ -206,7 +207,8 @@ def churn(feed, clock, codes):
 
 def test_rows_of_markets_gone_long_enough_are_reclaimed(instance, tmp_path, monkeypatch):
     clock = FakeClock()
-    feed = make_feed(instance, tmp_path, monkeypatch, "rows = 4\n[ingest]\nreclaim_after_s = 5.0\n", clock=clock)
+    text = "rows = 4\n[ingest]\nreclaim_after_s = 5.0\n[symbols]\ntop_n = 2\n"
+    feed = make_feed(instance, tmp_path, monkeypatch, text, clock=clock)
     codes = [f"KRW-C{i}" for i in range(12)]            # 12 markets through a 4-row table
     churn(feed, clock, codes)
     ring = feed.rings["30m"]
@@ -220,7 +222,8 @@ def test_rows_of_markets_gone_long_enough_are_reclaimed(instance, tmp_path, monk
 
 def test_a_full_table_is_loud_and_retried(instance, tmp_path, monkeypatch, caplog):
     clock = FakeClock()
-    feed = make_feed(instance, tmp_path, monkeypatch, "rows = 2\n[ingest]\nreclaim_after_s = 60.0\n", clock=clock)
+    text = "rows = 2\n[ingest]\nreclaim_after_s = 60.0\n[symbols]\ntop_n = 2\n"
+    feed = make_feed(instance, tmp_path, monkeypatch, text, clock=clock)
     assert feed.universe == ["KRW-BTC", "KRW-ETH"]      # both rows in use
     with caplog.at_level("ERROR"):
         feed.set_universe(["KRW-BTC", "KRW-C2"])      # KRW-ETH left just now: its row is not free yet
@@ -254,3 +257,58 @@ def test_live_trades_keep_flowing_while_a_repair_waits_on_rest(instance, tmp_pat
     release.set()
     repair.join(10)
     assert not repair.is_alive() and "KRW-BTC" not in feed.repairs
+
+
+# -- the repair buffer: every trade counted exactly once ---------------------------------------------
+def failing_rest(*a):
+    raise FetchError("REST is down")
+
+
+def test_held_trades_are_applied_once_however_often_holds_are_released(instance, tmp_path, monkeypatch):
+    clock = FakeClock()
+    feed = make_feed(instance, tmp_path, monkeypatch, "[ingest]\nrepair_hold_s = 0.0\n", fetch=failing_rest,
+                     clock=clock)
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    for k in (2, 3):                                    # two reconnects while REST stays down
+        feed.schedule_gap_repairs()
+        feed.on_message(trade(T0 + k * 1_000, 100.0, 1.0))   # held
+        feed.run_repairs()                              # fails: the hold is released
+        clock.advance(3.0)
+    feed.repairs["KRW-BTC"].due = 0.0
+    feed.fetch = lambda *a: (np.zeros(0, CANDLE_DTYPE), 0)   # REST back, with nothing to say
+    feed.run_repairs()
+    rec = feed.rings["30m"].read_last(0, 1)[0][0]
+    assert (rec["v"], rec["n"]) == (3.0, 3) and "KRW-BTC" not in feed.repairs
+
+
+def test_a_gap_asked_for_during_a_fetch_is_not_lost(instance, tmp_path, monkeypatch):
+    t = T0 // 1000 // 1800 * 1800
+    calls = []
+
+    def rest(code, unit, since, pages):
+        calls.append(since)
+        if len(calls) == 1:                             # the connection drops and comes back meanwhile
+            feed.schedule_gap_repairs()
+        rec = np.zeros(1, CANDLE_DTYPE)
+        rec[0] = (t, 100.0, 100.0, 100.0, 100.0, 1.0, 100.0, 0, BACKFILLED)
+        return rec, T0 + 1_000
+    feed = make_feed(instance, tmp_path, monkeypatch, fetch=rest)
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    feed.on_message(trade(T0 + 1_800_000 + 5, 101.0, 1.0))
+    feed.on_message(trade(T0 + 2_000, 100.5, 1.0))      # late: a correction repair
+    feed.repairs["KRW-BTC"].due = 0.0
+    feed.run_repairs()
+    rep = feed.repairs.get("KRW-BTC")
+    assert rep is not None and rep.hold, "the gap asked for during the fetch was dropped"
+    feed.on_message(trade(T0 + 1_800_000 + 50, 102.0, 1.0))  # held until that repair is done
+    assert feed.run_repairs() == 1 and len(calls) == 2 and "KRW-BTC" not in feed.repairs
+    assert feed.rings["30m"].read_last(0, 1)[0][0]["c"] == 102.0
+
+
+def test_a_timeframe_added_later_gets_the_same_rows(instance, tmp_path, monkeypatch):
+    first = make_feed(instance, tmp_path, monkeypatch, "timeframes = ['30m']\n")
+    first.on_message(trade(T0 + 1_000, 100.0, 1.0, code="KRW-ETH"))
+    again = make_feed(instance, tmp_path, monkeypatch, "timeframes = ['30m', '4h']\n")
+    assert again.rings["4h"].row_of("KRW-ETH") == again.rings["30m"].row_of("KRW-ETH")
+    again.on_message(trade(T0 + 2_000, 100.0, 1.0, code="KRW-ETH"))
+    assert again.rings["4h"].read_last_of("KRW-ETH", 1)[0]["v"][0] == 1.0

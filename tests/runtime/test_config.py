@@ -34,6 +34,9 @@ def test_profiles_load():
     ("[monitor]\nmarket = 'KRW-DOT'", "monitor.market"),
     ("[shm]\nrows = 4096\ncapacity = 1048576", "shm.capacity"),
     ("[exchange]\nenabled = false", "upbit.ws_url"),          # 'auto' needs the replay exchange
+    ("[shm]\ntimeframes = ['3m', '5m']", "shm.timeframes"),   # 5m is no roll-up of 3m candles
+    ("[shm]\ntimeframes = ['1d']", "shm.timeframes"),         # REST minute candles cannot repair days
+    ("[symbols]\ntop_n = 40", "symbols.top_n"),                # more than the tables' rows
 ])
 def test_bad_value_names_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
