@@ -9,7 +9,7 @@ from shm.symbols import SymbolsTable
 from .market.types import FetchError
 from .market.universe import SymbolManager
 from .runtime.config import BaseConfig, SymbolsConfig, UpbitConfig
-from .runtime.endpoints import UpbitUrls
+from .runtime.endpoints import EndpointUnavailable, UpbitUrls
 from .runtime.process import Process, start
 from .upbit.rest import RateLimiter, RestClient
 
@@ -20,10 +20,20 @@ class SymbolsProcess(Process):
     def __init__(self, base: BaseConfig, upbit: UpbitConfig, cfg: SymbolsConfig, **kw):
         super().__init__(base, **kw)
         self.cfg = cfg
-        rest = RestClient(UpbitUrls(upbit.ws_url, upbit.rest_url, base.run_dir).rest,
-                          RateLimiter(clock=self.clock.monotonic))
+        self.urls = UpbitUrls(upbit.ws_url, upbit.rest_url, base.run_dir)
+        rest = RestClient(self.urls.rest, RateLimiter(clock=self.clock.monotonic))
         self.manager = SymbolManager(cfg, base.markets, SymbolsTable.writer(base.instance, base.shm.rows),
                                      market_all=rest.market_all, tickers=rest.tickers)
+
+    def on_start(self) -> None:
+        """Wait (STARTING) until the REST address is known: the replay exchange publishes it."""
+        while not self.stopping:
+            try:
+                self.urls.rest()
+                return
+            except EndpointUnavailable as e:
+                self.row.detail = str(e)[:88]
+                self.idle(0.2)
 
     def on_tick(self) -> None:
         try:

@@ -18,11 +18,12 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
-from shm.segment import unlink_instance
+from shm.segment import ShmError, unlink_instance
+from shm.status import State, StatusTable
 
 from ..runtime.config import Config
 from ..runtime.endpoints import EndpointUnavailable, lookup
-from ..runtime.roster import PROGRAMS
+from ..runtime.roster import PROGRAMS, STATUS_ROWS
 
 
 class Supervisor:
@@ -93,7 +94,9 @@ def cmd_up(args, cfg: Config, sup: Supervisor) -> int:
         (cfg.run_dir / "profile").write_text(cfg.profile + "\n")
         print(f"supervisord started (profile {cfg.profile}, instance {cfg.instance})")
     expected = expected_programs(cfg)
+    t0 = time.monotonic()
     states = _wait_running(sup, expected, args.timeout)
+    _wait_ready(cfg, expected, max(1.0, min(20.0, args.timeout - (time.monotonic() - t0))))
     cmd_status(args, cfg, sup)
     bad = [p for p in expected if states.get(p) != "RUNNING"]
     if bad:
@@ -116,6 +119,20 @@ def _wait_running(sup: Supervisor, expected: list[str], timeout: float) -> dict:
             break
         time.sleep(0.25)
     return states
+
+
+def _wait_ready(cfg: Config, expected: list[str], timeout: float) -> None:
+    """Until every program's own row says RUNNING (supervisord's RUNNING only means "alive for a
+    second"); a program that stays STARTING or DISCONNECTED shows so in the status that follows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            rows = StatusTable.open(cfg.instance, STATUS_ROWS).read_all()
+            if all(int(rows[p]["state"]) == State.RUNNING for p in expected):
+                return
+        except ShmError:
+            pass
+        time.sleep(0.2)
 
 
 def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:

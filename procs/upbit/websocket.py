@@ -9,7 +9,8 @@ from its own loop for what must happen on time:
 * stall detection: a connection silent for ``stall_timeout_s`` (no frame at all) is closed;
 * reconnects with exponential backoff (``backoff_base_s`` doubling to ``backoff_cap_s``, ±50 %
   jitter), never more than ``max_connects_per_s`` attempts per second; the URL is asked for
-  again at each attempt (a replay exchange restarted on another port is found);
+  again at each attempt (a replay exchange restarted on another port is found; one that has not
+  published its address yet is waited for, which is no reconnect);
 * every message sent — subscriptions and keep-alives — goes through :class:`SendLimiter`
   (Upbit: 5 per second, 100 per minute, per connection); a subscription that must wait is sent
   by a later tick, and pending changes coalesce into one complete subscription (Upbit replaces
@@ -33,6 +34,7 @@ import websocket
 
 from ..runtime.clock import SYSTEM_CLOCK, Clock
 from ..runtime.config import IngestConfig
+from ..runtime.endpoints import EndpointUnavailable
 
 log = logging.getLogger("smtm.ingest")
 
@@ -108,20 +110,24 @@ class WebSocketSession:
         """Connect, read, reconnect with backoff — until ``stop`` is set."""
         last_connect = -1e18
         while not self.stop.is_set():
+            try:
+                self.target = self.url()
+            except EndpointUnavailable as e:   # the replay exchange has not published its port (yet)
+                if self.target != "?":
+                    log.info("waiting for an address: %s", e)
+                    self.target = "?"
+                if self.clock.wait(self.stop, 0.2):
+                    break
+                continue
             gap = 1.0 / self.cfg.max_connects_per_s - (self.clock.monotonic() - last_connect)
             if gap > 0 and self.clock.wait(self.stop, gap):
                 break
             last_connect = self.clock.monotonic()
             opened_at = last_connect
-            try:
-                self.target = self.url()
-            except Exception as e:
-                log.warning("no WebSocket address: %s", e)
-            else:
-                self.app = websocket.WebSocketApp(self.target, on_open=self._on_open, on_message=self._on_message,
-                                                  on_error=self._on_error, on_close=self._on_close)
-                self.app.run_forever(ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s,
-                                     skip_utf8_validation=True)
+            self.app = websocket.WebSocketApp(self.target, on_open=self._on_open, on_message=self._on_message,
+                                              on_error=self._on_error, on_close=self._on_close)
+            self.app.run_forever(ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s,
+                                 skip_utf8_validation=True)
             self.connected = False
             if self.stop.is_set():
                 break
