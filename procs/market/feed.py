@@ -393,7 +393,7 @@ class CandleFeed:
         replaced = len(recs) > 0
         if replaced:
             self.backfill.apply(code, row, recs, last)
-            self.covered_ms[code] = max(self.covered_ms.get(code, 0), last)
+            self.covered_ms[code] = last   # the rings now hold exactly the REST history up to here
             self.last_price[code] = float(recs["c"][-1])
         release = rep.requests == token or not rep.hold   # no newer gap asks to keep holding
         keep: deque[list] = deque(maxlen=BUFFER_TRADES)
