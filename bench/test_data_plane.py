@@ -36,6 +36,18 @@ def _pace(t_next: float) -> None:
         pass
 
 
+def _send_paced(rec: np.ndarray, send) -> None:
+    """``N_MSGS`` records, one every ``INTERVAL_S``, each stamped with CLOCK_MONOTONIC ns in ``t``
+    (the reader subtracts on receipt) and its index in ``n``."""
+    t_next = time.perf_counter()
+    for i in range(N_MSGS):
+        t_next += INTERVAL_S
+        _pace(t_next)
+        rec["t"] = time.perf_counter_ns()
+        rec["n"] = i
+        send(rec)
+
+
 # -- ring transports -------------------------------------------------------------------------
 def _ring_reader(instance, spin_us, n, ready, out):
     st = StatusTable.writer(instance, STATUS_ROWS)
@@ -72,16 +84,11 @@ def _ring_latency(instance, spin_us):
     try:
         assert ready.wait(30)
         time.sleep(0.2)
-        rec = np.zeros(1, CANDLE_DTYPE)
-        t_next = time.perf_counter()
-        for i in range(N_MSGS):
-            t_next += INTERVAL_S
-            _pace(t_next)
-            rec["t"] = time.perf_counter_ns()
-            rec["n"] = i
+        def send(rec):
             ring.write(0, ring.count(0), rec[0])
             ring.publish()
             waker.wake()
+        _send_paced(np.zeros(1, CANDLE_DTYPE), send)
         lat = out.get(timeout=60)
     finally:
         p.join(timeout=10)
@@ -130,13 +137,7 @@ def _zmq_latency():
             rec["t"] = time.perf_counter_ns()
             pub.send(rec.tobytes())
             time.sleep(0.001)
-        t_next = time.perf_counter()
-        for i in range(N_MSGS):
-            t_next += INTERVAL_S
-            _pace(t_next)
-            rec["t"] = time.perf_counter_ns()
-            rec["n"] = i
-            pub.send(rec.tobytes())
+        _send_paced(rec, lambda r: pub.send(r.tobytes()))
         lat = out.get(timeout=60)
     finally:
         p.join(timeout=10)

@@ -23,6 +23,8 @@ the name again after its copy (:meth:`RingTable.read_last_of`).
 """
 from __future__ import annotations
 
+from functools import partialmethod
+
 import numpy as np
 
 from .segment import Layout, Segment, ShmError
@@ -188,27 +190,22 @@ class RingTable:
         self.seg.bump_global_seq()
 
     def count(self, row: int) -> int:
+        """Records written to ``row`` (one 8-byte load)."""
         return int(self._count[row])
-
-    def counts(self) -> np.ndarray:
-        """Copy of every row's ``count`` (uint64, shape (n_rows,))."""
-        return self._count.copy()
-
-    def rewrites(self) -> np.ndarray:
-        """Copy of every row's history-rewrite counter (uint64, shape (n_rows,))."""
-        return self._rewrites.copy()
 
     def generation(self, row: int) -> int:
         """The row's generation (one 8-byte load): moves when the row is reassigned."""
         return int(self._generation[row])
 
-    def generations(self) -> np.ndarray:
-        """Copy of every row's generation (uint64, shape (n_rows,)): moves when a row is reassigned."""
-        return self._generation.copy()
+    def column(self, field: str) -> np.ndarray:
+        """Copy of one control field of every row, uint64 shape (n_rows,): ``"count"``, ``"seq"``,
+        ``"rewrites"`` (history rewrites) or ``"generation"`` (reassignments)."""
+        return self.control[field].copy()
 
-    def seqs(self) -> np.ndarray:
-        """Copy of every row's ``seq`` (uint64, shape (n_rows,))."""
-        return self._seq.copy()
+    counts = partialmethod(column, "count")
+    seqs = partialmethod(column, "seq")
+    rewrites = partialmethod(column, "rewrites")
+    generations = partialmethod(column, "generation")
 
     # -- writer ---------------------------------------------------------------------
     def write(self, row: int, index: int, record) -> None:

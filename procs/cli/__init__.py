@@ -23,7 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
-from ..runtime.config import ROOT, ConfigError, load_config
+from ..runtime.config import ROOT, ConfigError
+from ..runtime.loader import load_config
 from .inspect import cmd_signals, cmd_status, cmd_tail, cmd_universe
 from .replay_admin import cmd_fault, cmd_replay
 from .supervisor import Supervisor, cmd_ctl, cmd_down, cmd_up

@@ -21,15 +21,13 @@ What a trade must pass, in order (each failure is counted under its reason in ``
 * ``late_trade`` — older than the market's newest candle in any timeframe: not applied (a closed
   candle never changes from the stream), its candle re-read from REST.
 
-Repairs. On connect, before subscribing, markets without any candle get the latest REST page
-(:meth:`CandleFeed.warm_up`). A *gap* repair (when data resumes after a (re)connect or a silence,
-a market added to the universe) holds the market's trades in a buffer until the REST candles are
-in — so no candle is ever closed from a history known to be incomplete — then applies the REST
-candles and the buffered
-trades after their last tick; other markets keep flowing meanwhile. A *correction* repair (a late
-or held trade) keeps applying trades live, buffers them, and re-applies those after the REST
-candles' last tick. A hold lasts at most ``ingest.repair_hold_s`` while REST keeps failing; then
-the buffered trades are applied and the repair continues as a correction.
+Repairs (:mod:`procs.market.repairs`). On connect, before subscribing, markets without any
+candle get the latest REST page (:meth:`CandleFeed.warm_up`). A *gap* repair (when data resumes
+after a (re)connect or a silence, a market added to the universe) holds the market's trades until
+the REST candles are in — so no candle is ever closed from a history known to be incomplete —
+then applies the REST candles and the held trades after their last tick; other markets keep
+flowing meanwhile. A *correction* repair (a late or held trade) keeps applying trades live and
+re-applies them after the REST candles.
 
 Rows. Each market gets the same row in every timeframe. When the table is full, the row of the
 market gone from the universe longest — at least ``ingest.reclaim_after_s`` — is reassigned
@@ -53,15 +51,15 @@ from ..runtime.clock import SYSTEM_CLOCK, Clock
 from ..runtime.config import BaseConfig, IngestConfig, tf_seconds
 from .backfill import Backfiller
 from .candles import CandleBuilder
-from .types import FetchError, MarketEvents, Trade
+from .repairs import APPLIED, BAND, HELD, Repairs
+from .types import MarketEvents, Trade
 
 log = logging.getLogger("smtm.ingest")
 
 #: ``fetch(market, unit_min, since_s, max_pages) -> (CANDLE_DTYPE records oldest first, last tick ms)``;
-#: raises :class:`FetchError`.
+#: raises :class:`~procs.market.types.FetchError`.
 Fetch = Callable[[str, int, int, int], tuple[np.ndarray, int]]
 
-BUFFER_TRADES = 200_000   #: trades buffered per market during a repair (the newest are kept)
 _DAY_NS = 86_400 * 10**9
 
 
@@ -90,25 +88,7 @@ class Dedupe:
         self._order.pop(code, None)
 
 
-APPLIED, HELD, BAND = 0, 1, 2   #: what became of a trade buffered during a repair
-
-
-class _Repair:
-    """A pending repair of one market: from ``since`` (Unix s; None = the latest page).
-
-    ``buffer`` holds ``[trade, state]`` in arrival order: APPLIED (in the rings; re-applied after
-    the REST candles replace history), HELD (waiting for the REST candles: a gap repair) or BAND
-    (outside the price band: re-checked against the band around the REST close). ``requests``
-    counts the requests merged into it, so a fetch finishes the repair only if none came since."""
-    __slots__ = ("since", "hold", "due", "held_since", "buffer", "requests")
-
-    def __init__(self, since: int | None, hold: bool, due: float, now: float):
-        self.since, self.hold, self.due, self.held_since = since, hold, due, now
-        self.buffer: deque[list] = deque(maxlen=BUFFER_TRADES)
-        self.requests = 1
-
-
-class CandleFeed:
+class CandleFeed(Repairs):
     """Writer of ``candles.<tf>`` for every timeframe of ``base.shm``. Thread-safe: the WebSocket
     thread calls :meth:`apply`, :meth:`warm_up` (on connect, before any data) and
     :meth:`schedule_gap_repairs`; the tick thread calls :meth:`set_universe` and
@@ -141,7 +121,7 @@ class CandleFeed:
         self.last_price: dict[str, float] = {}
         self.tickers = 0                           # ticker messages received (live profile)
         self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
-        self.repairs: dict[str, _Repair] = {}
+        self.repairs = {}                          # market -> pending repair (procs.market.repairs)
         self._adopt_rows(clock.monotonic())
         self.set_universe(list(universe or base.markets))
 
@@ -300,139 +280,3 @@ class CandleFeed:
     def _in_band(self, t: Trade) -> bool:
         ref = self.last_price.get(t.code)
         return ref is None or ref / self.cfg.price_band <= t.price <= ref * self.cfg.price_band
-
-    def _buffer(self, rep: _Repair | None, t: Trade, state: int) -> None:
-        if rep is None:
-            return  # no REST to check against (no fetch function)
-        if len(rep.buffer) == rep.buffer.maxlen and rep.buffer[0][1] != APPLIED:
-            self.drops["repair_overflow"] += 1   # a trade that was never applied falls out
-        rep.buffer.append([t, state])
-
-    # -- repairs ------------------------------------------------------------------------------------
-    def schedule_repair(self, code: str, since_s: int | None, *, hold: bool = False, delay_s: float = 0.3) -> None:
-        """Ask for a REST repair of ``code`` from ``since_s`` (None: the latest page, for a market
-        with no candle). Requests merge: the earliest start wins, a hold stays a hold."""
-        if self.fetch is None:
-            return
-        with self.lock:
-            now = self.clock.monotonic()
-            due = now + delay_s
-            rep = self.repairs.get(code)
-            if rep is None:
-                self.repairs[code] = _Repair(since_s, hold, due, now)
-                return
-            rep.since = since_s if rep.since is None else rep.since if since_s is None else min(rep.since, since_s)
-            rep.due = min(rep.due, due)
-            rep.requests += 1
-            if hold and not rep.hold:
-                rep.hold, rep.held_since = True, now
-
-    def warm_up(self) -> int:
-        """On connect, before subscribing (no stream yet, so nothing waits): markets without a
-        candle get the latest REST page now — the history the stream cannot give. Returns markets
-        warmed; one that fails is retried by :meth:`run_repairs`, its trades held meanwhile."""
-        with self.lock:
-            fine = self.rings[self.backfill.fine]
-            for code in self.universe:
-                if fine.count(self.market_row[code]) == 0:
-                    self.schedule_repair(code, None, hold=True, delay_s=0.0)
-        return self.run_repairs()
-
-    def schedule_gap_repairs(self) -> None:
-        """Data (re)started after a connect or a silence: every market with candles is repaired
-        from the start of its newest one, holding its trades until the REST candles are in."""
-        with self.lock:
-            fine = self.rings[self.backfill.fine]
-            for code in self.universe:
-                recs, _ = fine.read_last(self.market_row[code], 1)
-                if len(recs):
-                    self.schedule_repair(code, int(recs["t"][0]), hold=True, delay_s=0.0)
-
-    def run_repairs(self) -> int:
-        """Run the due repairs: fetch without the write lock, apply with it (one caller at a
-        time). Returns markets repaired."""
-        with self._repairing:
-            return self._run_repairs()
-
-    def _run_repairs(self) -> int:
-        now = self.clock.monotonic()
-        with self.lock:
-            due = [(code, rep.since, rep.requests) for code, rep in self.repairs.items() if rep.due <= now]
-        done = failed = 0
-        fs = self.tf_s[self.backfill.fine]
-        for code, since, token in due:
-            start = 0 if since is None else since // fs * fs   # from the start of the candle holding `since`
-            try:
-                recs, last = self.fetch(code, self.backfill.unit_min, start, 1 if since is None else 50)
-            except FetchError as e:
-                failed += 1
-                log.warning("REST repair of %s failed (%s); retrying in 2 s", code, e)
-                with self.lock:
-                    self.errors += 1
-                    if code in self.repairs:
-                        self.repairs[code].due = self.clock.monotonic() + 2.0
-                continue
-            with self.lock:
-                done += self._finish_repair(code, token, recs, last)
-        if failed:
-            self._release_stale_holds()
-        if done:
-            with self.lock:
-                for ring in self.rings.values():
-                    ring.publish()
-                self.wake()
-        return done
-
-    def _finish_repair(self, code: str, token: int, recs: np.ndarray, last: int) -> int:
-        """Apply a fetch's REST candles, then the buffered trades after their last tick."""
-        rep = self.repairs.get(code)
-        row = self.market_row.get(code)
-        if rep is None or row is None:
-            return 0  # the row was reclaimed meanwhile
-        last = min(last, self.clock.time_ns() // 1_000_000 + int(self.cfg.max_future_s * 1000))
-        replaced = len(recs) > 0
-        if replaced:
-            self.backfill.apply(code, row, recs, last)
-            self.covered_ms[code] = last   # the rings now hold exactly the REST history up to here
-            self.last_price[code] = float(recs["c"][-1])
-        release = rep.requests == token or not rep.hold   # no newer gap asks to keep holding
-        keep: deque[list] = deque(maxlen=BUFFER_TRADES)
-        for e in rep.buffer:
-            t, state = e
-            if replaced and t.ts_ms <= last:
-                continue                       # in the REST candles already
-            if state == BAND:
-                if not self._in_band(t):
-                    continue                   # REST did not confirm it: a fat finger, dropped for good
-                state = e[1] = HELD
-            if state == APPLIED and replaced or state == HELD and release:
-                self._build(row, t)            # (a late one schedules a repair of its own)
-                e[1] = APPLIED
-            keep.append(e)
-        if rep.requests == token:              # nothing asked for since the fetch began: done
-            del self.repairs[code]
-        else:
-            rep.buffer = keep
-        return 1
-
-    def _release_stale_holds(self) -> None:
-        """REST keeps failing: a market held longer than ``repair_hold_s`` gets its held trades now
-        (trades outside the price band stay out until REST can tell)."""
-        with self.lock:
-            now = self.clock.monotonic()
-            released = 0
-            for code, rep in self.repairs.items():
-                if rep.hold and now - rep.held_since >= self.cfg.repair_hold_s:
-                    log.warning("%s: REST still failing after %.0f s; applying the held trades", code,
-                                now - rep.held_since)
-                    rep.hold = False
-                    row = self.market_row[code]
-                    for e in rep.buffer:
-                        if e[1] == HELD:
-                            self._build(row, e[0])
-                            e[1] = APPLIED
-                            released += 1
-            if released:
-                for ring in self.rings.values():
-                    ring.publish()
-                self.wake()

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from shm.status import State, StatusRow, StatusTable
 
 from .clock import SYSTEM_CLOCK, Clock
-from .config import BaseConfig, Config, ConfigError, load_config
+from .config import BaseConfig, Config, ConfigError
+from .loader import load_config
 from .roster import STATUS_ROWS, program
 
 #: state → the states it may go to.

@@ -11,7 +11,7 @@ import pytest
 
 from procs.market.indicators import IndicatorSet
 from procs.replay.tape import load_dataset
-from procs.runtime.config import load_config
+from procs.runtime.loader import load_config
 from procs.runtime.roster import STATUS_ROWS
 from procs.views.chart_source import ShmChartSource
 from shm.status import StatusTable

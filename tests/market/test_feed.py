@@ -9,7 +9,7 @@ import pytest
 
 from procs.market.feed import CandleFeed
 from procs.market.types import FetchError
-from procs.runtime.config import load_config
+from procs.runtime.loader import load_config
 from procs.upbit.parsing import parse_frame
 from shm.tables import BACKFILLED, CANDLE_DTYPE, CLOSED, GAP
 from tests.helpers import FakeClock

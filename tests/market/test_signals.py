@@ -5,7 +5,8 @@ import pytest
 from procs.market.indicators import IndicatorSet
 from procs.market.signals import SignalState, evaluate
 from procs.replay.tape import load_dataset
-from procs.runtime.config import ConfigError, load_config
+from procs.runtime.config import ConfigError
+from procs.runtime.loader import load_config
 from tests.helpers import ALL_MARKETS, ROOT
 from tests.oracles import COLUMNS, expected_signals
 

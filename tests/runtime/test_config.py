@@ -1,7 +1,8 @@
 """A bad configuration value stops start-up with a message naming the key."""
 import pytest
 
-from procs.runtime.config import ConfigError, load_config
+from procs.runtime.config import ConfigError
+from procs.runtime.loader import load_config
 from shm.segment import list_instance_objects
 
 

@@ -3,7 +3,7 @@ import configparser
 import re
 
 from procs.cli.supervisor import expected_programs
-from procs.runtime.config import load_config
+from procs.runtime.loader import load_config
 from procs.runtime.roster import PROGRAMS, STATUS_ROWS, WAKE_CONSUMERS, program
 from tests.helpers import ROOT
 
