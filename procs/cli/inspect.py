@@ -170,8 +170,13 @@ def cmd_universe(args, cfg: Config, sup: Supervisor) -> int:
             print(f"universe set: expected comma-separated KRW market codes, bad: {bad or 'none given'}",
                   file=sys.stderr)
             return 2
+        codes = list(dict.fromkeys(codes))
+        if len(codes) > cfg.shm.rows:
+            print(f"universe set: {len(codes)} markets do not fit in the tables' {cfg.shm.rows} rows (shm.rows)",
+                  file=sys.stderr)
+            return 2
         t = SymbolsTable.writer(cfg.instance, cfg.shm.rows)
-        ver = t.write([(c, IN_UNIVERSE, 0, 0.0) for c in dict.fromkeys(codes)])
+        ver = t.write([(c, IN_UNIVERSE, 0, 0.0) for c in codes])
         print(f"universe version {ver}: {', '.join(dict.fromkeys(codes))}")
         return 0
     try:

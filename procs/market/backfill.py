@@ -9,8 +9,9 @@ hands them to :meth:`Backfiller.apply`, which makes the rings agree with them:
   order (a candle missing in the ring is inserted, an incomplete one corrected), with the
   ``BACKFILLED`` flag (and ``GAP`` where an interval has no candle); all but the newest are
   ``CLOSED``;
-* each coarser timeframe is re-aggregated from the finest ring for the buckets touched
-  (exact for OHLCV, so no ``/candles/days`` call is needed);
+* each coarser timeframe is re-aggregated from the REST candles for the buckets they cover
+  whole (exact for OHLCV, so no ``/candles/days`` call is needed; the feed fetches from the start
+  of the coarsest bucket, so every touched bucket is whole);
 * the candle builders reload their open candle; trades up to the REST candles' last tick are
   already counted in them.
 
@@ -77,22 +78,20 @@ class Backfiller:
         self.unit_min = tf_s[self.fine] // 60
         self.repairs = 0
 
-    def apply(self, market: str, row: int, recs: np.ndarray, last_tick_ms: int) -> None:
+    def apply(self, market: str, row: int, recs: np.ndarray, last_tick_ms: int, complete_from: int) -> None:
         """Replace ``market``'s history from ``recs[0].t`` on by ``recs`` (CANDLE_DTYPE, finest
-        timeframe, oldest first) and re-aggregate the coarser timeframes. The caller holds the
-        write lock and publishes."""
-        fine = self.rings[self.fine]
-        fs = self.tf_s[self.fine]
-        replace_from(fine, row, recs, fs)
-        fine_held = None
+        timeframe, oldest first) and rebuild the coarser timeframes from ``recs`` — not from the
+        fine ring, which may hold fewer of them than an outage spans. ``complete_from`` (Unix s) is
+        where the REST candles begin to cover everything: only coarse buckets that start there or
+        later are rebuilt (one cut by it would come out partial). The caller holds the write lock
+        and publishes."""
+        replace_from(self.rings[self.fine], row, recs, self.tf_s[self.fine])
         for tf, ring in self.rings.items():
             if tf == self.fine:
                 continue
             ts = self.tf_s[tf]
-            b0 = int(recs["t"][0]) // ts * ts
-            if fine_held is None:
-                fine_held, _ = fine.read_last(row, fine.capacity)
-            agg = aggregate(fine_held[fine_held["t"] >= b0], ts)
+            b0 = -(-complete_from // ts) * ts   # the first bucket wholly inside the REST candles
+            agg = aggregate(recs[recs["t"] >= b0], ts)
             if len(agg):
                 replace_from(ring, row, agg, ts)
         for b in self.builders.values():

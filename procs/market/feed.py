@@ -154,20 +154,20 @@ class CandleFeed(Repairs):
             for code in self.wanted:
                 if code not in codes:
                     self._left_at[code] = now
+                    self.repairs.pop(code, None)   # not subscribed: nothing to repair for it
+            running, subscribed_before = bool(self.universe), set(self.universe)
             self.wanted = list(codes)
             missing = []
             for code in codes:
                 self._left_at.pop(code, None)
-                if code in self.market_row:
-                    continue
-                try:
-                    row = self._row_for(code, now)
-                except TableFull:
-                    missing.append(code)
-                    continue
-                if self.universe:  # a market added while running: its history comes from REST
-                    self.schedule_repair(code, None, hold=True, delay_s=0.0)
-                self.market_row[code] = row
+                if code not in self.market_row:
+                    try:
+                        self.market_row[code] = self._row_for(code, now)
+                    except TableFull:
+                        missing.append(code)
+                        continue
+                if running and code not in subscribed_before:
+                    self._gap_repair(code)  # new, or back after a while: its missing history comes from REST
             if missing != self.table_full and missing:
                 log.error("candle tables full (%d rows): no row yet for %s; retrying as rows of markets gone "
                           "for %.0f s become free", self.rings[self.backfill.fine].n_rows, ", ".join(missing),
@@ -177,10 +177,9 @@ class CandleFeed(Repairs):
             subscribed = [c for c in codes if c in self.market_row]
             for ring in self.rings.values():
                 ring.publish()
-            if subscribed == self.universe:
-                return False
+            changed = set(subscribed) != subscribed_before   # a new rank order alone needs no resubscription
             self.universe = subscribed
-            return True
+            return changed
 
     def retry_universe(self) -> bool:
         """Try again to give rows to the markets that did not fit (tick thread)."""

@@ -33,6 +33,7 @@ from .types import FetchError, Trade
 log = logging.getLogger("smtm.ingest")
 
 BUFFER_TRADES = 200_000   #: trades buffered per market during a repair (the newest are kept)
+PAGE, MAX_PAGES = 200, 50  #: REST candles per page (Upbit's maximum) and pages per repair (10,000 candles)
 
 APPLIED, HELD, BAND = 0, 1, 2   #: what became of a trade buffered during a repair
 
@@ -93,11 +94,15 @@ class Repairs:
         """Data (re)started after a connect or a silence: every market with candles is repaired
         from the start of its newest one, holding its trades until the REST candles are in."""
         with self.lock:
-            fine = self.rings[self.backfill.fine]
             for code in self.universe:
-                recs, _ = fine.read_last(self.market_row[code], 1)
-                if len(recs):
-                    self.schedule_repair(code, int(recs["t"][0]), hold=True, delay_s=0.0)
+                self._gap_repair(code, cold=False)
+
+    def _gap_repair(self, code: str, cold: bool = True) -> None:
+        """A held repair of ``code`` from the start of its newest candle; with none, from the latest
+        REST page if ``cold``."""
+        recs, _ = self.rings[self.backfill.fine].read_last(self.market_row[code], 1)
+        if len(recs) or cold:
+            self.schedule_repair(code, int(recs["t"][0]) if len(recs) else None, hold=True, delay_s=0.0)
 
     def run_repairs(self) -> int:
         """Run the due repairs: fetch without the write lock, apply with it (one caller at a
@@ -110,11 +115,13 @@ class Repairs:
         with self.lock:
             due = [(code, rep.since, rep.requests) for code, rep in self.repairs.items() if rep.due <= now]
         done = failed = 0
-        fs = self.tf_s[self.backfill.fine]
+        coarsest = max(self.tf_s.values())
         for code, since, token in due:
-            start = 0 if since is None else since // fs * fs   # from the start of the candle holding `since`
+            # from the start of the coarsest candle holding `since`: every coarse candle touched is rebuilt whole
+            start = 0 if since is None else since // coarsest * coarsest
+            pages = 1 if since is None else MAX_PAGES
             try:
-                recs, last = self.fetch(code, self.backfill.unit_min, start, 1 if since is None else 50)
+                recs, last = self.fetch(code, self.backfill.unit_min, start, pages)
             except FetchError as e:
                 failed += 1
                 log.warning("REST repair of %s failed (%s); retrying in 2 s", code, e)
@@ -124,7 +131,10 @@ class Repairs:
                         self.repairs[code].due = self.clock.monotonic() + 2.0
                 continue
             with self.lock:
-                done += self._finish_repair(code, token, recs, last)
+                # REST covers everything from `start` unless it is the latest page or the page limit cut it
+                whole = since is not None and len(recs) < pages * PAGE
+                complete_from = start if whole else int(recs["t"][0]) if len(recs) else start
+                done += self._finish_repair(code, token, recs, last, complete_from)
         if failed:
             self._release_stale_holds()
         if done:
@@ -134,7 +144,7 @@ class Repairs:
                 self.wake()
         return done
 
-    def _finish_repair(self, code: str, token: int, recs: np.ndarray, last: int) -> int:
+    def _finish_repair(self, code: str, token: int, recs: np.ndarray, last: int, complete_from: int) -> int:
         """Apply a fetch's REST candles, then the buffered trades after their last tick."""
         rep = self.repairs.get(code)
         row = self.market_row.get(code)
@@ -143,7 +153,7 @@ class Repairs:
         last = min(last, self.clock.time_ns() // 1_000_000 + int(self.cfg.max_future_s * 1000))
         replaced = len(recs) > 0
         if replaced:
-            self.backfill.apply(code, row, recs, last)
+            self.backfill.apply(code, row, recs, last, complete_from)
             self.covered_ms[code] = last   # the rings now hold exactly the REST history up to here
             self.last_price[code] = float(recs["c"][-1])
         release = rep.requests == token or not rep.hold   # no newer gap asks to keep holding

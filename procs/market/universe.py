@@ -93,6 +93,7 @@ class SymbolManager:
         self.last_safety = self.last_rank = None
         self.market_now_s = 0.0
         self.ranked: list[tuple[str, float]] = []
+        self._first_tick_s = 0.0
 
     def candidates(self) -> list[str]:
         if self.cfg.candidates == "config":
@@ -110,10 +111,17 @@ class SymbolManager:
         if self.last_safety is None:
             self.refresh_safety()
             self.last_safety = self.market_now_s
-        ticks = self.fetch_tickers(self.candidates())
+        candidates = self.candidates()
+        ticks = self.fetch_tickers(candidates)
         if not ticks:
             return False  # nothing has traded yet (a replay waiting for its first subscriber)
         self.market_now_s = max(t.trade_timestamp for t in ticks) / 1000.0
+        if self.last_rank is None and len(ticks) < len(candidates):
+            # the first ranking takes the top N at once: wait until every candidate has traded (or
+            # one rank interval has passed), so the universe does not start from the first few
+            self._first_tick_s = self._first_tick_s or self.market_now_s
+            if self.market_now_s - self._first_tick_s < sc.rank_interval_s:
+                return False
         if self.market_now_s - self.last_safety >= sc.safety_interval_s:
             self.refresh_safety()
             self.last_safety = self.market_now_s

@@ -32,22 +32,33 @@ class ExchangeProcess(Process):
                  port: int | None = None, recording: str | None = None, **kw):
         super().__init__(base, **kw)
         self.cfg = cfg
+        self.data_path = data_path
+        self.speed = cfg.speed if speed is None else speed
         self.port = cfg.port if port is None else port
+        self.recording = recording or cfg.recording
+        self.exchange: ReplayExchange | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_async: asyncio.Event | None = None
+
+    def on_start(self) -> None:
+        """Build the tape (inside the lifecycle: a failure here is FAILED, not a stuck STARTING)."""
         t0 = time.monotonic()
-        recording = recording or cfg.recording
-        if recording:
-            files = expand(recording, ROOT)
+        if self.recording:
+            files = expand(self.recording, ROOT)
             tape = tape_from_recording(files)
             self.log.info("replaying a recording: %d files, %d trades, %d tickers, %d markets", len(files),
                           len(tape.trades), len(tape.tickers), len(tape.markets))
         else:
-            tape = ReplayTape.build(data_path, base.markets, cfg.trades_per_candle, _day(cfg.start), _day(cfg.end))
+            cfg = self.cfg
+            tape = ReplayTape.build(self.data_path, self.base.markets, cfg.trades_per_candle, _day(cfg.start),
+                                    _day(cfg.end))
+        if not len(tape.clock_ms):
+            raise ValueError(f"nothing to replay: no messages in {self.recording}" if self.recording else
+                             f"nothing to replay: no candles of {', '.join(self.base.markets)} between "
+                             f"exchange.start = {self.cfg.start!r} and exchange.end = {self.cfg.end!r}")
         self.log.info("tape built in %.2f s: %s", time.monotonic() - t0,
                       ", ".join(f"{m} {len(c)} candles" for m, c in tape.candles.items()))
-        self.exchange = ReplayExchange(tape, load_market_all(data_path), cfg.speed if speed is None else speed,
-                                       cfg.rest_per_second)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_async: asyncio.Event | None = None
+        self.exchange = ReplayExchange(tape, load_market_all(self.data_path), self.speed, self.cfg.rest_per_second)
 
     def on_tick(self) -> None:  # the asyncio loop below is the work loop
         self.idle(self.heartbeat_s)
@@ -74,6 +85,8 @@ class ExchangeProcess(Process):
 
     def on_beat(self) -> None:
         ex = self.exchange
+        if ex is None:
+            return
         self.row.msgs_out = ex.replayer.messages_sent
         self.row.msgs_in = ex.subscriptions_received + ex.rest.requests
         self.row.detail = ex.summary()

@@ -14,6 +14,7 @@ environment.
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ class IngestConfig(Section):
 
     @model_validator(mode="after")
     def _backoff(self):
+        if self.ping_interval_s <= self.ping_timeout_s:
+            raise ValueError(f"ingest.ping_interval_s = {self.ping_interval_s} must be more than ingest.ping_timeout_s "
+                             f"= {self.ping_timeout_s} (a ping is answered before the next one goes out)")
         if self.backoff_cap_s < self.backoff_base_s:
             raise ValueError(f"ingest.backoff_cap_s = {self.backoff_cap_s} must be >= ingest.backoff_base_s = "
                              f"{self.backoff_base_s}")
@@ -276,13 +280,29 @@ class Config(Section):
             if getattr(self.upbit, key) == "auto" and not self.exchange.enabled:
                 raise ValueError(f"upbit.{key} = 'auto' names the replay exchange, but exchange.enabled = false; "
                                  f"give the URL (e.g. wss://api.upbit.com/websocket/v1)")
-        if self.exchange.enabled and not self.exchange.recording:
-            d = self.data_path()
-            if not (d / "minute30").is_dir():
-                raise ValueError(f"exchange.data_dir = {self.exchange.data_dir!r}: {d / 'minute30'} is not a "
-                                 f"directory of Upbit minute-candle CSVs")
+        if self.exchange.enabled:
+            self._check_replay_data()
         self._check_shm_fits()
         return self
+
+    def _check_replay_data(self) -> None:
+        """What the replay exchange will read exists (file names only: no CSV is parsed here)."""
+        ex = self.exchange
+        if ex.start and ex.end and ex.start >= ex.end:
+            raise ValueError(f"exchange.start = {ex.start!r} must be before exchange.end = {ex.end!r}")
+        if ex.recording:
+            pattern = ex.recording if Path(ex.recording).is_absolute() else str(ROOT / ex.recording)
+            if not glob.glob(pattern):
+                raise ValueError(f"exchange.recording = {ex.recording!r}: no file matches {pattern}")
+            return
+        d = self.data_path() / "minute30"
+        if not d.is_dir():
+            raise ValueError(f"exchange.data_dir = {ex.data_dir!r}: {d} is not a directory of Upbit minute-candle CSVs")
+        have = {f.name.split("_")[0] for f in d.glob("*.csv*")}
+        missing = [m for m in self.markets.codes if m not in have]
+        if missing:
+            raise ValueError(f"markets.codes: the replay exchange has no data for {', '.join(missing)} in {d} "
+                             f"(it has {', '.join(sorted(have))})")
 
     def _check_shm_fits(self) -> None:
         need = sum(table_sizes(self.shm.timeframes, self.shm.rows, self.shm.capacity, STATUS_ROWS).values())

@@ -47,3 +47,10 @@ def test_universe_change_resubscribes_once_and_fills_the_new_ring(env):
     assert ring.count(ring.row_of("KRW-BTC")) > 3
     shown = smtm(env, "universe", "show")
     assert "KRW-XRP" in shown.stdout and "KRW-BTC" not in shown.stdout
+
+
+def test_a_universe_larger_than_the_tables_is_refused_cleanly(env):
+    env.write_overlay(markets=["KRW-BTC"], rows=4)
+    env.overlay.write_text(env.overlay.read_text() + "[symbols]\ntop_n = 2\n")
+    out = smtm(env, "universe", "set", ",".join(f"KRW-C{i}" for i in range(6)))
+    assert out.returncode == 2 and "do not fit" in out.stderr and "Traceback" not in out.stderr

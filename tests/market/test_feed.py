@@ -160,7 +160,8 @@ def test_fat_finger_prices_are_held_and_absurd_volumes_dropped(instance, tmp_pat
     assert "KRW-BTC" in feed.repairs   # the held trade's candle is checked against REST
     feed.clock = FakeClock(monotonic=1e9)
     feed.run_repairs()
-    assert fetched and fetched[0][0] == "KRW-BTC" and fetched[0][2] == T0 // 1000 // 1800 * 1800
+    # from the start of the coarsest (1d) candle holding it, so every coarse candle is rebuilt whole
+    assert fetched and fetched[0][0] == "KRW-BTC" and fetched[0][2] == T0 // 1000 // 86400 * 86400
 
 
 def test_a_real_jump_comes_back_from_rest_and_recentres_the_band(instance, tmp_path, monkeypatch):
@@ -312,3 +313,41 @@ def test_a_timeframe_added_later_gets_the_same_rows(instance, tmp_path, monkeypa
     assert again.rings["4h"].row_of("KRW-ETH") == again.rings["30m"].row_of("KRW-ETH")
     again.on_message(trade(T0 + 2_000, 100.0, 1.0, code="KRW-ETH"))
     assert again.rings["4h"].read_last_of("KRW-ETH", 1)[0]["v"][0] == 1.0
+
+
+# -- found by a hostile run of the whole system -------------------------------------------------------
+def test_a_market_back_in_the_universe_gets_its_gap_repaired(instance, tmp_path, monkeypatch):
+    feed = make_feed(instance, tmp_path, monkeypatch, fetch=lambda *a: (np.zeros(0, CANDLE_DTYPE), 0))
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0, code="KRW-ETH"))
+    feed.on_message(trade(T0 + 5_000, 100.0, 1.0, code="KRW-ETH"))   # a correction is pending ...
+    feed.schedule_repair("KRW-ETH", (T0 + 1_000) // 1000)
+    assert feed.set_universe(["KRW-BTC"])                            # ... and ETH leaves: dropped, no retries
+    assert "KRW-ETH" not in feed.repairs
+    assert feed.set_universe(["KRW-BTC", "KRW-ETH"])                 # back: what it missed comes from REST
+    rep = feed.repairs["KRW-ETH"]
+    assert rep.hold and rep.since == T0 // 1000 // 1800 * 1800
+    feed.on_message(trade(T0 + 9_000_000, 101.0, 1.0, code="KRW-ETH"))
+    assert feed.rings["30m"].read_last_of("KRW-ETH", 5)[1] == 1, "a candle was closed over the gap"
+
+
+def test_a_new_rank_order_is_no_new_universe(ingest):
+    assert ingest.set_universe(["KRW-ETH", "KRW-BTC"]) is False
+
+
+def test_coarse_candles_are_rebuilt_from_every_rest_candle(instance, tmp_path, monkeypatch):
+    """An outage longer than the fine ring holds: 4h and 1d come from all the REST candles."""
+    day = T0 // 1000 // 86400 * 86400
+    rest = np.zeros(144, CANDLE_DTYPE)                      # three whole days of 30m candles; the ring holds 64
+    rest["t"] = day + 1800 * np.arange(144)
+    rest["o"] = rest["h"] = rest["l"] = rest["c"] = 100.0 + np.arange(144)
+    rest["v"], rest["value"], rest["flags"] = 1.0, 100.0, BACKFILLED
+    feed = make_feed(instance, tmp_path, monkeypatch, fetch=lambda *a: (rest, (day + 3 * 86400) * 1000 - 1))
+    feed.on_message(trade(T0 + 1_000, 100.0, 1.0))
+    feed.schedule_gap_repairs()
+    assert feed.run_repairs() == 1
+    d1, _ = feed.rings["1d"].read_last(0, 10)
+    assert list(d1["t"]) == [day, day + 86400, day + 2 * 86400]
+    assert list(d1["o"]) == [100.0, 148.0, 196.0] and list(d1["v"]) == [48.0, 48.0, 48.0]
+    h4, _ = feed.rings["4h"].read_last(0, 64)
+    assert len(h4) == 18 and h4["o"][0] == 100.0 and (h4["v"] == 8.0).all()
+    assert feed.rings["30m"].read_last(0, 64)[0]["t"][0] == rest["t"][-64]

@@ -1,7 +1,7 @@
 """The symbol manager's domain: the safety filter on the recorded market/all response, and top-N
 hysteresis."""
 
-from procs.market.universe import TopN, safety_flags
+from procs.market.universe import SymbolManager, TopN, safety_flags
 from procs.replay.tape import load_market_all
 from shm.symbols import CAUTION, WARNING
 from tests.helpers import ROOT
@@ -33,3 +33,31 @@ def test_topn_hysteresis_does_not_flap():
         assert top.update(["A", "C", "B"], t) == ["A", "B"]
     assert top.update(["A", "C", "B"], 250) == ["A", "C"]     # both stable for 100 s: B out, C in
     assert top.update(["D", "A", "C"], 252) == ["A", "C"]     # D must prove itself too
+
+
+def test_the_first_ranking_waits_for_every_candidate():
+    """At start-up the top N is taken at once: from a complete ranking, not from the first two markets
+    that happened to trade (the universe would shrink to them and grow back)."""
+    from procs.market.types import Ticker
+    from procs.runtime.config import SymbolsConfig
+
+    class Table:
+        n_rows = 32
+        written = None
+
+        def write(self, rows):
+            self.written = rows
+    market_all = [{"market": m, "market_event": {"warning": False, "caution": {}}} for m in ("KRW-A", "KRW-B", "KRW-C")]
+    traded = {"KRW-A": 3e9, "KRW-B": 2e9}
+    now = [1_000_000]
+
+    def tickers(codes):
+        return [Ticker(c, 1.0, traded[c], 1.0, now[0], "ACTIVE") for c in codes if c in traded]
+    table = Table()
+    mgr = SymbolManager(SymbolsConfig(top_n=2, rank_interval_s=600.0), ("KRW-A", "KRW-B", "KRW-C"), table,
+                        market_all=lambda: market_all, tickers=tickers)
+    assert not mgr.step() and table.written is None        # KRW-C has not traded yet
+    traded["KRW-C"] = 5e9
+    now[0] += 1_000
+    assert mgr.step()
+    assert [r[0] for r in table.written if r[1]] == ["KRW-C", "KRW-A"]

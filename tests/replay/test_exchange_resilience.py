@@ -63,3 +63,12 @@ def test_a_dead_replay_loop_fails_the_server():
         await serve(ex, "127.0.0.1", 0, asyncio.Event())
     with pytest.raises(RuntimeError, match="replay loop died"):
         asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_an_empty_replay_window_fails_loudly(env):
+    env.write_overlay(markets=["KRW-BTC"], exchange='start = "2030-01-01"\nend = "2030-02-01"')
+    p = env.start("exchange")
+    assert p.wait(timeout=60) == 1
+    assert "nothing to replay" in env.log("exchange")
+    status = StatusTable.open(env.instance, STATUS_ROWS)
+    assert State(int(status.read("exchange")["state"])) is State.FAILED

@@ -38,6 +38,10 @@ def test_profiles_load():
     ("[shm]\ntimeframes = ['3m', '5m']", "shm.timeframes"),   # 5m is no roll-up of 3m candles
     ("[shm]\ntimeframes = ['1d']", "shm.timeframes"),         # REST minute candles cannot repair days
     ("[symbols]\ntop_n = 40", "symbols.top_n"),                # more than the tables' rows
+    ("[exchange]\nrecording = '/nonexistent/*.jsonl.gz'", "exchange.recording"),
+    ("[markets]\ncodes = ['KRW-BTC', 'KRW-FOO']", "markets.codes"),   # no replay data for it
+    ("[exchange]\nstart = '2025-01-01'\nend = '2024-12-01'", "exchange.start"),
+    ("[ingest]\nping_interval_s = 5.0", "ingest.ping_interval_s"),  # <= ping_timeout_s: never answered
 ])
 def test_bad_value_names_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as e:
