@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.status import State
@@ -46,7 +47,6 @@ class IngestProcess(Process):
                                universe=self._read_universe())
         self.recorder = None
         if cfg.record:
-            from pathlib import Path
             self.recorder = Recorder(Path(cfg.record_dir) if cfg.record_dir else base.run_dir / "recordings",
                                      cfg.record_rotate_s, cfg.record_rotate_mb)
         self.session = WebSocketSession(self.urls.ws, cfg, subscription=self.subscription, on_frame=self.on_frame,

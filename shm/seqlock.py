@@ -41,21 +41,19 @@ class SeqlockTimeout(ShmError):
 
 
 class _Section:
-    """One write section (a context manager); see :meth:`Seqlock.section`."""
+    """One write section (a context manager) over :meth:`Seqlock.begin` / :meth:`Seqlock.end`."""
 
-    __slots__ = ("_words", "_i", "_s")
+    __slots__ = ("_lock", "_i", "_s")
 
-    def __init__(self, words: np.ndarray, i: int):
-        self._words = words
+    def __init__(self, lock: Seqlock, i: int):
+        self._lock = lock
         self._i = i
 
     def __enter__(self) -> None:
-        s = int(self._words[self._i])
-        self._words[self._i] = s + 1
-        self._s = s
+        self._s = self._lock.begin(self._i)
 
     def __exit__(self, *exc) -> bool:
-        self._words[self._i] = self._s + 2
+        self._lock.end(self._i, self._s)
         return False
 
 
@@ -74,7 +72,7 @@ class Seqlock:
 
     def section(self, i: int = 0) -> _Section:
         """Writer: ``with lock.section(i): ...`` makes word ``i`` odd for the stores inside."""
-        return _Section(self.words, i)
+        return _Section(self, i)
 
     def begin(self, i: int) -> int:
         """Writer, hot path: open section ``i`` (word made odd); returns the token for :meth:`end`.
@@ -105,10 +103,11 @@ class Seqlock:
                 return out
         raise SeqlockTimeout(f"{self.name}{' ' + what if what else ''}: no consistent read in {max_spins} attempts")
 
-    def repair(self) -> int:
-        """Writer, at start: make every word left odd by a writer killed mid-write even again.
-        Returns how many were repaired."""
-        torn = np.flatnonzero(self.words & 1)
-        for i in torn:
-            self.words[i] += 1
+    def repair(self, i: int | None = None) -> int:
+        """Writer, at start: make every word (or only word ``i``, in a table whose words have
+        different writers) left odd by a writer killed mid-write even again. Returns how many were
+        repaired."""
+        torn = np.flatnonzero(self.words & 1) if i is None else [i] if int(self.words[i]) & 1 else []
+        for k in torn:
+            self.words[k] += 1
         return len(torn)

@@ -142,9 +142,7 @@ class StatusRow:
         self.detail = ""
         self._rec = np.zeros(1, STATUS_DTYPE)
         self._rec_bytes = self._rec.view(np.uint8)[PAYLOAD_OFFSET:]
-        words = table.lock.words
-        if int(words[self.index]) & 1:  # our predecessor died inside a beat
-            words[self.index] += 1
+        table.lock.repair(self.index)  # our predecessor may have died inside a beat
         self.table.parked[self.index] = 0
         self.beat()
 

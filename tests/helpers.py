@@ -182,3 +182,28 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def closed_candle_mismatch(ring, src: dict, markets, *, min_closed: int = 1, value_rel: float | None = None):
+    """None if every candle of each market before its newest (open) one equals the source candles
+    ``src[market]`` (``t o h l c v`` exactly; ``value`` to ``value_rel`` relative, if given), else
+    a description of the first difference: ``(market, fields, n_closed, n_source, index, got, expected)``
+    (``fields`` is ``"rows"`` for a market with fewer than ``min_closed`` closed candles)."""
+    import numpy as np
+    fields = ("t", "o", "h", "l", "c", "v")
+    for m in markets:
+        got = ring.read_last_of(m, ring.capacity)
+        closed = got[0][:-1] if got is not None else []
+        if len(closed) < min_closed:
+            return (m, "rows", len(closed), None, None, None, None)
+        k = int(np.searchsorted(src[m]["t"], closed["t"][0]))
+        exp = src[m][k:k + len(closed)]
+        bad = [f for f in fields if len(exp) != len(closed) or not np.array_equal(closed[f], exp[f])]
+        if bad:
+            n = min(len(exp), len(closed))
+            i = int(np.argmax(closed[bad[0]][:n] != exp[bad[0]][:n])) if n else 0
+            return (m, bad, len(closed), len(exp), i, closed[i] if i < len(closed) else None,
+                    exp[i] if i < len(exp) else None)
+        if value_rel is not None and np.max(np.abs(closed["value"] - exp["value"]) / exp["value"]) > value_rel:
+            return (m, ["value"], len(closed), len(exp), None, None, None)
+    return None

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 import numpy as np
 
 from render.text import format_krw
-from shm.ring import Overrun
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.seqlock import SeqlockTimeout
 from shm.signals import SignalsTable
@@ -19,6 +18,7 @@ from shm.tables import BACKFILLED, CANDLES, CLOSED, GAP, INDICATORS, RINGS
 
 from ..runtime.config import Config
 from ..runtime.roster import STATUS_ROWS
+from ..views.indicators import aligned_indicators
 from .supervisor import Supervisor
 
 
@@ -103,20 +103,12 @@ def cmd_tail(args, cfg: Config, sup: Supervisor) -> int:
               f"{', '.join(n for n in cand.names() if n)}", file=sys.stderr)
         return 1
     recs, cnt = got
-    first = cnt - len(recs)
     cols = ("ema_fast", "ema_slow", "rsi", "macd", "macd_signal", "macd_hist", "bb_upper", "bb_mid", "bb_lower")
-    ind_vals = {k: np.full(len(recs), np.nan) for k in cols}
     try:
         ind = INDICATORS.open(cfg.instance, tf, cfg.shm.rows, cfg.shm.capacity)
-        irow = ind.row_of(market)
-        if irow is not None:
-            irecs, _ = ind.read_range(irow, first, cnt)
-            k = len(irecs)
-            ok = irecs["t"] == recs["t"][:k]
-            for c in cols:
-                ind_vals[c][:k] = np.where(ok, irecs[c], np.nan)
-    except (SegmentNotFound, SegmentNotReady, SeqlockTimeout, Overrun):
-        pass  # the candles alone, then
+        ind_vals = aligned_indicators(ind, market, recs, cnt, cols)
+    except (SegmentNotFound, SegmentNotReady, SeqlockTimeout):
+        ind_vals = {k: np.full(len(recs), np.nan) for k in cols}  # the candles alone, then
     ic = cfg.indicator
     print(f"{market} {tf}  ({cnt} candles written, instance {cfg.instance})")
     print(f"{'start (UTC)':<17} {'open':>13} {'high':>13} {'low':>13} {'close':>13} {'volume':>15} {'trades':>6} "

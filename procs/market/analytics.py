@@ -80,8 +80,9 @@ class TimeframeWorker:
                 continue
             if gens[row] != self.last_generations[row] or not self.ind.name(row):
                 names = names or self.candles.names()
-                if not names[row] or not self._follow_name(row, names[row], gens[row]):
+                if not names[row]:
                     continue
+                self._follow_name(row, names[row], gens[row])
             try:
                 if not self._update_row(row, int(gens[row])):
                     continue   # the row changed hands during the read: follow it next step
@@ -94,7 +95,7 @@ class TimeframeWorker:
             self.ind.publish()
         return updated
 
-    def _follow_name(self, row: int, name: str, gen: int) -> bool:
+    def _follow_name(self, row: int, name: str, gen: int) -> None:
         """Give our row the candle row's market: assign it, or reset it if the row changed hands."""
         if not self.ind.name(row):
             self.ind.assign_row(name, row)
@@ -103,7 +104,6 @@ class TimeframeWorker:
             if self.signals is not None:
                 self.signals.write_rows(row, np.zeros((), self.signals.DTYPE))
         self.last_generations[row] = gen
-        return True
 
     def _update_row(self, row: int, gen: int) -> bool:
         """Fold the row's new candles; False (nothing written) if the row changed hands meanwhile."""

@@ -119,7 +119,6 @@ class CandleFeed(Repairs):
         self.drops: Counter[str] = Counter()
         self.trades = self.duplicates = self.errors = self.lag_ns = 0
         self.last_price: dict[str, float] = {}
-        self.tickers = 0                           # ticker messages received (live profile)
         self.covered_ms: dict[str, int] = {}       # trades up to here are in REST candles already
         self.repairs = {}                          # market -> pending repair (procs.market.repairs)
         self._adopt_rows(clock.monotonic())
@@ -175,8 +174,7 @@ class CandleFeed(Repairs):
                 self.errors += 1
             self.table_full = missing
             subscribed = [c for c in codes if c in self.market_row]
-            for ring in self.rings.values():
-                ring.publish()
+            self._publish(wake=False)   # row names changed; no candle did
             changed = set(subscribed) != subscribed_before   # a new rank order alone needs no resubscription
             self.universe = subscribed
             return changed
@@ -219,19 +217,24 @@ class CandleFeed(Repairs):
             self.errors += len(ev.errors)
             for why in ev.dropped:
                 self.drops[why] += 1
-            for t in ev.tickers:
-                if t.code in self.market_row:
-                    self.tickers += 1
-                else:
-                    self.drops["bad_ticker"] += 1
+            # tickers (live profile) carry nothing the rings keep; one of an unknown market is bad
+            unknown = sum(t.code not in self.market_row for t in ev.tickers)
+            if unknown:
+                self.drops["bad_ticker"] += unknown
             n = 0
             for t in ev.trades:
                 n += self._trade(t, now_ns)
             if n:
-                for ring in self.rings.values():
-                    ring.publish()
-                self.wake()
+                self._publish()
         return n
+
+    def _publish(self, wake: bool = True) -> None:
+        """After a batch of writes (the caller holds the write lock): every ring's global seq moves,
+        then the parked consumers are woken."""
+        for ring in self.rings.values():
+            ring.publish()
+        if wake:
+            self.wake()
 
     def _trade(self, t: Trade, now_ns: int) -> int:
         row = self.market_row.get(t.code)

@@ -19,7 +19,7 @@ on its own; the others go on.
 The mixin expects the feed's attributes: ``lock`` (the write lock), ``repairs`` (market →
 :class:`Repair`), ``fetch``, ``clock``, ``cfg`` (IngestConfig), ``rings``, ``backfill``,
 ``tf_s``, ``universe``, ``market_row``, ``covered_ms``, ``last_price``, ``drops``, ``errors``,
-``wake``, ``_repairing`` (a lock: one runner at a time) and its ``_build`` / ``_in_band``.
+``_repairing`` (a lock: one runner at a time) and its ``_build`` / ``_in_band`` / ``_publish``.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ class Repairs:
             fine = self.rings[self.backfill.fine]
             for code in self.universe:
                 if fine.count(self.market_row[code]) == 0:
-                    self.schedule_repair(code, None, hold=True, delay_s=0.0)
+                    self._gap_repair(code)
         return self.run_repairs()
 
     def schedule_gap_repairs(self) -> None:
@@ -139,9 +139,7 @@ class Repairs:
             self._release_stale_holds()
         if done:
             with self.lock:
-                for ring in self.rings.values():
-                    ring.publish()
-                self.wake()
+                self._publish()
         return done
 
     def _finish_repair(self, code: str, token: int, recs: np.ndarray, last: int, complete_from: int) -> int:
@@ -194,6 +192,4 @@ class Repairs:
                             e[1] = APPLIED
                             released += 1
             if released:
-                for ring in self.rings.values():
-                    ring.publish()
-                self.wake()
+                self._publish()

@@ -121,12 +121,16 @@ class ReplayExchange:
     async def replay_status(self, request: web.Request) -> web.Response:
         return web.json_response(self.progress())
 
+    def _where(self) -> tuple[float, str]:
+        """(percent of the tape sent, replay time as ISO-8601 UTC)."""
+        r, n = self.replayer, len(self.tape.clock_ms)
+        return 100.0 * r.position / n if n else 100.0, utc_str(max(r.now_ms, self.tape.start_ms) // 1000) + "Z"
+
     def progress(self) -> dict:
         r, rest = self.replayer, self.rest
-        n = len(self.tape.clock_ms)
-        return {"position": r.position, "trades": len(self.tape.trades), "events": n,
-                "percent": 100.0 * r.position / n if n else 100.0,
-                "replay_time": utc_str(max(r.now_ms, self.tape.start_ms) // 1000) + "Z",
+        percent, replay_time = self._where()
+        return {"position": r.position, "trades": len(self.tape.trades), "events": len(self.tape.clock_ms),
+                "percent": percent, "replay_time": replay_time,
                 "speed": r.speed, "paused": r.paused, "started": r.started.is_set(),
                 "finished": r.finished, "faults": self.faults.state(),
                 "rest_status_counts": {str(k): v for k, v in rest.status_counts.items()},
@@ -140,10 +144,11 @@ class ReplayExchange:
                 "markets": self.tape.markets}
 
     def summary(self) -> str:
-        """One line for the status row."""
+        """One line for the status row (every heartbeat: only what it shows, not the whole progress,
+        whose REST statistics scan the request log)."""
         r = self.replayer
-        p = self.progress()
-        return (f"replay {p['replay_time']} {p['percent']:.1f}% x{r.speed:g}" + (" paused" if r.paused else "")
+        percent, replay_time = self._where()
+        return (f"replay {replay_time} {percent:.1f}% x{r.speed:g}" + (" paused" if r.paused else "")
                 + (" finished" if r.finished else ""))
 
     async def replay_control(self, request: web.Request) -> web.Response:

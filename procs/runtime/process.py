@@ -65,12 +65,12 @@ class Process(abc.ABC):
     name: str = ""
     heartbeat_s: float = 0.25
 
-    def __init__(self, base: BaseConfig, *, clock: Clock = SYSTEM_CLOCK, status: StatusTable | None = None):
+    def __init__(self, base: BaseConfig, *, clock: Clock = SYSTEM_CLOCK):
         program(self.name)  # a roster name, or KeyError
         self.base = base
         self.clock = clock
         self.log = logging.getLogger(f"smtm.{self.name}")
-        self.status = status if status is not None else StatusTable.writer(base.instance, STATUS_ROWS)
+        self.status = StatusTable.writer(base.instance, STATUS_ROWS)
         self.row = StatusRow(self.status, self.name)
         self.state = State.STOPPED
         self._stop = threading.Event()

@@ -145,6 +145,10 @@ def _retry_after(headers, body_text: str) -> float:
     m = re.search(r"(\d+(?:\.\d+)?)\s*(?:s\b|sec|second)", body_text or "")
     return max(1.0, float(m.group(1))) if m else 60.0
 
+#: What a REST call raises that is worth retrying later (the market code sees it as FetchError):
+#: an error answer, no published address yet, the network, or a body that does not parse.
+RETRYABLE = (RestError, EndpointUnavailable, requests.RequestException, ValueError, KeyError, TypeError)
+
 
 class RestClient:
     """GET against ``base_url`` through a shared :class:`RateLimiter` (requests.Session).
@@ -215,7 +219,7 @@ class RestClient:
         Raises :class:`FetchError` for a failure worth retrying."""
         try:
             return parse_rest_candles(self.candles(market, unit_min, since_s, max_pages))
-        except (RestError, EndpointUnavailable, requests.RequestException, ValueError, KeyError, TypeError) as e:
+        except RETRYABLE as e:
             raise FetchError(f"{market} candles: {e}") from e
 
     def tickers(self, codes: list[str]) -> list[Ticker]:
@@ -226,7 +230,7 @@ class RestClient:
             for i in range(0, len(codes), 50):
                 out += [t for t in map(parse_ticker, self.get("/v1/ticker", {"markets": ",".join(codes[i:i + 50])}))
                         if t is not None]
-        except (RestError, EndpointUnavailable, requests.RequestException, ValueError, TypeError) as e:
+        except RETRYABLE as e:
             raise FetchError(f"tickers: {e}") from e
         return out
 
@@ -234,7 +238,7 @@ class RestClient:
         """``GET /v1/market/all?is_details=true``. Raises :class:`FetchError`."""
         try:
             doc = self.get("/v1/market/all", {"is_details": "true"})
-        except (RestError, EndpointUnavailable, requests.RequestException, ValueError) as e:
+        except RETRYABLE as e:
             raise FetchError(f"market/all: {e}") from e
         if not isinstance(doc, list):
             raise FetchError(f"market/all: expected a list, got {type(doc).__name__}")

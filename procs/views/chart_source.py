@@ -17,7 +17,6 @@ import numpy as np
 
 from render.snapshot import ChartSnapshot, FrameStatsLike
 from render.text import format_krw
-from shm.ring import Overrun
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.seqlock import SeqlockTimeout
 from shm.status import State, StatusTable
@@ -26,6 +25,7 @@ from shm.tables import CANDLE_DTYPE, CANDLES, INDICATORS
 from ..market.signals import NEEDED, fired
 from ..runtime.config import BaseConfig, IndicatorConfig, MonitorConfig, SignalsConfig
 from ..runtime.roster import STATUS_ROWS
+from .indicators import aligned_indicators
 
 #: indicator columns the chart shows
 _SHOWN = ("ema_fast", "ema_slow", "bb_upper", "bb_mid", "bb_lower", "rsi", "macd", "macd_signal", "macd_hist")
@@ -97,17 +97,7 @@ class ShmChartSource:
                 self._snapshot = self._empty()
                 return self._snapshot
             recs, cnt = got
-            vals = {c: np.full(len(recs), np.nan) for c in _SHOWN}
-            irow = ind.row_of(self.market)
-            if irow is not None and len(recs):
-                try:
-                    irecs, _ = ind.read_range(irow, cnt - len(recs), cnt, max_spins=2000)
-                except Overrun:
-                    irecs = np.zeros(0, ind.dtype)
-                k = len(irecs)
-                ok = irecs["t"] == recs["t"][:k]   # alignment check: same candle start
-                for c in _SHOWN:
-                    vals[c][:k] = np.where(ok, irecs[c], np.nan)
+            vals = aligned_indicators(ind, self.market, recs, cnt, _SHOWN, max_spins=2000)
             marks = self._marks(recs, vals) if self.tf == self.signal_timeframe else np.zeros(0, int)
             self._snapshot = ChartSnapshot(recs, marks=marks, **vals)
         except SeqlockTimeout:

@@ -18,7 +18,7 @@ from procs.replay.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import State, StatusTable
 from shm.tables import BACKFILLED, CANDLES
-from tests.helpers import ROOT, attach, get_json, wait_for
+from tests.helpers import ROOT, attach, closed_candle_mismatch, get_json, wait_for
 
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SHIB"]
 SRC = load_dataset(ROOT / "data" / "upbit", MARKETS)
@@ -54,26 +54,8 @@ class Rig:
 
     def closed_candles_match(self) -> bool:
         """Every candle before each market's newest (open) one equals the source."""
-        ring = self.rings["30m"]
-        for m in MARKETS:
-            recs, _ = ring.read_last(ring.row_of(m), CAP)
-            if len(recs) < 2:
-                return False
-            closed = recs[:-1]
-            src = SRC[m]
-            k = int(np.searchsorted(src["t"], closed["t"][0]))
-            exp = src[k:k + len(closed)]
-            fields = ("t", "o", "h", "l", "c", "v")
-            if len(exp) != len(closed) or not all(np.array_equal(closed[f], exp[f]) for f in fields):
-                bad = [f for f in fields if len(exp) != len(closed) or not np.array_equal(closed[f], exp[f])]
-                i = int(np.argmax(closed[bad[0]][:len(exp)] != exp[bad[0]][:len(closed)])) \
-                    if len(exp) and len(closed) else 0
-                self.mismatch = (m, bad, len(closed), len(exp), i, closed[i] if i < len(closed) else None,
-                                 exp[i] if i < len(exp) else None)
-                return False
-            if np.max(np.abs(closed["value"] - exp["value"]) / exp["value"]) > 1e-12:
-                return False
-        return True
+        self.mismatch = closed_candle_mismatch(self.rings["30m"], SRC, MARKETS, value_rel=1e-12)
+        return self.mismatch is None
 
     def timed(self, name, pred, timeout=60):
         t0 = time.monotonic()

@@ -7,14 +7,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import requests
 
 from procs.replay.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import StatusTable
 from shm.tables import CANDLES
-from tests.helpers import DATA, ROOT, attach, wait_for
+from tests.helpers import DATA, ROOT, attach, closed_candle_mismatch, wait_for
 
 MARKETS = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SHIB"]
 
@@ -49,15 +48,5 @@ def test_trades_flow_while_a_repair_waits_on_slow_rest(env):
     src = load_dataset(DATA, MARKETS)
 
     def repaired():
-        for m in MARKETS:
-            row = ring.row_of(m)
-            recs, _ = ring.read_last(row, 8192) if row is not None else ([], 0)
-            closed = recs[:-1]
-            if len(closed) < 2:
-                return False
-            k = int(np.searchsorted(src[m]["t"], closed["t"][0]))
-            exp = src[m][k:k + len(closed)]
-            if len(exp) != len(closed) or not all(np.array_equal(closed[f], exp[f]) for f in "tohlcv"):
-                return False
-        return True
+        return closed_candle_mismatch(ring, src, MARKETS, min_closed=2) is None
     wait_for(repaired, 30, "every closed candle, the new market's too, to equal the source")
