@@ -12,6 +12,7 @@ With ``ingest.record`` every received frame is also written to rotating compress
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -64,10 +65,11 @@ class IngestProcess(Process):
 
     def on_frame(self, data: bytes | str) -> None:
         """WebSocket thread: one frame."""
+        recv_ns = time.monotonic_ns()
         self.row.msgs_in += 1
         if self.recorder is not None:
             self.recorder.write(self.clock.time_ns() // 1_000_000, data)
-        self.feed.apply(parse_frame(data))
+        self.feed.apply(parse_frame(data), recv_ns)
 
     def _read_universe(self) -> list[str] | None:
         """The symbols table's universe if the table exists and moved since last read, else None."""

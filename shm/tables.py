@@ -9,6 +9,13 @@ table                  writer      record
                                    (:data:`INDICATORS`)
 ``symbols``            symbols     :data:`shm.symbols.SYMBOL_DTYPE`, the universe (snapshot table)
 ``signals``            indicator   :data:`shm.signals.SIGNAL_DTYPE`, the buyable set (snapshot)
+``trades``             ingest      :data:`shm.trading.TRADE_DTYPE`, the latest trades, one ring per
+                                   market row (the same rows as the candles) (:data:`TRADES`)
+``trader``             trader      :data:`shm.trading.TRADER_DTYPE`, the engine's state (one row)
+``positions``          trader      :data:`shm.trading.POSITION_DTYPE`, open positions
+``orders``             trader      :data:`shm.trading.ORDER_DTYPE`, open and recent orders
+``timeline.trader``    trader      :data:`shm.trading.TIMELINE_DTYPE`, the "why" of every decision
+                                   (one ring, row ``trader``) (:data:`TIMELINE`)
 ``status``             every       :data:`shm.status.STATUS_DTYPE`, one row per program
                        process
 =====================  ==========  ==============================================================
@@ -28,6 +35,7 @@ from .segment import HEADER_SIZE, segment_name
 from .signals import SignalsTable
 from .status import status_size
 from .symbols import SymbolsTable
+from .trading import TIMELINE_DTYPE, TRADE_DTYPE, OrdersTable, PositionsTable, TraderTable
 
 #: One OHLCV candle, 64 bytes.
 #: ``t`` int64 Unix seconds UTC, candle start (aligned to the timeframe in UTC);
@@ -57,21 +65,23 @@ INDICATOR_DTYPE = np.dtype([("t", "<i8"), ("ema_fast", "<f8"), ("ema_slow", "<f8
 @dataclass(frozen=True)
 class RingSpec:
     """A family of ring tables, one per timeframe: ``<base>.<tf>``, records of ``dtype``, one
-    ``writer`` (a program name, for documentation and the CLI)."""
+    ``writer`` (a program name, for documentation and the CLI). A spec with
+    ``per_timeframe=False`` names one table, ``<base>``, and ignores ``tf`` (pass ``None``)."""
 
     base: str
     dtype: np.dtype
     writer: str
+    per_timeframe: bool = True
 
-    def table(self, tf: str) -> str:
-        return f"{self.base}.{tf}"
+    def table(self, tf: str | None) -> str:
+        return f"{self.base}.{tf}" if self.per_timeframe else self.base
 
-    def create(self, instance: str, tf: str, rows: int, capacity: int) -> RingTable:
+    def create(self, instance: str, tf: str | None, rows: int, capacity: int) -> RingTable:
         """Writer: create or re-attach ``<base>.<tf>`` (raises LayoutMismatch)."""
         t = self.table(tf)
         return RingTable.create(segment_name(instance, t), t, self.dtype, rows, capacity)
 
-    def open(self, instance: str, tf: str, rows: int, capacity: int, **kw) -> RingTable:
+    def open(self, instance: str, tf: str | None, rows: int, capacity: int, **kw) -> RingTable:
         """Reader: attach ``<base>.<tf>`` read-only (raises SegmentNotFound / SegmentNotReady /
         LayoutMismatch)."""
         t = self.table(tf)
@@ -85,12 +95,23 @@ class RingSpec:
 CANDLES = RingSpec("candles", CANDLE_DTYPE, "ingest")
 INDICATORS = RingSpec("indicators", INDICATOR_DTYPE, "indicator")
 RINGS = (CANDLES, INDICATORS)
+#: The latest trades per market row (``shm.trades_capacity`` each): the trader's tick source.
+TRADES = RingSpec("trades", TRADE_DTYPE, "ingest", per_timeframe=False)
+#: The trader's timeline: one row (``TIMELINE_ROW``) of ``shm.timeline_capacity`` entries.
+TIMELINE = RingSpec("timeline.trader", TIMELINE_DTYPE, "trader", per_timeframe=False)
+TIMELINE_ROW = "trader"
 
 
-def table_sizes(timeframes: Sequence[str], rows: int, capacity: int, processes: Sequence[str]) -> dict[str, int]:
+def table_sizes(timeframes: Sequence[str], rows: int, capacity: int, processes: Sequence[str], *,
+                trades_capacity: int = 4096, orders_rows: int = 64, timeline_capacity: int = 1024) -> dict[str, int]:
     """Bytes of every segment an instance creates, by table name (headers included)."""
     out = {spec.table(tf): spec.size(rows, capacity) for spec in RINGS for tf in timeframes}
+    out[TRADES.table(None)] = TRADES.size(rows, trades_capacity)
+    out[TIMELINE.table(None)] = TIMELINE.size(1, timeline_capacity)
     out["symbols"] = HEADER_SIZE + SymbolsTable.size(rows)
     out["signals"] = HEADER_SIZE + SignalsTable.size(rows)
+    out["trader"] = HEADER_SIZE + TraderTable.size(1)
+    out["positions"] = HEADER_SIZE + PositionsTable.size(rows)
+    out["orders"] = HEADER_SIZE + OrdersTable.size(orders_rows)
     out["status"] = HEADER_SIZE + status_size(processes)
     return out

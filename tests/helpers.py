@@ -37,9 +37,9 @@ class Env:
         self.env.pop("DISPLAY", None)
 
     def write_overlay(self, *, markets=None, capacity=2048, speed=0.0, extra: str = "", exchange: str = "",
-                      rows: int = 32) -> None:
+                      rows: int = 32, shm: str = "", tail: str = "") -> None:
         """Config overlay: markets, ring capacity, replay speed; ``extra`` lines go into [ingest],
-        ``exchange`` lines into [exchange]."""
+        ``exchange`` lines into [exchange], ``shm`` lines into [shm]; ``tail`` is appended (more sections)."""
         markets = markets or ALL_MARKETS
         self.overlay.write_text(f"""
 [markets]
@@ -47,6 +47,7 @@ codes = {markets!r}
 [shm]
 rows = {rows}
 capacity = {capacity}
+{shm}
 [exchange]
 speed = {speed}
 {exchange}
@@ -54,6 +55,7 @@ speed = {speed}
 backoff_base_s = 0.2
 backoff_cap_s = 1.0
 {extra}
+{tail}
 """.replace("'", '"'))
 
     @property

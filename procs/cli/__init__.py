@@ -10,10 +10,20 @@
     smtm replay status | speed X | pause | resume   the replay exchange's clock
     smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
 
+The trader, over its command socket (``run/<instance>/trader.sock``; exit 1 when refused or not running):
+
+    smtm arm | disarm [--reason TEXT]      allow / stop new entries (LIVE.ARM / LIVE.DISARM)
+    smtm kill [--reset] [--reason TEXT]    kill switch: cancel open orders, block new ones (KILL.RESET leaves it)
+    smtm exit MARKET|all [--reason TEXT]   sell a position (or all) at market
+    smtm preset SAFE|BALANCED|AGGRESSIVE   apply a strategy preset (refused while ARMED)
+    smtm positions | orders [-n N] | pnl [--by day|market|exit-reason] | timeline [-n N]
+    smtm snapshot [MARKET]                 the full state as JSON
+    smtm events [--types PREFIXES] [-n N]  one line per event until Ctrl-C
+
 Supervision itself is supervisord's (``supervisord.conf`` at the repository root; ``--conf``
 names another): this tool starts it with the instance's environment and reads state.
 Modules: :mod:`.supervisor` (up/down/ctl), :mod:`.inspect` (shared-memory inspection),
-:mod:`.replay_admin` (the replay exchange's admin routes).
+:mod:`.replay_admin` (the replay exchange's admin routes), :mod:`.trader` (the trader's command socket).
 """
 from __future__ import annotations
 
@@ -28,10 +38,12 @@ from ..runtime.loader import load_config
 from .inspect import cmd_signals, cmd_status, cmd_tail, cmd_universe
 from .replay_admin import cmd_fault, cmd_replay
 from .supervisor import Supervisor, cmd_ctl, cmd_down, cmd_up
+from .trader import TRADER_COMMANDS, add_parsers
 
 DEFAULT_CONF = ROOT / "supervisord.conf"
 COMMANDS = {"up": cmd_up, "down": cmd_down, "ctl": cmd_ctl, "status": cmd_status, "tail": cmd_tail,
-            "signals": cmd_signals, "universe": cmd_universe, "replay": cmd_replay, "fault": cmd_fault}
+            "signals": cmd_signals, "universe": cmd_universe, "replay": cmd_replay, "fault": cmd_fault,
+            **TRADER_COMMANDS}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("type", help="drop, stall, malformed, duplicate, reorder, rest_429, rest_418, rest_slow")
     fl.add_argument("--count", type=int, default=1, help="frames/trades/requests affected (default 1)")
     fl.add_argument("--seconds", type=float, default=0.0, help="duration (stall, rest_418, rest_slow, drop outage)")
+    add_parsers(sub)
     return ap
 
 

@@ -15,6 +15,7 @@ from shm.signals import SignalsTable
 from shm.status import State, StatusTable
 from shm.symbols import IN_UNIVERSE, TRADABLE, SymbolsTable
 from shm.tables import BACKFILLED, CANDLES, CLOSED, GAP, INDICATORS, RINGS
+from shm.trading import MODE_NAMES, RISK_FLAG_NAMES, TraderTable, text
 
 from ..runtime.config import Config
 from ..runtime.roster import STATUS_ROWS
@@ -55,6 +56,7 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
         else:
             line = f"{'-':<12} {'-':>9}"
         print(f"{name:<10} {p.get('statename', '-'):<10} {p.get('pid', 0) or '-':>7} {up:>8}  {line}")
+    print(f"\n{engine_line(cfg)}")
     try:
         srows, ver = SymbolsTable.open(cfg.instance, cfg.shm.rows).read()
         top = sorted((r for r in srows if r["flags"] & TRADABLE), key=lambda r: int(r["rank"]))
@@ -64,6 +66,32 @@ def cmd_status(args, cfg: Config, sup: Supervisor) -> int:
         pass
     _print_rings(cfg)
     return 0
+
+
+def engine_line(cfg: Config) -> str:
+    """``engine: ARMED  preset BALANCED v3  equity 10,123,456 KRW  daily -12,345  drawdown 0.4 %`` from the
+    ``trader`` table (risk flags and the last mode change / risk trip follow when set), or
+    ``engine: not running``."""
+    try:
+        t = TraderTable.open(cfg.instance, 1)
+    except (SegmentNotFound, SegmentNotReady):
+        return "engine: not running"
+    except LayoutMismatch:
+        return "engine: LAYOUT MISMATCH (the trader table was written by another version)"
+    try:
+        r = t.state()
+    except SeqlockTimeout:
+        return "engine: trader table busy (seqlock timeout)"
+    finally:
+        t.close()
+    line = (f"engine: {MODE_NAMES.get(int(r['mode']), '?')}  preset {text(r['preset'])} v{int(r['config_version'])}"
+            f"  equity {float(r['equity']):,.0f} KRW  daily {float(r['daily_pnl']):,.0f}  drawdown "
+            f"{float(r['drawdown_pct']):.1f} %")
+    flags = [n for bit, n in RISK_FLAG_NAMES.items() if int(r["risk_flags"]) & bit]
+    if flags:
+        line += f"  risk {','.join(flags)}"
+    reason = text(r["reason"])
+    return line + (f"  ({reason})" if reason else "")
 
 
 def _print_rings(cfg: Config) -> None:

@@ -45,7 +45,8 @@ from collections.abc import Callable
 import numpy as np
 
 from shm.ring import RingTable, TableFull
-from shm.tables import CANDLES
+from shm.tables import CANDLES, TRADES
+from shm.trading import TRADE_DTYPE
 
 from ..runtime.clock import SYSTEM_CLOCK, Clock
 from ..runtime.config import BaseConfig, IngestConfig, tf_seconds
@@ -110,6 +111,10 @@ class CandleFeed(Repairs):
         self.builders_by_tf = {tf: CandleBuilder(ring, self.tf_s[tf]) for tf, ring in self.rings.items()}
         self.builders = list(self.builders_by_tf.values())
         self.backfill = Backfiller(self.rings, self.builders_by_tf, self.tf_s)
+        #: the trade tape (``trades``): every accepted trade once, same rows as the candles
+        self.tape = TRADES.create(base.instance, None, base.shm.rows, base.shm.trades_capacity)
+        self._tape_rec = np.zeros((), TRADE_DTYPE)
+        self.recv_ns = 0   # CLOCK_MONOTONIC ns at which the frame being applied was received
         self.dedupe = Dedupe(cfg.dedupe_window)
         self.market_row: dict[str, int] = {}
         self.universe: list[str] = []     # markets with rows that are subscribed
@@ -133,7 +138,7 @@ class CandleFeed(Repairs):
         for row, code in enumerate(fine.names()):
             if not code:
                 continue
-            for ring in self.rings.values():
+            for ring in (*self.rings.values(), self.tape):
                 if ring.row_of(code) != row:
                     try:
                         ring.assign_row(code, row)
@@ -184,7 +189,7 @@ class CandleFeed(Repairs):
         return bool(self.table_full) and self.set_universe(self.wanted)
 
     def _row_for(self, code: str, now: float) -> int:
-        rings = list(self.rings.values())
+        rings = [*self.rings.values(), self.tape]
         try:
             rows = {ring.assign_row(code) for ring in rings}
         except TableFull:
@@ -208,12 +213,14 @@ class CandleFeed(Repairs):
         return rows.pop()
 
     # -- the stream (WebSocket thread) ---------------------------------------------------------------
-    def apply(self, ev: MarketEvents) -> int:
-        """Apply one frame's events; publish and wake once. Returns trades written to the rings."""
+    def apply(self, ev: MarketEvents, recv_ns: int | None = None) -> int:
+        """Apply one frame's events; publish and wake once. Returns trades written to the rings.
+        ``recv_ns``: CLOCK_MONOTONIC ns when the frame arrived (stamped on the trade tape)."""
         for err in ev.errors:
             log.error("exchange error: %s", err)
         now_ns = self.clock.time_ns()
         with self.lock:   # counters too: the repair thread counts into them as well
+            self.recv_ns = recv_ns if recv_ns is not None else int(self.clock.monotonic() * 1e9)
             self.errors += len(ev.errors)
             for why in ev.dropped:
                 self.drops[why] += 1
@@ -233,6 +240,7 @@ class CandleFeed(Repairs):
         then the parked consumers are woken."""
         for ring in self.rings.values():
             ring.publish()
+        self.tape.publish()
         if wake:
             self.wake()
 
@@ -264,13 +272,20 @@ class CandleFeed(Repairs):
                 self.lag_ns = lag
         return n
 
-    def _build(self, row: int, t: Trade) -> int:
+    def _build(self, row: int, t: Trade, *, tape: bool = True) -> int:
+        """Fold an accepted trade into every timeframe and, unless it is a re-application after a
+        repair (``tape=False``), append it to the trade tape."""
         for b in self.builders:
             if b.is_late(row, t.ts_ms):
                 self.schedule_repair(t.code, t.ts_ms // 1000)
                 return self._drop("late_trade")
         for b in self.builders:
             b.on_trade(row, t.ts_ms, t.price, t.volume)
+        if tape:
+            r = self._tape_rec
+            r["t_ms"], r["price"], r["volume"], r["sequential_id"] = t.ts_ms, t.price, t.volume, t.sequential_id
+            r["recv_ns"], r["side"] = self.recv_ns, t.bid
+            self.tape.write(row, self.tape.count(row), r)
         self.trades += 1
         self.last_price[t.code] = t.price
         return 1

@@ -165,7 +165,8 @@ class Repairs:
                     continue                   # REST did not confirm it: a fat finger, dropped for good
                 state = e[1] = HELD
             if state == APPLIED and replaced or state == HELD and release:
-                self._build(row, t)            # (a late one schedules a repair of its own)
+                self._build(row, t, tape=state == HELD)   # (a late one schedules a repair of its own;
+                                                          # a re-applied trade is on the tape already)
                 e[1] = APPLIED
             keep.append(e)
         if rep.requests == token:              # nothing asked for since the fetch began: done

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from shm.tables import table_sizes
 
+from .presets import PresetName, StrategyParams, resolve
 from .roster import STATUS_ROWS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,9 @@ class ShmConfig(Section):
     capacity: Annotated[int, Field(ge=16, le=1 << 20)] = 2048  #: records per ring (each timeframe)
     #: one ``candles.<tf>`` / ``indicators.<tf>`` pair per timeframe; the finest is built from trades
     timeframes: Annotated[tuple[Timeframe, ...], Field(min_length=1)] = ("30m", "4h", "1d")
+    trades_capacity: Annotated[int, Field(ge=16, le=1 << 20)] = 4096   #: trades kept per market (``trades``)
+    orders_rows: Annotated[int, Field(ge=8, le=4096)] = 64             #: open + recent orders shown (``orders``)
+    timeline_capacity: Annotated[int, Field(ge=16, le=1 << 20)] = 1024  #: entries of ``timeline.trader``
 
     @field_validator("timeframes")
     @classmethod
@@ -214,6 +218,63 @@ class SymbolsConfig(Section):
     candidates: Literal["config", "all"] = "config"   #: "config" = markets.codes; "all" = every KRW market
 
 
+class StrategyOverrides(Section):
+    """``[trader.strategy]``: keys of :class:`~procs.runtime.presets.StrategyParams` that replace the
+    preset's (all optional; the merged set is validated as a whole)."""
+    order_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_positions: Annotated[int, Field(ge=1, le=64)] | None = None
+    take_profit_pct: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    stop_loss_pct: Annotated[float, Field(gt=0.0, lt=100.0)] | None = None
+    rule: SignalRule | None = None
+    rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+    daily_loss_pct: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    exit_on_dead_cross: bool | None = None
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TraderConfig(Section):
+    """The engine (``procs.trading``): broker, preset, the account's risk limits, the command socket.
+    Money in KRW, shares as fractions, limits as percent."""
+    broker: Literal["paper"] = "paper"        #: the Upbit broker arrives with the live-orders issue
+    preset: PresetName = "BALANCED"
+    strategy: StrategyOverrides = StrategyOverrides()
+    arm_on_start: bool = False        #: come back ARMED after a restart that found it ARMED (paper broker only)
+    starting_cash: Annotated[float, Field(ge=5000.0, le=1e13)] = 10_000_000.0   #: a new ledger's KRW
+    fee_rate: Annotated[float, Field(ge=0.0, le=0.01)] = 0.0005    #: per side (Upbit KRW: 0.05 %)
+    slippage_pct: Annotated[float, Field(ge=0.0, le=5.0)] = 0.05   #: paper market orders fill this much worse
+    min_order_krw: Annotated[float, Field(ge=5000.0, le=1e9)] = 5000.0     #: Upbit's KRW minimum (raise only)
+    max_order_krw: Annotated[float, Field(ge=5000.0, le=1e12)] = 3_000_000.0   #: notional per order
+    max_market_krw: Annotated[float, Field(ge=5000.0, le=1e12)] = 5_000_000.0  #: notional held per market
+    max_drawdown_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 15.0   #: below the equity high-water mark: disarm
+    on_leave: Literal["sell", "hold"] = "sell"    #: a market that leaves the tradable top N: sell, or hold
+    spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0
+    park_timeout_s: Annotated[float, Field(ge=0.001, le=1.0)] = 0.25
+    max_frame_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20   #: command socket frame limit
+    max_clients: Annotated[int, Field(ge=1, le=1024)] = 128
+    #: events queued per EVENT.SUBSCRIBE client before it is dropped
+    subscriber_queue: Annotated[int, Field(ge=16, le=1 << 20)] = 4096
+
+    @model_validator(mode="after")
+    def _limits(self):
+        if self.max_order_krw > self.max_market_krw:
+            raise ValueError(f"trader.max_order_krw = {self.max_order_krw} is more than trader.max_market_krw = "
+                             f"{self.max_market_krw}")
+        if self.min_order_krw > self.max_order_krw:
+            raise ValueError(f"trader.min_order_krw = {self.min_order_krw} is more than trader.max_order_krw = "
+                             f"{self.max_order_krw}")
+        try:
+            resolve(self.preset, self.strategy.overrides())
+        except ValueError as e:
+            raise ValueError(f"trader.strategy with preset {self.preset}: {e}") from None
+        return self
+
+    def params(self) -> StrategyParams:
+        """The configured preset with ``[trader.strategy]`` applied."""
+        return resolve(self.preset, self.strategy.overrides())
+
+
 class MonitorConfig(Section):
     fps: Annotated[int, Field(ge=1, le=240)] = 60             #: render timer rate with a display
     headless_fps: Annotated[int, Field(ge=1, le=120)] = 10    #: off-screen frame rate without a display
@@ -252,6 +313,7 @@ class Config(Section):
     signals: SignalsConfig = SignalsConfig()
     symbols: SymbolsConfig = SymbolsConfig()
     monitor: MonitorConfig = MonitorConfig()
+    trader: TraderConfig = TraderConfig()
 
     @model_validator(mode="after")
     def _across_sections(self):
@@ -305,7 +367,9 @@ class Config(Section):
                              f"(it has {', '.join(sorted(have))})")
 
     def _check_shm_fits(self) -> None:
-        need = sum(table_sizes(self.shm.timeframes, self.shm.rows, self.shm.capacity, STATUS_ROWS).values())
+        sh = self.shm
+        need = sum(table_sizes(sh.timeframes, sh.rows, sh.capacity, STATUS_ROWS, trades_capacity=sh.trades_capacity,
+                               orders_rows=sh.orders_rows, timeline_capacity=sh.timeline_capacity).values())
         try:
             st = os.statvfs("/dev/shm")
         except OSError:

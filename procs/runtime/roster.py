@@ -27,6 +27,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("ingest", "procs.ingest", 20, "Upbit trades -> candles.<tf>"),
     Program("indicator", "procs.indicator", 30, "candles -> indicators.<tf> and the signals table"),
     Program("symbols", "procs.symbols", 40, "safety filter and 24 h top-N ranking -> the symbols table"),
+    Program("trader", "procs.trader", 50, "the engine: strategy, risk, orders, ledger, command socket"),
     Program("monitor", "procs.monitor", 90, "read-only VisPy view; may die at any time"),
 )
 
@@ -34,7 +35,9 @@ PROGRAMS: tuple[Program, ...] = (
 STATUS_ROWS: tuple[str, ...] = tuple(p.name for p in PROGRAMS)
 
 #: producer -> the consumers it wakes after publishing (each parks on its own semaphore).
-WAKE_CONSUMERS: dict[str, tuple[str, ...]] = {"ingest": ("indicator",)}
+#: Ingest wakes the trader on every trade (take-profit / stop-loss, paper fills); the indicator wakes it
+#: when a closed candle's indicator values are in (entries and the dead-cross exit).
+WAKE_CONSUMERS: dict[str, tuple[str, ...]] = {"ingest": ("indicator", "trader"), "indicator": ("trader",)}
 
 
 def program(name: str) -> Program:

@@ -1,0 +1,182 @@
+"""trader — the engine: strategy, risk, orders, ledger, ARM/DISARM/KILL, command socket (wiring only).
+
+Domain code lives in :mod:`procs.trading`: the engine (:mod:`~procs.trading.engine`) is fed from shared
+memory by :class:`~procs.trading.inputs.ShmInputs` (trades, closed candles with indicators, the
+tradable top N), keeps its state in the SQLite ledger (``run/<instance>/ledger.sqlite``), sends orders
+to the broker (the paper broker, :mod:`~procs.trading.broker`), writes the ``trader`` / ``positions`` /
+``orders`` / ``timeline.trader`` tables (:class:`~procs.trading.outputs.ShmOutputs`) and answers
+commands on ``run/<instance>/trader.sock`` (:mod:`~procs.trading.server`, :mod:`~procs.trading.commands`).
+
+Woken by ingest (every trade) and by the indicator (closed-candle values) with the spin-then-park
+strategy (:mod:`shm.wake`). Latency figures (trade received by ingest → order at the broker, and
+→ every candle-close decision) are kept and shown in the status row and ENGINE.STATUS ``health``.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from shm.status import State
+from shm.tables import CANDLES, INDICATORS
+from shm.wake import SpinThenPark, open_semaphore
+
+from .runtime.config import BaseConfig, TraderConfig
+from .runtime.process import Process, start
+from .trading.broker import PaperBroker
+from .trading.commands import CommandHandler, timeline_entry
+from .trading.engine import Engine
+from .trading.fills import FillModel
+from .trading.inputs import ShmInputs
+from .trading.ledger import Ledger
+from .trading.outputs import ShmOutputs
+from .trading.server import CommandServer
+
+
+class LatencyProbe:
+    """Microseconds from a trade's arrival in ingest (its ``recv_ns`` on the tape) to a decision."""
+
+    def __init__(self, keep: int = 100_000):
+        self.orders: deque[float] = deque(maxlen=keep)
+        self.decisions: deque[float] = deque(maxlen=keep)
+
+    @staticmethod
+    def summary(xs) -> dict:
+        if not xs:
+            return {"n": 0}
+        a = np.fromiter(xs, float)
+        return {"n": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "max_us": float(a.max())}
+
+
+class TimedPaperBroker(PaperBroker):
+    """The paper broker, timing each order's arrival against the trade that triggered it."""
+
+    def __init__(self, model: FillModel, inputs: ShmInputs, probe: LatencyProbe):
+        super().__init__(model)
+        self.inputs, self.probe = inputs, probe
+
+    def submit(self, order):
+        trigger = self.inputs.trigger_ns
+        if trigger:
+            self.probe.orders.append((time.monotonic_ns() - trigger) / 1000)
+        return super().submit(order)
+
+
+class TraderProcess(Process):
+    name = "trader"
+
+    def __init__(self, base: BaseConfig, cfg: TraderConfig, signal_tf: str, monitor_market: str, **kw):
+        super().__init__(base, **kw)
+        self.cfg = cfg
+        self.inputs = ShmInputs(base, signal_tf)
+        self.outputs = ShmOutputs(base)
+        self.probe = LatencyProbe()
+        self.inputs.probe = self.probe
+        self.ledger = Ledger(base.run_dir / "ledger.sqlite")
+        broker = TimedPaperBroker(FillModel(cfg.fee_rate, cfg.slippage_pct), self.inputs, self.probe)
+        self.server: CommandServer | None = None
+        self.engine = Engine(cfg, self.ledger, broker, wall_ns=self.clock.time_ns, timeline=self.outputs.timeline,
+                             emit=self._emit)
+        self.handler = CommandHandler(self.engine, market_data=self._market_data, timeline=self._timeline,
+                                      health=self._health, default_market=monitor_market, default_tf=signal_tf,
+                                      timeframes=base.shm.timeframes)
+        self.waiter = SpinThenPark(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
+                                   park_timeout_s=cfg.park_timeout_s)
+        self._orders_version = -1
+
+    def _emit(self, kind: str, payload: dict, symbol: str | None) -> None:
+        if self.server is not None:
+            self.server.publish(kind, payload, symbol)
+
+    def _timeline(self, n: int) -> list[dict]:
+        return [timeline_entry(r) for r in self.outputs.read_timeline(n)]
+
+    def _market_data(self, market: str, tf: str, count: int) -> tuple[list[dict], list[dict]]:
+        b = self.base
+        cand = CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity)
+        ind = INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity)
+        try:
+            got = cand.read_last_of(market, count)
+            if got is None:
+                return [], []
+            recs, cnt = got
+            vals = ind.read_last_of(market, count)
+            by_t = {} if vals is None else {int(v["t"]): v for v in vals[0]}
+            candles = [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(recs.dtype.names, r)} for r in recs]
+            aligned = []
+            for r in recs:
+                v = by_t.get(int(r["t"]))
+                aligned.append(None if v is None else {k: (None if np.isnan(x) else float(x))
+                                                        for k, x in zip(v.dtype.names[1:], v.tolist()[1:])})
+            return candles, aligned
+        finally:
+            cand.close()
+            ind.close()
+
+    def _health(self) -> dict:
+        return {"trader": self.state.name, "trades_missed": self.inputs.missed,
+                "latency_order": LatencyProbe.summary(self.probe.orders),
+                "latency_decision": LatencyProbe.summary(self.probe.decisions),
+                "subscribers": self.server.subscribers if self.server else 0}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def on_start(self) -> None:
+        c = self.cfg
+        self.server = CommandServer(self.base.run_dir / "trader.sock", self.handler, run_id=self.engine.run_id,
+                                    max_frame_bytes=c.max_frame_bytes, max_clients=c.max_clients,
+                                    subscriber_queue=c.subscriber_queue, log=self.log)
+        self.server.start()
+        self.outputs.publish(self.engine, force=True)
+        self.log.info("engine %s, preset %s v%d, broker %s, socket %s", self.engine.mode, self.engine.preset,
+                      self.engine.config_version, self.engine.broker.name, self.server.path)
+        while not self.stopping:
+            missing = self.inputs.attach()
+            if not missing:
+                break
+            self.row.detail = missing[:88]
+            self.set_state(State.DISCONNECTED)
+            self.idle(0.2)
+
+    def on_tick(self) -> None:
+        e = self.engine
+        if self.waiter.wait(self.inputs.changed):
+            self.row.msgs_in += self.inputs.poll(e)
+        with e.lock:
+            if e.dirty:
+                e.flush()
+        self.outputs.publish(e, orders_changed=e.orders_version != self._orders_version)
+        self._orders_version = e.orders_version
+        self.set_state(State.RUNNING)
+
+    def on_beat(self) -> None:
+        e, row = self.engine, self.row
+        row.msgs_out = len(self.probe.orders)
+        row.errors = e.illegal
+        row.dropped = self.inputs.missed
+        lat = LatencyProbe.summary(self.probe.decisions)
+        p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
+        row.detail = f"{e.mode_name} eq={e.equity:,.0f} pos={e.open_positions} ord={len(e.orders)}{p}"[:88]
+        self._emit("EVT.HEARTBEAT", {"mode": e.mode_name, "market_ms": e.market_ms, "equity": e.equity}, None)
+
+    def on_stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        with self.engine.lock:
+            self.engine.flush()
+            self.outputs.publish(self.engine, force=True)
+            self.ledger.close()
+        self.inputs.close()
+        self.log.info("stopped: %d trades seen, %d decisions", self.engine.trades_seen, self.engine.decisions)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = start("trader", "the engine: strategy, risk, orders, ledger, command socket", argv)
+    if cfg is None:
+        return 2
+    return TraderProcess(cfg.base, cfg.trader, cfg.signal_timeframe, cfg.monitor.market).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""The broker interface the engine talks to, and the paper broker.
+
+A broker turns the engine's orders into exchange orders and reports back with :class:`BrokerEvent`s
+(accepted, fill, cancelled, rejected, expired, unknown); the engine applies them through the order
+state machine (:mod:`.orders`). Two implementations share this interface: :class:`PaperBroker`
+(simulated fills on the real trade stream, :mod:`.fills`) here, and the Upbit broker (signed REST
+orders) of the live-orders issue. ``real`` says whether money moves: the engine refuses to come back
+ARMED after a restart for a real broker, whatever the configuration says.
+
+Contract: :meth:`Broker.submit` is called only after the order row is committed to the ledger
+(write-ahead); it may raise :class:`BrokerUnavailable` (the engine then marks the order ``unknown``
+and never sends it again); :meth:`Broker.reconcile` is called on start with the ledger's open orders
+and says what became of each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .fills import FillModel
+from .orders import Order, OrderState
+
+
+@dataclass(frozen=True)
+class BrokerEvent:
+    """What happened to one order. ``kind``: ``accepted`` | ``fill`` | ``cancelled`` | ``rejected`` |
+    ``expired`` | ``unknown``. Fill events carry ``price`` (KRW), ``volume`` (base), ``fee`` (KRW) and
+    ``trade_id`` (the exchange trade's id: a fill is applied once per (identifier, trade_id))."""
+    kind: str
+    identifier: str
+    at_ms: int
+    price: float = 0.0
+    volume: float = 0.0
+    fee: float = 0.0
+    trade_id: int = 0
+    reason: str = ""
+    broker_id: str = ""
+
+
+class BrokerUnavailable(RuntimeError):
+    """The request may not have reached the exchange (timeout, reset, 5xx): the outcome is unknown."""
+
+
+class Broker(Protocol):
+    name: str
+    real: bool
+
+    def submit(self, order: Order) -> list[BrokerEvent]: ...
+    def cancel(self, order: Order, at_ms: int, reason: str) -> list[BrokerEvent]: ...
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> list[BrokerEvent]: ...
+    def reconcile(self, open_orders: list[Order], at_ms: int) -> list[BrokerEvent]: ...
+
+
+class PaperBroker:
+    """Simulated exchange: accepts every valid order at once and fills it on later trades of its
+    market with :class:`~procs.trading.fills.FillModel`. Its book is the set of open orders it was
+    given; after a restart :meth:`reconcile` adopts the ledger's accepted orders (as an exchange
+    would still hold them) and reports the ones it never accepted as cancelled — they are never
+    sent again."""
+
+    name = "paper"
+    real = False
+
+    def __init__(self, model: FillModel):
+        self.model = model
+        self.book: dict[str, Order] = {}
+
+    def submit(self, order: Order) -> list[BrokerEvent]:
+        self.book[order.identifier] = order
+        return [BrokerEvent("accepted", order.identifier, order.created_ms, broker_id=order.identifier)]
+
+    def cancel(self, order: Order, at_ms: int, reason: str) -> list[BrokerEvent]:
+        if self.book.pop(order.identifier, None) is None:
+            return []
+        return [BrokerEvent("cancelled", order.identifier, at_ms, reason=reason)]
+
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> list[BrokerEvent]:
+        out = []
+        for o in [o for o in self.book.values() if o.market == market]:
+            f = self.model.match(o.side, o.ord_type, o.price, o.remaining, price, volume)
+            if f is None:
+                continue
+            out.append(BrokerEvent("fill", o.identifier, t_ms, f.price, f.volume, f.fee, trade_id))
+            done = (o.filled_krw + f.price * f.volume >= o.price * (1 - 1e-9)) if o.ord_type == "price" \
+                else (o.filled + f.volume >= o.volume * (1 - 1e-9))
+            if done:
+                del self.book[o.identifier]
+        return out
+
+    def reconcile(self, open_orders: list[Order], at_ms: int) -> list[BrokerEvent]:
+        out = []
+        for o in open_orders:
+            if o.state in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED):
+                self.book[o.identifier] = o
+            elif o.state in (OrderState.NEW, OrderState.SUBMITTED, OrderState.UNKNOWN):
+                kind = "cancelled" if o.state is OrderState.NEW else "rejected"
+                out.append(BrokerEvent(kind, o.identifier, at_ms,
+                                       reason="not at the broker after a restart; never re-sent"))
+        return out

@@ -1,0 +1,546 @@
+"""The engine: the single source of truth of mode, orders, positions, cash and risk (no I/O of its own:
+the ledger, the broker, the clock and the outputs are injected).
+
+Inputs (from the trader process, or a backtest): :meth:`Engine.on_trade` (every trade: paper fills,
+take-profit / stop-loss, mark-to-market and the risk limits), :meth:`Engine.on_candle_close` (entry
+and dead-cross evaluations), :meth:`Engine.on_universe` (the tradable top N); commands through
+:mod:`.commands`. Every decision, taken or not, is recorded (``buy_eval`` / ``sell_eval``) and
+explained on the timeline.
+
+**Mode** (seed master doc §9), enforced here whatever asks:
+
+* ``DISARMED`` — the strategy runs and records its evaluations, no order is sent (dry-run). The one
+  exception is an explicit POSITION.EXIT from the operator (it only reduces risk).
+* ``ARMED`` — orders go to the broker.
+* ``KILLED`` — open orders cancelled, every new order refused, until KILL.RESET (→ DISARMED).
+
+killed → ARM refused; armed → CONFIG.APPLY refused; DISARM always allowed; KILL always first.
+The mode is persisted: KILLED and DISARMED survive any restart; ARMED comes back DISARMED unless
+``trader.arm_on_start`` and the broker is not real (paper). Tripping the daily loss limit (per KST
+day, persisted) or the drawdown limit disarms the engine and says why; ARM is refused while the daily
+limit holds (until 00:00 KST), and ARM after a drawdown trip restarts the high-water mark from the
+current equity (recorded in the audit).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shm.trading import (
+    ALERT,
+    ARMED,
+    DISARMED,
+    INFO,
+    KILLED,
+    MODE_NAMES,
+    RISK_DAILY_LOSS,
+    RISK_DRAWDOWN,
+    RISK_FLAG_NAMES,
+    RISK_MAX_POSITIONS,
+    WARN,
+)
+
+from ..runtime.config import TraderConfig
+from ..runtime.presets import StrategyParams, resolve
+from . import risk, strategy
+from .broker import Broker, BrokerEvent, BrokerUnavailable
+from .orders import IllegalTransition, Order, OrderState, new_run_id
+from .portfolio import Position
+
+if TYPE_CHECKING:   # the engine is handed a ledger; it never opens one (no I/O here)
+    from .ledger import Ledger
+
+log = logging.getLogger("smtm.trader")
+
+
+class Refused(Exception):
+    """A command the engine's rules refuse (the message says which rule)."""
+
+
+#: timeline(kind, market, severity, text, market_ms)
+Timeline = Callable[[str, str, int, str, int], None]
+#: emit(event type, payload, market or None)
+Emit = Callable[[str, dict, str | None], None]
+
+
+class Engine:
+    def __init__(self, cfg: TraderConfig, ledger: Ledger, broker: Broker, *, wall_ns: Callable[[], int],
+                 timeline: Timeline = lambda *a: None, emit: Emit = lambda *a: None, run_id: str | None = None):
+        self.cfg = cfg
+        self.ledger = ledger
+        self.broker = broker
+        self.wall_ns = wall_ns
+        self._timeline = timeline
+        self.emit = emit
+        self.run_id = run_id or new_run_id()
+        self.lock = threading.RLock()      # the engine thread and the command thread
+        self.recent: deque[dict] = deque(maxlen=256)
+        self.orders: dict[str, Order] = {}        # open orders by identifier
+        self.positions: dict[str, Position] = {}  # pending / open positions by market
+        self.last_price: dict[str, float] = {}
+        self.tradable: set[str] | None = None     # None until the symbols table has ranked
+        self.market_ms = 0
+        self._order_seq = 0
+        self.decisions = self.trades_seen = self.duplicate_fills = self.illegal = 0
+        self.orders_version = 0   # moves whenever an order is created or changes (the orders table is rewritten)
+        self.dirty = False
+        self._dry_exits: set[tuple[int, str]] = set()
+        self._load()
+
+    # -- state ----------------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Rebuild everything from the ledger (a new ledger starts with ``starting_cash``)."""
+        lg, cfg = self.ledger, self.cfg
+        acct = lg.account()
+        fresh = acct is None
+        if fresh:
+            lg.set_account(cfg.starting_cash, 0.0, 0.0)
+            lg.put("starting_cash", cfg.starting_cash)
+            acct = (cfg.starting_cash, 0.0, 0.0)
+        self.cash, self.realized, self.fees = acct
+        self.starting_cash = lg.get("starting_cash", cfg.starting_cash)
+        self.preset = lg.get("preset", cfg.preset)
+        self.params: StrategyParams = resolve(self.preset, lg.get("params_overrides", cfg.strategy.overrides()))
+        self.config_version = lg.get("config_version", 1)
+        self.hwm = lg.get("hwm", self.cash)
+        self.day, self.day_start_equity = lg.get("day", ""), lg.get("day_start_equity", self.cash)
+        self.risk_flags, self.reason = lg.get("risk_flags", 0), lg.get("reason", "")
+        self.market_ms = lg.get("market_ms", 0)
+        marks = lg.get("marks", {})
+        for r in lg.positions("open") + lg.positions("pending"):
+            p = Position(**dict(r))
+            p.last_price = marks.get(p.market, p.avg_price)   # the last trade seen before the restart
+            self.positions[p.market] = p
+            self.last_price[p.market] = p.last_price
+        stored = lg.get("mode", None)
+        self.mode = self._start_mode(stored, fresh)
+        self.ledger.audit(self.wall_ns(), self.market_ms, "trader", "start",
+                          f"mode {MODE_NAMES[self.mode]} (ledger: {stored or 'new'}), broker {self.broker.name}, "
+                          f"run {self.run_id}", "process start")
+        lg.put("mode", MODE_NAMES[self.mode])
+        self._reconcile([self._order_from_row(r) for r in lg.open_orders()])
+        self.ledger.commit()
+
+    def _start_mode(self, stored: str | None, fresh: bool) -> int:
+        may_arm = self.cfg.arm_on_start and not self.broker.real
+        if stored == "KILLED":
+            return KILLED
+        if (fresh or stored == "ARMED") and may_arm:
+            return ARMED
+        return DISARMED
+
+    def _order_from_row(self, r) -> Order:
+        o = Order(**{k: r[k] for k in ("identifier", "market", "side", "ord_type", "price", "volume", "purpose", "tag",
+                                       "position_id", "created_ms", "updated_ms", "filled", "filled_krw", "fee",
+                                       "reason", "broker_id")})
+        o.state = OrderState(r["state"])
+        return o
+
+    def _reconcile(self, open_orders: list[Order]) -> None:
+        """Restart: the broker says what became of the ledger's open orders (none is sent again)."""
+        for o in open_orders:
+            self.orders[o.identifier] = o
+        for ev in self.broker.reconcile(open_orders, self.market_ms):
+            self._apply(ev)
+        for m, p in list(self.positions.items()):
+            if p.state == "pending" and not any(o.market == m for o in self.orders.values()):
+                p.state = "void"
+                self.ledger.save_position(p)
+                del self.positions[m]
+        if open_orders:
+            self.note("reconcile", "", INFO, f"{len(open_orders)} open orders in the ledger; "
+                                             f"{len(self.orders)} still open at the broker")
+
+    @property
+    def mode_name(self) -> str:
+        return MODE_NAMES[self.mode]
+
+    @property
+    def equity(self) -> float:
+        return self.cash + sum(p.value(self.cfg.fee_rate) for p in self.positions.values())
+
+    @property
+    def unrealized(self) -> float:
+        return sum(p.unrealized(self.cfg.fee_rate) for p in self.positions.values())
+
+    @property
+    def open_positions(self) -> int:
+        return sum(p.state == "open" for p in self.positions.values())
+
+    def limits(self) -> risk.Limits:
+        c = self.cfg
+        return risk.Limits(c.min_order_krw, c.max_order_krw, c.max_market_krw, c.fee_rate, self.params.max_positions,
+                           self.params.daily_loss_pct, c.max_drawdown_pct)
+
+    # -- outputs --------------------------------------------------------------------------------
+    def note(self, kind: str, market: str, severity: int, text: str) -> None:
+        """One timeline entry: the shm ring (through the injected writer), the recent list, an event."""
+        entry = {"wall_ns": self.wall_ns(), "market_ms": self.market_ms, "severity": severity, "kind": kind,
+                 "market": market, "text": text}
+        self.recent.append(entry)
+        self._timeline(kind, market, severity, text, self.market_ms)
+        self.emit("TIMELINE.EVENT", entry, market or None)
+        if severity >= WARN:
+            log.warning("%s %s %s", kind, market, text)
+
+    def audit(self, who: str, action: str, detail: str, why: str) -> None:
+        self.ledger.audit(self.wall_ns(), self.market_ms, who, action, detail, why)
+        self.dirty = True
+
+    def flush(self) -> None:
+        """Persist the account and the risk state and commit (once per batch of inputs)."""
+        lg = self.ledger
+        lg.set_account(self.cash, self.realized, self.fees)
+        for k in ("hwm", "day", "day_start_equity", "risk_flags", "reason", "market_ms"):
+            lg.put(k, getattr(self, k))
+        lg.put("marks", {m: p.last_price for m, p in self.positions.items() if p.last_price > 0})
+        lg.commit()
+        self.dirty = False
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> None:
+        """One trade of the tape (market time ``t_ms``): fills first (an order never fills on the trade
+        that caused it), then take-profit / stop-loss, then mark-to-market and the risk limits."""
+        with self.lock:
+            self.trades_seen += 1
+            if t_ms > self.market_ms:
+                self.market_ms = t_ms
+                self._roll_day()
+            self.last_price[market] = price
+            for ev in self.broker.on_trade(market, t_ms, price, volume, trade_id):
+                self._apply(ev)
+            p = self.positions.get(market)
+            if p is not None:
+                p.last_price = price
+                if p.state == "open" and not self._exit_open(market):
+                    why = strategy.exit_on_trade(price, p.tp, p.sl)
+                    if why:
+                        self._exit(p, why, "trade", price)
+            self._check_limits()
+
+    def on_candle_close(self, market: str, t_s: int, close: float, prev: dict, cur: dict) -> None:
+        """A closed candle of the signal timeframe (start ``t_s``) with its and the previous candle's
+        indicator values (dicts of ``shm.tables.INDICATOR_DTYPE`` columns)."""
+        with self.lock:
+            self.decisions += 1
+            self.market_ms = max(self.market_ms, (t_s + 1) * 1000)
+            p = self.positions.get(market)
+            if p is not None and p.state == "open":
+                why = strategy.exit_on_close(self.params, prev, cur)
+                if why and not self._exit_open(market):
+                    self._exit(p, why, "close", close, cur)
+                else:
+                    self._sell_eval(p, "close", close, cur, "", "hold")
+                return
+            if self.tradable is None or market not in self.tradable or p is not None:
+                return
+            rule = strategy.entry_rule(self.params, prev, cur, close)
+            decision, reason = self._entry(market, rule, close) if rule else ("none", "no signal")
+            self.ledger.buy_evals([(t_s, market, self.params.rule, rule, decision, reason,
+                                    *strategy.inputs(prev, cur, close), MODE_NAMES[self.mode], self.wall_ns())])
+            self.dirty = True
+
+    def on_universe(self, tradable: set[str]) -> None:
+        """The tradable top N changed: a position in a market that left it is sold (or held, per
+        ``trader.on_leave``)."""
+        with self.lock:
+            before, self.tradable = self.tradable, set(tradable)
+            for m, p in list(self.positions.items()):
+                if p.state != "open" or m in self.tradable or (before is not None and m not in before):
+                    continue
+                if self.cfg.on_leave == "sell":
+                    if not self._exit_open(m):
+                        self._exit(p, strategy.LEFT_TOP_N, "universe", self.last_price.get(m, p.avg_price))
+                else:
+                    self.note("hold", m, INFO, "left the tradable top N; held (trader.on_leave = hold)")
+
+    # -- decisions --------------------------------------------------------------------------------
+    def _entry(self, market: str, rule: str, close: float) -> tuple[str, str]:
+        """An entry signal: (decision, reason) — ``order`` with its identifier, ``dry_run``, ``denied``."""
+        if self.mode == KILLED:
+            return "refused", "engine KILLED"
+        lim = self.limits()
+        krw = risk.entry_size(self.equity, self.cash, self.params.order_share, lim)
+        pending = sum(o.purpose == "entry" for o in self.orders.values())
+        blocked = self._blocked()
+        why = risk.check_entry(market=market, krw=krw, cash=self.cash, open_positions=self.open_positions,
+                               pending_entries=pending, has_position=market in self.positions,
+                               has_open_order=any(o.market == market for o in self.orders.values()),
+                               held_krw=0.0, lim=lim, blocked=blocked)
+        if why:
+            self.note("deny", market, WARN, f"buy {krw:,.0f} KRW on {rule} denied: {why}")
+            return "denied", why
+        if self.mode != ARMED:
+            self.note("dry_run", market, INFO, f"{rule} at {close:,.8g}: would buy {krw:,.0f} KRW (DISARMED)")
+            return "dry_run", f"would buy {krw:,.0f} KRW"
+        pid = self.ledger.new_position(market, 0.0, 0.0, rule, self.market_ms)
+        self.positions[market] = Position(pid, market, "pending", entry_tag=rule, opened_ms=self.market_ms,
+                                          last_price=close)
+        o = self._order(market, "bid", "price", krw, 0.0, "entry", rule, pid)
+        return "order", o.identifier
+
+    def _blocked(self) -> str:
+        if self.risk_flags & RISK_DAILY_LOSS:
+            return f"daily_loss: {self.reason}"
+        if self.risk_flags & RISK_DRAWDOWN:
+            return f"drawdown: {self.reason}"
+        return ""
+
+    def _exit_open(self, market: str) -> bool:
+        return any(o.market == market and o.purpose == "exit" for o in self.orders.values())
+
+    def _exit(self, p: Position, why: str, trigger: str, price: float, ind: dict | None = None,
+              manual: bool = False) -> str:
+        """Sell the whole position (market order) for ``why``; returns the identifier or ""."""
+        ind = ind or {}
+        if self.mode == KILLED or (self.mode != ARMED and not manual):
+            if (p.id, why) not in self._dry_exits:   # once per position and reason, not on every trade
+                self._dry_exits.add((p.id, why))
+                self._sell_eval(p, trigger, price, ind, why, f"dry_run ({MODE_NAMES[self.mode]})")
+                self.note("dry_run", p.market, INFO, f"would sell on {why} at {price:,.8g} ({MODE_NAMES[self.mode]})")
+            return ""
+        denial = risk.check_exit(volume=p.qty, price=price, has_open_exit=self._exit_open(p.market), lim=self.limits())
+        if denial:
+            self._sell_eval(p, trigger, price, ind, why, f"denied: {denial}")
+            self.note("deny", p.market, WARN, f"sell on {why} denied: {denial}")
+            return ""
+        o = self._order(p.market, "ask", "market", 0.0, p.qty, "exit", why, p.id)
+        self._sell_eval(p, trigger, price, ind, why, f"order {o.identifier}")
+        return o.identifier
+
+    def _sell_eval(self, p: Position, trigger: str, price: float, ind: dict, why: str, decision: str) -> None:
+        self.ledger.sell_evals([(self.market_ms, p.market, p.id, trigger, price, p.tp, p.sl, ind.get("macd"),
+                                 ind.get("macd_signal"), why, decision, MODE_NAMES[self.mode], self.wall_ns())])
+        self.dirty = True
+
+    # -- orders -----------------------------------------------------------------------------------
+    def _order(self, market: str, side: str, ord_type: str, price: float, volume: float, purpose: str, tag: str,
+               position_id: int) -> Order:
+        """Write ahead (the row is committed before the broker is called), then submit."""
+        self._order_seq += 1
+        o = Order(f"smtm-{self.run_id}-{self._order_seq}", market, side, ord_type, price, volume, purpose, tag,
+                  position_id, self.market_ms, updated_ms=self.market_ms)
+        o.move(OrderState.SUBMITTED, self.market_ms)
+        self.ledger.insert_order(o, self.wall_ns())
+        self.flush()
+        self.orders[o.identifier] = o
+        self.orders_version += 1
+        what = f"{price:,.0f} KRW" if ord_type == "price" else f"{volume:.8g}"
+        self.note("order", market, INFO, f"{side} {ord_type} {what} for {tag} ({o.identifier})")
+        try:
+            events = self.broker.submit(o)
+        except BrokerUnavailable as e:
+            o.move(OrderState.UNKNOWN, self.market_ms, str(e))
+            self.ledger.update_order(o)
+            self.note("unknown", market, ALERT, f"{o.identifier}: outcome unknown ({e}); it will not be re-sent")
+            events = []
+        for ev in events:
+            self._apply(ev)
+        self.ledger.commit()
+        return o
+
+    def _apply(self, ev: BrokerEvent) -> None:
+        o = self.orders.get(ev.identifier)
+        if o is None:
+            log.warning("broker event for an order that is not open: %s", ev)
+            return
+        try:
+            if ev.kind == "fill":
+                self._fill(o, ev)
+            elif ev.kind == "accepted":
+                o.move(OrderState.ACCEPTED, ev.at_ms)
+                o.broker_id = ev.broker_id or o.broker_id
+            else:
+                o.move(OrderState(ev.kind), ev.at_ms, ev.reason)
+                self.note(ev.kind, o.market, WARN, f"{o.identifier} {ev.kind}: {ev.reason}")
+        except IllegalTransition as e:
+            self.illegal += 1
+            log.error("%s", e)
+            self.note("illegal", o.market, ALERT, str(e)[:110])
+            return
+        self.ledger.update_order(o)
+        self.dirty = True
+        self.orders_version += 1
+        self.emit("ORDER.UPDATE", self.order_view(o), o.market)
+        if not o.is_open:
+            del self.orders[o.identifier]
+            self._order_closed(o)
+
+    def _fill(self, o: Order, ev: BrokerEvent) -> None:
+        p = self.positions.get(o.market)
+        if p is None or p.id != o.position_id:
+            raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} is not open")
+        if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
+                                       ev.trade_id, o.position_id):
+            self.duplicate_fills += 1
+            self.note("duplicate", o.market, WARN, f"fill of {o.identifier} on trade {ev.trade_id} seen twice: ignored")
+            return
+        o.add_fill(ev.price, ev.volume, ev.fee, ev.at_ms)
+        self.fees += ev.fee
+        if o.side == "bid":
+            self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
+            text = f"bought {ev.volume:.8g} at {ev.price:,.8g} (TP {p.tp:,.8g} / SL {p.sl:,.8g})"
+        else:
+            cash, pnl = p.sell(ev.price, ev.volume, ev.fee, ev.at_ms, o.tag)
+            self.cash += cash
+            self.realized += pnl
+            text = f"sold {ev.volume:.8g} at {ev.price:,.8g} on {o.tag}: P&L {pnl:+,.0f} KRW"
+        self.ledger.save_position(p)
+        self.note("fill", o.market, INFO, text)
+        self.emit("FILL", {"identifier": o.identifier, "price": ev.price, "volume": ev.volume, "fee": ev.fee,
+                           "side": o.side, "t_ms": ev.at_ms}, o.market)
+        if p.state == "closed":
+            del self.positions[o.market]
+            self.note("closed", o.market, INFO, f"position closed on {p.exit_reason}: P&L {p.realized:+,.0f} KRW")
+
+    def _order_closed(self, o: Order) -> None:
+        p = self.positions.get(o.market)
+        if p is None or p.id != o.position_id:
+            return
+        if p.state == "pending":          # the entry never filled
+            p.state = "void"
+            self.ledger.save_position(p)
+            del self.positions[o.market]
+
+    # -- risk ---------------------------------------------------------------------------------------
+    def _roll_day(self) -> None:
+        day = risk.kst_day(self.market_ms)
+        if day != self.day:
+            if self.day and self.risk_flags & RISK_DAILY_LOSS:
+                self.note("risk", "", INFO, f"new KST day {day}: the daily loss limit is reset")
+            self.day, self.day_start_equity = day, self.equity
+            self.risk_flags &= ~RISK_DAILY_LOSS
+            self.dirty = True
+
+    def _check_limits(self) -> None:
+        eq = self.equity
+        if eq > self.hwm:
+            self.hwm = eq
+        lim = self.limits()
+        full = self.open_positions >= lim.max_positions
+        self.risk_flags = (self.risk_flags | RISK_MAX_POSITIONS) if full else (self.risk_flags & ~RISK_MAX_POSITIONS)
+        daily = eq - self.day_start_equity
+        if not self.risk_flags & RISK_DAILY_LOSS and risk.daily_loss_tripped(daily, self.day_start_equity, lim):
+            self._trip(RISK_DAILY_LOSS, f"daily loss {daily:,.0f} KRW reached -{lim.daily_loss_pct:g} % of "
+                                        f"{self.day_start_equity:,.0f} (KST {self.day})")
+        dd = risk.drawdown_pct(eq, self.hwm)
+        if not self.risk_flags & RISK_DRAWDOWN and dd >= lim.max_drawdown_pct:
+            self._trip(RISK_DRAWDOWN, f"drawdown {dd:.2f} % from the high-water mark {self.hwm:,.0f} "
+                                      f"reached {lim.max_drawdown_pct:g} %")
+
+    def _trip(self, flag: int, why: str) -> None:
+        self.risk_flags |= flag
+        self.reason = why
+        self.audit("risk", f"trip {RISK_FLAG_NAMES[flag]}", why, "risk limit")
+        self.note("risk", "", ALERT, f"{RISK_FLAG_NAMES[flag]} limit: {why}")
+        if self.mode == ARMED:
+            self.set_mode(DISARMED, "risk", why)
+        self.flush()
+
+    # -- mode -----------------------------------------------------------------------------------------
+    def set_mode(self, mode: int, who: str, why: str) -> None:
+        old, self.mode = self.mode, mode
+        self.ledger.put("mode", MODE_NAMES[mode])
+        self.audit(who, f"mode {MODE_NAMES[old]} -> {MODE_NAMES[mode]}", "", why)
+        self.note("mode", "", ALERT if mode == KILLED else INFO, f"{MODE_NAMES[mode]} by {who}: {why}")
+        self.emit(f"MODE.{MODE_NAMES[mode]}", {"mode": MODE_NAMES[mode], "previous": MODE_NAMES[old], "who": who,
+                                               "why": why}, None)
+        self.flush()
+
+    def arm(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode == KILLED:
+                raise Refused("engine is KILLED: KILL.RESET first")
+            if self.risk_flags & RISK_DAILY_LOSS:
+                raise Refused(f"daily loss limit in force until 00:00 KST: {self.reason}")
+            if self.risk_flags & RISK_DRAWDOWN:
+                self.risk_flags &= ~RISK_DRAWDOWN
+                self.hwm = self.equity
+                self.audit(who, "drawdown acknowledged", f"high-water mark restarts at {self.hwm:,.0f}", why)
+            if self.mode != ARMED:
+                self.set_mode(ARMED, who, why)
+
+    def disarm(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode == ARMED:
+                self.set_mode(DISARMED, who, why)
+
+    def kill(self, who: str, why: str) -> list[str]:
+        """KILL first: the mode changes before anything else, then every open order is cancelled."""
+        with self.lock:
+            if self.mode != KILLED:
+                self.set_mode(KILLED, who, why)
+            cancelled = []
+            for o in list(self.orders.values()):
+                for ev in self.broker.cancel(o, self.market_ms, f"kill switch: {why}"):
+                    self._apply(ev)
+                cancelled.append(o.identifier)
+            self.flush()
+            return cancelled
+
+    def kill_reset(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode != KILLED:
+                raise Refused(f"engine is {MODE_NAMES[self.mode]}, not KILLED")
+            self.set_mode(DISARMED, who, why)
+
+    def apply_config(self, who: str, preset: str | None, overrides: dict | None, why: str) -> StrategyParams:
+        """Raises Refused while ARMED, KeyError / ValueError for a bad preset or parameter."""
+        with self.lock:
+            if self.mode == ARMED:
+                raise Refused("engine is ARMED: LIVE.DISARM first (the configuration never changes under orders)")
+            name = preset or self.preset
+            base = {} if preset else self.ledger.get("params_overrides", self.cfg.strategy.overrides())
+            merged = {**base, **(overrides or {})}
+            params = resolve(name, merged)
+            self.preset, self.params = name, params
+            self.config_version += 1
+            for k, v in (("preset", name), ("params_overrides", merged), ("config_version", self.config_version)):
+                self.ledger.put(k, v)
+            self.audit(who, "config.apply", f"preset {name} v{self.config_version} {merged}", why)
+            self.note("config", "", INFO, f"preset {name} v{self.config_version} by {who}")
+            self.emit("CONFIG.UPDATED", {"preset": name, "config_version": self.config_version,
+                                         "params": params.model_dump()}, None)
+            self.flush()
+            return params
+
+    def cancel_order(self, identifier: str, who: str) -> Order:
+        with self.lock:
+            o = self.orders.get(identifier)
+            if o is None:
+                raise KeyError(f"no open order {identifier!r}")
+            self.audit(who, "order.cancel", identifier, "operator")
+            for ev in self.broker.cancel(o, self.market_ms, f"cancelled by {who}"):
+                self._apply(ev)
+            self.flush()
+            return o
+
+    def exit_positions(self, market: str, who: str, why: str) -> list[str]:
+        """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED)."""
+        with self.lock:
+            if self.mode == KILLED:
+                raise Refused("engine is KILLED: no order may be sent until KILL.RESET")
+            targets = list(self.positions.values()) if market == "all" else \
+                [p for m, p in self.positions.items() if m == market]
+            if market != "all" and not targets:
+                raise KeyError(f"no open position in {market}")
+            self.audit(who, "position.exit", market, why)
+            out = []
+            for p in targets:
+                if p.state == "open" and not self._exit_open(p.market):
+                    ident = self._exit(p, strategy.MANUAL, "command", self.last_price.get(p.market, p.avg_price),
+                                       manual=True)
+                    if ident:
+                        out.append(ident)
+            self.flush()
+            return out
+
+    @staticmethod
+    def order_view(o: Order) -> dict:
+        return {"identifier": o.identifier, "market": o.market, "side": o.side, "ord_type": o.ord_type,
+                "price": o.price, "volume": o.volume, "filled": o.filled, "avg_fill": o.avg_fill, "fee": o.fee,
+                "state": o.state.value, "reason": o.reason or o.tag, "created_ms": o.created_ms,
+                "updated_ms": o.updated_ms}

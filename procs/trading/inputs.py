@@ -1,0 +1,173 @@
+"""The trader's inputs from shared memory (read-only): the trade tape, closed candles with their
+indicator values, the tradable top N. Nothing is serialized: records are copied out of the rings.
+
+:class:`ShmInputs` keeps, per market row, how far it has read:
+
+* ``trades`` — every record appended since the last poll (:meth:`~shm.ring.RingTable.read_range`); a
+  reader lapped by the writer skips what was overwritten and counts it (``missed``). At attach it
+  starts at the current end: a restarted trader never re-applies old trades.
+* ``indicators.<signal tf>`` — a candle at index ``k`` is closed and its indicator values are final
+  once the indicator ring holds index ``k + 1`` (the indicator writes the closed candle and the new
+  open one in one seqlock section). Each such candle is passed once, with the one before it, to
+  :meth:`~procs.trading.engine.Engine.on_candle_close`; the candle itself comes from
+  ``candles.<tf>`` at the same index (same ``t``, checked). At attach it starts after the last
+  closed candle: history is not re-evaluated.
+* ``symbols`` — the TRADABLE flags, when the table's version moves and it has ranked at least once.
+
+A row given to another market (its ``generation`` moved) restarts from that row's current end.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+from shm.ring import Overrun, RingTable
+from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
+from shm.symbols import TRADABLE, SymbolsTable
+from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES
+
+from ..runtime.config import BaseConfig, tf_seconds
+from .engine import Engine
+
+_COLUMNS = INDICATOR_DTYPE.names
+
+
+class ShmInputs:
+    def __init__(self, base: BaseConfig, signal_tf: str):
+        self.base = base
+        self.tf = signal_tf
+        self.tf_ms = tf_seconds(signal_tf) * 1000
+        self.trades: RingTable | None = None
+        self.candles: RingTable | None = None
+        self.ind: RingTable | None = None
+        self.symbols: SymbolsTable | None = None
+        self.symbols_version = -1
+        self.missed = 0              # trades overwritten before the trader read them
+        self.last_recv_ns: dict[str, int] = {}        # market -> CLOCK_MONOTONIC ns of its newest trade
+        self.bucket_recv_ns: dict[str, tuple[int, int]] = {}  # market -> (signal-tf bucket ms, first trade's recv)
+        self._gseq = (-1, -1, -1)
+        #: CLOCK_MONOTONIC ns at which ingest received the trade behind the decision being made (0: unknown)
+        self.trigger_ns = 0
+        self.probe = None   # an object with a ``decisions`` deque (µs), when latency is measured
+
+    # -- attach ----------------------------------------------------------------------------------
+    def attach(self) -> str:
+        """Attach what exists; returns "" when trades and indicators are attached, else what is missing."""
+        b = self.base
+        try:
+            if self.trades is None:
+                self.trades = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
+                self.trade_pos = self.trades.counts().astype(np.int64)
+                self.trade_gen = self.trades.generations().astype(np.int64)
+            if self.ind is None:
+                self.candles = CANDLES.open(b.instance, self.tf, b.shm.rows, b.shm.capacity)
+                self.ind = INDICATORS.open(b.instance, self.tf, b.shm.rows, b.shm.capacity)
+                self.closed_pos = np.maximum(self.ind.counts().astype(np.int64) - 1, 0)  # next index to evaluate
+                self.ind_gen = self.ind.generations().astype(np.int64)
+        except (SegmentNotFound, SegmentNotReady) as e:
+            return f"waiting for {e}"
+        if self.symbols is None:
+            with contextlib.suppress(SegmentNotFound, SegmentNotReady, LayoutMismatch):
+                self.symbols = SymbolsTable.open(b.instance, b.shm.rows)
+        return ""
+
+    def changed(self) -> bool:
+        """Anything new (three 8-byte loads)."""
+        g = (self.trades.global_seq, self.ind.global_seq, self.symbols.version if self.symbols else -1)
+        return g != self._gseq
+
+    # -- polling ---------------------------------------------------------------------------------
+    def poll(self, engine: Engine) -> int:
+        """Feed the engine everything new; returns trades applied."""
+        self._gseq = (self.trades.global_seq, self.ind.global_seq, self.symbols.version if self.symbols else -1)
+        if self.symbols is None:
+            self.attach()
+        self._universe(engine)
+        n = self._trades(engine)
+        self._closes(engine)
+        return n
+
+    def _trades(self, engine: Engine) -> int:
+        tr = self.trades
+        counts = tr.counts().astype(np.int64)
+        gens = tr.generations().astype(np.int64)
+        n = 0
+        for row in np.flatnonzero((counts != self.trade_pos) | (gens != self.trade_gen)):
+            row = int(row)
+            if gens[row] != self.trade_gen[row]:      # the row changed hands: start at its end
+                self.trade_gen[row], self.trade_pos[row] = gens[row], counts[row]
+                continue
+            market = tr.name(row)
+            start = int(self.trade_pos[row])
+            try:
+                recs, cnt = tr.read_range(row, start)
+            except Overrun:
+                cnt = tr.count(row)
+                skip = max(cnt - tr.capacity, start)
+                self.missed += skip - start
+                recs, cnt = tr.read_range(row, skip)
+            if tr.generation(row) != gens[row] or not market:
+                continue
+            self.trade_pos[row] = cnt
+            for t_ms, price, vol, sid, recv in zip(recs["t_ms"].tolist(), recs["price"].tolist(),
+                                                   recs["volume"].tolist(), recs["sequential_id"].tolist(),
+                                                   recs["recv_ns"].tolist()):
+                bucket = t_ms - t_ms % self.tf_ms
+                if self.bucket_recv_ns.get(market, (-1, 0))[0] < bucket:
+                    self.bucket_recv_ns[market] = (bucket, recv)
+                self.last_recv_ns[market] = recv
+                self.trigger_ns = recv
+                engine.on_trade(market, t_ms, price, vol, sid)
+                n += 1
+        return n
+
+    def _closes(self, engine: Engine) -> None:
+        ind, cand = self.ind, self.candles
+        counts = ind.counts().astype(np.int64)
+        gens = ind.generations().astype(np.int64)
+        for row in np.flatnonzero((counts - 1 > self.closed_pos) | (gens != self.ind_gen)):
+            row = int(row)
+            if gens[row] != self.ind_gen[row]:
+                self.ind_gen[row], self.closed_pos[row] = gens[row], max(counts[row] - 1, 0)
+                continue
+            start = int(self.closed_pos[row])
+            last = int(counts[row]) - 1            # candles [start, last) are closed and final
+            lo = max(start - 1, 0, last - ind.capacity + 1)
+            try:
+                vals, _ = ind.read_range(row, lo, last)
+                bars, _ = cand.read_range(row, lo, last)
+            except Overrun:
+                self.closed_pos[row] = last
+                continue
+            market = ind.name(row)
+            self.closed_pos[row] = last
+            if not market or len(vals) != len(bars) or ind.generation(row) != gens[row]:
+                continue
+            for j in range(max(start - lo, 1), len(vals)):
+                if vals["t"][j] != bars["t"][j] or vals["t"][j - 1] != bars["t"][j - 1]:
+                    continue    # candles and indicators disagree for a moment (a repair): skip
+                prev = dict(zip(_COLUMNS, vals[j - 1].tolist()))
+                cur = dict(zip(_COLUMNS, vals[j].tolist()))
+                t = int(bars["t"][j])
+                bucket, recv = self.bucket_recv_ns.get(market, (0, 0))
+                self.trigger_ns = recv if bucket == t * 1000 + self.tf_ms else 0   # the trade that closed it
+                engine.on_candle_close(market, t, float(bars["c"][j]), prev, cur)
+                if self.trigger_ns and self.probe is not None:
+                    self.probe.decisions.append((time.monotonic_ns() - self.trigger_ns) / 1000)
+        self.trigger_ns = 0
+
+    def _universe(self, engine: Engine) -> None:
+        if self.symbols is None or self.symbols.version == self.symbols_version:
+            return
+        rows, ver = self.symbols.read()
+        self.symbols_version = ver
+        if not len(rows) or not (rows["rank"] > 0).any():
+            return          # not ranked yet: no universe to trade (nor to leave)
+        engine.on_universe({bytes(c).decode() for c, f in zip(rows["code"], rows["flags"]) if f & TRADABLE})
+
+    def close(self) -> None:
+        for t in (self.trades, self.candles, self.ind, self.symbols):
+            if t is not None:
+                t.close()

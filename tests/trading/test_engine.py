@@ -1,0 +1,213 @@
+"""The engine: entries and exits, the mode rules of seed §9, risk limits, restarts from the ledger."""
+from __future__ import annotations
+
+import pytest
+
+from procs.trading.engine import Refused
+from shm.trading import ARMED, DISARMED, KILLED
+
+from .conftest import DEAD, FLAT
+
+
+def test_entry_fill_take_profit_round_trip(rig):
+    e = rig.engine
+    rig.enter("KRW-BTC", 100_000_000.0)
+    p = e.positions["KRW-BTC"]
+    assert p.state == "open" and p.entry_tag == "macd_cross_rsi_bb"
+    spent = 10_000_000 * 0.15
+    assert p.qty * p.avg_price == pytest.approx(min(spent, e.cfg.max_order_krw))
+    assert p.tp == pytest.approx(p.avg_price * 1.05) and p.sl == pytest.approx(p.avg_price * 0.975)
+    rig.trade("KRW-BTC", 104_000_000.0)          # below TP: nothing
+    assert not e.orders
+    rig.trade("KRW-BTC", 105_000_000.0)          # TP reached: a market sell...
+    [o] = e.orders.values()
+    assert (o.side, o.purpose, o.tag) == ("ask", "exit", "take_profit")
+    rig.trade("KRW-BTC", 105_100_000.0)          # ...fills on the next trade
+    assert "KRW-BTC" not in e.positions
+    [(reason, realized, buy, sell, fees)] = rig.rows(
+        "SELECT exit_reason, realized, buy_krw, sell_krw, fees FROM positions")
+    assert reason == "take_profit"
+    assert realized == pytest.approx(sell - buy - fees)
+    assert e.cash == pytest.approx(10_000_000 + realized)
+    kinds = [r[0] for r in rig.rows("SELECT decision FROM buy_eval")]
+    assert kinds == ["order"]
+
+
+def test_stop_loss_on_a_trade_and_dead_cross_on_close(rig):
+    e = rig.engine
+    rig.enter("KRW-ETH", 4_000_000.0)
+    rig.trade("KRW-ETH", 3_900_000.0)            # -2.5 %: the stop-loss
+    rig.trade("KRW-ETH", 3_890_000.0)
+    assert rig.rows("SELECT exit_reason FROM positions") == [("stop_loss",)]
+    rig.enter("KRW-XRP", 800.0)
+    rig.close("KRW-XRP", 805.0, FLAT)            # MACD still above its signal: hold
+    assert "KRW-XRP" in e.positions and not e.orders
+    rig.close("KRW-XRP", 801.0, DEAD)
+    rig.trade("KRW-XRP", 801.0)
+    assert rig.rows("SELECT exit_reason FROM positions WHERE market = 'KRW-XRP'") == [("dead_cross",)]
+    decisions = [r[0] for r in rig.rows("SELECT decision FROM sell_eval WHERE market = 'KRW-XRP' ORDER BY id")]
+    assert decisions[0] == "hold" and decisions[-1].startswith("order ")
+
+
+def test_disarmed_records_but_sends_nothing(make_rig):
+    r = make_rig(arm_on_start=False)
+    assert r.engine.mode == DISARMED
+    r.trade("KRW-BTC", 100.0e6)
+    r.close("KRW-BTC", 100.0e6)
+    assert not r.engine.orders and not r.engine.positions
+    assert r.rows("SELECT decision FROM buy_eval") == [("dry_run",)]
+    assert r.rows("SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_mode_rules(rig):
+    e = rig.engine
+    assert e.mode == ARMED
+    with pytest.raises(Refused, match="ARMED"):
+        e.apply_config("test", "SAFE", None, "t")          # armed -> CONFIG.APPLY refused
+    e.disarm("test", "t")
+    e.apply_config("test", "SAFE", None, "t")             # allowed once disarmed
+    assert e.preset == "SAFE" and e.config_version == 2
+    e.arm("test", "t")
+    # an open limit order to be cancelled by the kill switch
+    o = e._order("KRW-SOL", "bid", "limit", 100_000.0, 0.1, "entry", "manual",
+                 e.ledger.new_position("KRW-SOL", 0, 0, "manual", e.market_ms))
+    from procs.trading.portfolio import Position
+    e.positions["KRW-SOL"] = Position(o.position_id, "KRW-SOL", "pending")
+    assert o.is_open
+    cancelled = e.kill("test", "t")
+    assert e.mode == KILLED and cancelled == [o.identifier] and o.state.value == "cancelled"
+    notes = [n["kind"] for n in e.recent]
+    assert notes.index("mode") < notes.index("cancelled")   # KILL first, then the cancels
+    with pytest.raises(Refused, match="KILLED"):
+        e.arm("test", "t")                                   # killed -> ARM refused
+    e.disarm("test", "t")                                    # DISARM always allowed (stays KILLED)
+    assert e.mode == KILLED
+    with pytest.raises(Refused):
+        e.exit_positions("all", "test", "t")
+    rig.trade("KRW-BTC", 100e6)
+    rig.close("KRW-BTC", 100e6)
+    assert rig.rows("SELECT decision FROM buy_eval")[-1] == ("refused",)
+    e.kill_reset("test", "t")
+    assert e.mode == DISARMED
+    actions = [r[0] for r in rig.rows("SELECT action FROM trade_audit")]
+    assert "mode KILLED -> DISARMED" in actions and "config.apply" in actions
+
+
+def test_risk_denials_reach_the_timeline_not_the_broker(make_rig):
+    r = make_rig(starting_cash=20_000.0)     # 15 % of 20,000 KRW = 3,000 KRW: under Upbit's minimum
+    r.trade("KRW-BTC", 100e6)
+    r.close("KRW-BTC", 100e6)
+    assert not r.engine.orders and r.rows("SELECT count(*) FROM orders") == [(0,)]
+    assert r.rows("SELECT decision FROM buy_eval") == [("denied",)]
+    assert any(n["kind"] == "deny" and "under_min_total" in n["text"] for n in r.engine.recent)
+
+
+def test_max_positions_and_one_entry_per_market(make_rig):
+    r = make_rig(strategy={"max_positions": 2})
+    r.enter("KRW-BTC", 100e6)
+    r.close("KRW-BTC", 100e6)                # already holding: no evaluation for an entry
+    r.enter("KRW-ETH", 4e6)
+    r.trade("KRW-XRP", 800.0)
+    r.close("KRW-XRP", 800.0)
+    reasons = [row[0] for row in r.rows("SELECT reason FROM buy_eval WHERE market = 'KRW-XRP'")]
+    assert reasons[0].startswith("max_positions 2/2")
+    assert len(r.engine.positions) == 2
+
+
+def test_daily_loss_disarms_and_blocks_arm_until_the_kst_day_ends(make_rig):
+    r = make_rig(strategy={"order_share": 1.0, "daily_loss_pct": 1.0, "stop_loss_pct": 50.0,
+                           "take_profit_pct": 60.0}, max_order_krw=5_000_000.0)
+    r.enter("KRW-BTC", 100e6)
+    r.trade("KRW-BTC", 97e6)                 # -3 % on half the equity: -1.5 % of the day
+    e = r.engine
+    assert e.mode == DISARMED and e.risk_flags & 1 and "daily loss" in e.reason
+    with pytest.raises(Refused, match="daily loss"):
+        e.arm("test", "again")
+    e2 = r.restart()                        # survives a restart
+    assert e2.mode == DISARMED and e2.risk_flags & 1
+    with pytest.raises(Refused):
+        e2.arm("test", "after restart")
+    r.trade("KRW-BTC", 97e6, dt_ms=24 * 3600 * 1000)   # the next KST day
+    e2.arm("test", "new day")
+    assert e2.mode == ARMED
+
+
+def test_drawdown_trip_and_acknowledge(make_rig):
+    r = make_rig(strategy={"order_share": 1.0, "stop_loss_pct": 50.0, "take_profit_pct": 60.0,
+                           "daily_loss_pct": 90.0}, max_order_krw=5_000_000.0, max_drawdown_pct=2.0)
+    r.enter("KRW-BTC", 100e6)
+    r.trade("KRW-BTC", 95e6)
+    e = r.engine
+    assert e.mode == DISARMED and e.risk_flags & 2
+    e.arm("test", "acknowledged")
+    assert e.mode == ARMED and not e.risk_flags & 2 and e.hwm == pytest.approx(e.equity)
+
+
+def test_restart_rebuilds_state_and_never_resends(rig):
+    e = rig.engine
+    rig.enter("KRW-BTC", 100e6)
+    rig.trade("KRW-ETH", 4e6)
+    rig.close("KRW-ETH", 4e6)                   # entry order accepted, not filled yet
+    before = (e.cash, {m: (p.qty, p.avg_price, p.tp, p.sl) for m, p in e.positions.items()}, set(e.orders))
+    n_orders = rig.rows("SELECT count(*) FROM orders")
+    e2 = rig.restart(crash=True)
+    assert e2.mode == ARMED                     # paper broker, arm_on_start
+    after = (e2.cash, {m: (p.qty, p.avg_price, p.tp, p.sl) for m, p in e2.positions.items()}, set(e2.orders))
+    assert after == before
+    rig.trade("KRW-ETH", 4e6)                   # the adopted order fills; nothing is sent again
+    assert rig.rows("SELECT count(*) FROM orders") == n_orders
+    assert e2.positions["KRW-ETH"].state == "open"
+
+
+def test_restart_modes(make_rig):
+    r = make_rig(arm_on_start=False)
+    r.engine.arm("t", "t")
+    assert r.restart().mode == DISARMED        # ARMED comes back DISARMED without arm_on_start
+    r.engine.kill("t", "t")
+    assert r.restart(crash=True).mode == KILLED
+    r.engine.kill_reset("t", "t")
+    assert r.restart().mode == DISARMED
+
+
+def test_submitted_but_unanswered_order_is_never_resent(rig):
+    e = rig.engine
+    e.broker.submit = lambda o: (_ for _ in ()).throw(SystemExit("crash before the broker answered"))
+    rig.trade("KRW-BTC", 100e6)
+    with pytest.raises(SystemExit):
+        rig.close("KRW-BTC", 100e6)
+    [(ident, state)] = rig.rows("SELECT identifier, state FROM orders")
+    assert state == "submitted"                 # written ahead, committed
+    e2 = rig.restart(crash=True)
+    [(state2, reason)] = rig.rows("SELECT state, reason FROM orders")
+    assert state2 == "rejected" and "never re-sent" in reason
+    assert not e2.orders and "KRW-BTC" not in e2.positions
+
+
+def test_leaving_the_top_n_sells_or_holds(make_rig):
+    r = make_rig()
+    r.enter("KRW-BTC", 100e6)
+    r.engine.on_universe({"KRW-ETH"})
+    [o] = r.engine.orders.values()
+    assert o.tag == "left_top_n"
+    r.trade("KRW-BTC", 100e6)
+    assert r.rows("SELECT exit_reason FROM positions") == [("left_top_n",)]
+    h = make_rig(on_leave="hold")
+    h.enter("KRW-BTC", 100e6)
+    h.engine.on_universe({"KRW-ETH"})
+    assert not h.engine.orders and "KRW-BTC" in h.engine.positions
+    assert any(n["kind"] == "hold" for n in h.engine.recent)
+
+
+def test_duplicate_fill_is_applied_once(rig):
+    e = rig.engine
+    rig.trade("KRW-BTC", 100e6)
+    rig.close("KRW-BTC", 100e6)
+    [o] = e.orders.values()
+    from procs.trading.broker import BrokerEvent
+    ev = BrokerEvent("fill", o.identifier, rig.t + 1, 100e6, 0.001, 50.0, trade_id=77)
+    e._apply(ev)
+    cash = e.cash
+    e.orders[o.identifier] = o if o.is_open else o
+    e._apply(ev)
+    assert e.cash == cash
+    assert rig.rows("SELECT count(*) FROM fills") == [(1,)]
