@@ -1,6 +1,8 @@
 """Collects the figures the benchmarks measure and prints p50/p99 and ratios at the end."""
 from __future__ import annotations
 
+import os
+import platform
 import uuid
 
 import pytest
@@ -8,6 +10,24 @@ import pytest
 from shm.segment import unlink_instance
 
 RESULTS: dict[str, dict] = {}
+LOAD: dict[str, tuple[float, float, float]] = {}
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def pytest_sessionstart(session):
+    LOAD["start"] = os.getloadavg()
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["loadavg_at_start"] = LOAD.get("start")
+    machine_info["cpu_model"] = _cpu()
 
 
 @pytest.fixture
@@ -22,8 +42,11 @@ def pytest_terminal_summary(terminalreporter):
         return
     w = terminalreporter.write_line
     w("")
-    w("SMTM-NG data-plane figures (this run)")
-    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v]
+    w("SMTM-NG figures (this run)")
+    end = os.getloadavg()
+    w(f"  machine: {_cpu()}, {os.cpu_count()} cores; load average at start "
+      f"{' '.join(f'{x:.2f}' for x in LOAD.get('start', end))}, at end {' '.join(f'{x:.2f}' for x in end)}")
+    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v and "trades_per_s" not in v]
     if lat:
         w(f"  {'one-way wake latency, writer -> reader process':<52} {'p50 us':>8} {'p99 us':>8} {'msgs':>7}")
         for k, v in lat:
@@ -47,6 +70,12 @@ def pytest_terminal_summary(terminalreporter):
           f"candles {tl['median_us']:.1f} us -> {tl['median_us'] / inc['median_us']:.1f}x")
     if "100 markets" in RESULTS:
         w(f"  incremental updates across 100 markets: {RESULTS['100 markets']['updates_per_s']:,.0f} updates/s")
+    eng = [(k, v) for k, v in RESULTS.items() if "trades_per_s" in v]
+    if eng:
+        w(f"  {'trader latency from the trade arriving in ingest':<52} {'p50 us':>8} {'p99 us':>8} {'count':>7}"
+          f"  (replay at full speed, {eng[0][1]['trades_per_s']:,.0f} trades/s sustained)")
+        for k, v in eng:
+            w(f"  {k:<52} {v['p50_us']:>8.0f} {v['p99_us']:>8.0f} {v['n']:>7}")
     for k, v in RESULTS.items():
         if "cpu_pct" in v:
             w(f"  idle consumer CPU, {k:<34} {v['cpu_pct']:>6.1f} % of a core")

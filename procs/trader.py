@@ -14,54 +14,20 @@ strategy (:mod:`shm.wake`). Latency figures (trade received by ingest → order 
 from __future__ import annotations
 
 import time
-from collections import deque
-
-import numpy as np
 
 from shm.status import State
-from shm.tables import CANDLES, INDICATORS
 from shm.wake import SpinThenPark, open_semaphore
 
 from .runtime.config import BaseConfig, TraderConfig
 from .runtime.process import Process, start
-from .trading.broker import PaperBroker
 from .trading.commands import CommandHandler, timeline_entry
 from .trading.engine import Engine
 from .trading.fills import FillModel
 from .trading.inputs import ShmInputs
+from .trading.latency import LatencyProbe, TimedPaperBroker
 from .trading.ledger import Ledger
 from .trading.outputs import ShmOutputs
 from .trading.server import CommandServer
-
-
-class LatencyProbe:
-    """Microseconds from a trade's arrival in ingest (its ``recv_ns`` on the tape) to a decision."""
-
-    def __init__(self, keep: int = 100_000):
-        self.orders: deque[float] = deque(maxlen=keep)
-        self.decisions: deque[float] = deque(maxlen=keep)
-
-    @staticmethod
-    def summary(xs) -> dict:
-        if not xs:
-            return {"n": 0}
-        a = np.fromiter(xs, float)
-        return {"n": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
-                "max_us": float(a.max())}
-
-
-class TimedPaperBroker(PaperBroker):
-    """The paper broker, timing each order's arrival against the trade that triggered it."""
-
-    def __init__(self, model: FillModel, inputs: ShmInputs, probe: LatencyProbe):
-        super().__init__(model)
-        self.inputs, self.probe = inputs, probe
-
-    def submit(self, order):
-        trigger = self.inputs.trigger_ns
-        if trigger:
-            self.probe.orders.append((time.monotonic_ns() - trigger) / 1000)
-        return super().submit(order)
 
 
 class TraderProcess(Process):
@@ -79,41 +45,27 @@ class TraderProcess(Process):
         self.server: CommandServer | None = None
         self.engine = Engine(cfg, self.ledger, broker, wall_ns=self.clock.time_ns, timeline=self.outputs.timeline,
                              emit=self._emit)
-        self.handler = CommandHandler(self.engine, market_data=self._market_data, timeline=self._timeline,
+        self.handler = CommandHandler(self.engine, market_data=self.inputs.market_data, timeline=self._timeline,
                                       health=self._health, default_market=monitor_market, default_tf=signal_tf,
                                       timeframes=base.shm.timeframes)
         self.waiter = SpinThenPark(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
                                    park_timeout_s=cfg.park_timeout_s)
         self._orders_version = -1
+        self._updated: dict[str, float] = {}
+        self._status_at = 0.0
+        self._flushed = 0.0
 
     def _emit(self, kind: str, payload: dict, symbol: str | None) -> None:
-        if self.server is not None:
-            self.server.publish(kind, payload, symbol)
+        """An event to the EVENT.SUBSCRIBE clients (never raises into the engine: a payload that cannot be
+        encoded is logged and dropped)."""
+        if self.server is not None and self.server.subscribers:
+            try:
+                self.server.publish(kind, payload, symbol)
+            except (TypeError, ValueError) as e:
+                self.log.error("event %s not sent: %s", kind, e)
 
     def _timeline(self, n: int) -> list[dict]:
         return [timeline_entry(r) for r in self.outputs.read_timeline(n)]
-
-    def _market_data(self, market: str, tf: str, count: int) -> tuple[list[dict], list[dict]]:
-        b = self.base
-        cand = CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity)
-        ind = INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity)
-        try:
-            got = cand.read_last_of(market, count)
-            if got is None:
-                return [], []
-            recs, cnt = got
-            vals = ind.read_last_of(market, count)
-            by_t = {} if vals is None else {int(v["t"]): v for v in vals[0]}
-            candles = [{k: (v.item() if hasattr(v, "item") else v) for k, v in zip(recs.dtype.names, r)} for r in recs]
-            aligned = []
-            for r in recs:
-                v = by_t.get(int(r["t"]))
-                aligned.append(None if v is None else {k: (None if np.isnan(x) else float(x))
-                                                        for k, x in zip(v.dtype.names[1:], v.tolist()[1:])})
-            return candles, aligned
-        finally:
-            cand.close()
-            ind.close()
 
     def _health(self) -> dict:
         return {"trader": self.state.name, "trades_missed": self.inputs.missed,
@@ -143,12 +95,36 @@ class TraderProcess(Process):
         e = self.engine
         if self.waiter.wait(self.inputs.changed):
             self.row.msgs_in += self.inputs.poll(e)
-        with e.lock:
-            if e.dirty:
+        now = time.monotonic()
+        if e.dirty and now - self._flushed >= self.cfg.commit_interval_s:
+            with e.lock:   # group commit of evaluations and marks (orders commit at once, before the broker)
                 e.flush()
+            self._flushed = now
         self.outputs.publish(e, orders_changed=e.orders_version != self._orders_version)
         self._orders_version = e.orders_version
+        self._market_events()
         self.set_state(State.RUNNING)
+
+    def _market_events(self) -> None:
+        """DATA.CANDLE.CLOSE + INDICATOR.UPDATE for each candle evaluated, DATA.CANDLE.UPDATE (at most
+        every 250 ms per market) for open candles — only while someone subscribes."""
+        inp = self.inputs
+        if self.server is None or not self.server.subscribers:
+            inp.touched.clear()
+            inp.closed.clear()
+            return
+        for market, candle, ind in inp.closed:
+            self._emit("DATA.CANDLE.CLOSE", {"tf": inp.tf, "candle": candle}, market)
+            self._emit("INDICATOR.UPDATE", {"tf": inp.tf, "t": candle["t"], "values": ind}, market)
+        inp.closed.clear()
+        now = time.monotonic()
+        for market in inp.touched:
+            if now - self._updated.get(market, 0.0) >= 0.25:
+                self._updated[market] = now
+                candle = inp.last_candle(market)
+                if candle is not None:
+                    self._emit("DATA.CANDLE.UPDATE", {"tf": inp.tf, "candle": candle}, market)
+        inp.touched.clear()
 
     def on_beat(self) -> None:
         e, row = self.engine, self.row
@@ -159,6 +135,9 @@ class TraderProcess(Process):
         p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
         row.detail = f"{e.mode_name} eq={e.equity:,.0f} pos={e.open_positions} ord={len(e.orders)}{p}"[:88]
         self._emit("EVT.HEARTBEAT", {"mode": e.mode_name, "market_ms": e.market_ms, "equity": e.equity}, None)
+        if self.clock.monotonic() - self._status_at >= 1.0 and self.server is not None and self.server.subscribers:
+            self._status_at = self.clock.monotonic()
+            self._emit("ENGINE.STATUS.UPDATE", self.handler.status(), None)
 
     def on_stop(self) -> None:
         if self.server is not None:

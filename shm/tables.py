@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ring import RingTable, ring_size
+from .ring import Overrun, RingTable, ring_size
 from .segment import HEADER_SIZE, segment_name
 from .signals import SignalsTable
 from .status import status_size
@@ -114,4 +114,29 @@ def table_sizes(timeframes: Sequence[str], rows: int, capacity: int, processes: 
     out["positions"] = HEADER_SIZE + PositionsTable.size(rows)
     out["orders"] = HEADER_SIZE + OrdersTable.size(orders_rows)
     out["status"] = HEADER_SIZE + status_size(processes)
+    return out
+
+
+def aligned_indicators(ind: RingTable, market: str, candles: np.ndarray, count: int, columns: Sequence[str],
+                       max_spins: int = 100_000) -> dict[str, np.ndarray]:
+    """``columns`` of ``indicators.<tf>`` for ``candles`` — the newest ``len(candles)`` of the
+    ``count`` written to ``market``'s candle row — as float64 arrays aligned with them.
+
+    The indicator ring is aligned 1:1 with the candle ring (same index = same candle); each value
+    is kept only where its ``t`` equals the candle's start, so a value not computed yet, overwritten
+    or of a row given to another market is NaN. Raises SeqlockTimeout as :meth:`RingTable.read_range`.
+    """
+    out = {c: np.full(len(candles), np.nan) for c in columns}
+    row = ind.row_of(market)
+    if row is None or not len(candles):
+        return out
+    try:
+        recs, _ = ind.read_range(row, count - len(candles), count, max_spins)
+    except Overrun:
+        return out
+    if ind.name(row) != market:  # the row changed hands during the read
+        return out
+    ok = recs["t"] == candles["t"][:len(recs)]
+    for c in columns:
+        out[c][:len(recs)] = np.where(ok, recs[c], np.nan)
     return out

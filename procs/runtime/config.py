@@ -251,6 +251,8 @@ class TraderConfig(Section):
     on_leave: Literal["sell", "hold"] = "sell"    #: a market that leaves the tradable top N: sell, or hold
     spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0
     park_timeout_s: Annotated[float, Field(ge=0.001, le=1.0)] = 0.25
+    #: evaluations and marks are committed together at most this often (orders at once, before the broker)
+    commit_interval_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.1
     max_frame_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20   #: command socket frame limit
     max_clients: Annotated[int, Field(ge=1, le=1024)] = 128
     #: events queued per EVENT.SUBSCRIBE client before it is dropped

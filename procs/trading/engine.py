@@ -46,18 +46,18 @@ from shm.trading import (
 from ..runtime.config import TraderConfig
 from ..runtime.presets import StrategyParams, resolve
 from . import risk, strategy
-from .broker import Broker, BrokerEvent, BrokerUnavailable
-from .orders import IllegalTransition, Order, OrderState, new_run_id
+from .broker import Broker
+from .controls import Controls, Refused
+from .execution import Execution
+from .orders import Order, OrderState, new_run_id
 from .portfolio import Position
+
+__all__ = ["Engine", "Refused"]
 
 if TYPE_CHECKING:   # the engine is handed a ledger; it never opens one (no I/O here)
     from .ledger import Ledger
 
 log = logging.getLogger("smtm.trader")
-
-
-class Refused(Exception):
-    """A command the engine's rules refuse (the message says which rule)."""
 
 
 #: timeline(kind, market, severity, text, market_ms)
@@ -66,7 +66,7 @@ Timeline = Callable[[str, str, int, str, int], None]
 Emit = Callable[[str, dict, str | None], None]
 
 
-class Engine:
+class Engine(Execution, Controls):
     def __init__(self, cfg: TraderConfig, ledger: Ledger, broker: Broker, *, wall_ns: Callable[[], int],
                  timeline: Timeline = lambda *a: None, emit: Emit = lambda *a: None, run_id: str | None = None):
         self.cfg = cfg
@@ -316,95 +316,6 @@ class Engine:
                                  ind.get("macd_signal"), why, decision, MODE_NAMES[self.mode], self.wall_ns())])
         self.dirty = True
 
-    # -- orders -----------------------------------------------------------------------------------
-    def _order(self, market: str, side: str, ord_type: str, price: float, volume: float, purpose: str, tag: str,
-               position_id: int) -> Order:
-        """Write ahead (the row is committed before the broker is called), then submit."""
-        self._order_seq += 1
-        o = Order(f"smtm-{self.run_id}-{self._order_seq}", market, side, ord_type, price, volume, purpose, tag,
-                  position_id, self.market_ms, updated_ms=self.market_ms)
-        o.move(OrderState.SUBMITTED, self.market_ms)
-        self.ledger.insert_order(o, self.wall_ns())
-        self.flush()
-        self.orders[o.identifier] = o
-        self.orders_version += 1
-        what = f"{price:,.0f} KRW" if ord_type == "price" else f"{volume:.8g}"
-        self.note("order", market, INFO, f"{side} {ord_type} {what} for {tag} ({o.identifier})")
-        try:
-            events = self.broker.submit(o)
-        except BrokerUnavailable as e:
-            o.move(OrderState.UNKNOWN, self.market_ms, str(e))
-            self.ledger.update_order(o)
-            self.note("unknown", market, ALERT, f"{o.identifier}: outcome unknown ({e}); it will not be re-sent")
-            events = []
-        for ev in events:
-            self._apply(ev)
-        self.ledger.commit()
-        return o
-
-    def _apply(self, ev: BrokerEvent) -> None:
-        o = self.orders.get(ev.identifier)
-        if o is None:
-            log.warning("broker event for an order that is not open: %s", ev)
-            return
-        try:
-            if ev.kind == "fill":
-                self._fill(o, ev)
-            elif ev.kind == "accepted":
-                o.move(OrderState.ACCEPTED, ev.at_ms)
-                o.broker_id = ev.broker_id or o.broker_id
-            else:
-                o.move(OrderState(ev.kind), ev.at_ms, ev.reason)
-                self.note(ev.kind, o.market, WARN, f"{o.identifier} {ev.kind}: {ev.reason}")
-        except IllegalTransition as e:
-            self.illegal += 1
-            log.error("%s", e)
-            self.note("illegal", o.market, ALERT, str(e)[:110])
-            return
-        self.ledger.update_order(o)
-        self.dirty = True
-        self.orders_version += 1
-        self.emit("ORDER.UPDATE", self.order_view(o), o.market)
-        if not o.is_open:
-            del self.orders[o.identifier]
-            self._order_closed(o)
-
-    def _fill(self, o: Order, ev: BrokerEvent) -> None:
-        p = self.positions.get(o.market)
-        if p is None or p.id != o.position_id:
-            raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} is not open")
-        if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
-                                       ev.trade_id, o.position_id):
-            self.duplicate_fills += 1
-            self.note("duplicate", o.market, WARN, f"fill of {o.identifier} on trade {ev.trade_id} seen twice: ignored")
-            return
-        o.add_fill(ev.price, ev.volume, ev.fee, ev.at_ms)
-        self.fees += ev.fee
-        if o.side == "bid":
-            self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
-            text = f"bought {ev.volume:.8g} at {ev.price:,.8g} (TP {p.tp:,.8g} / SL {p.sl:,.8g})"
-        else:
-            cash, pnl = p.sell(ev.price, ev.volume, ev.fee, ev.at_ms, o.tag)
-            self.cash += cash
-            self.realized += pnl
-            text = f"sold {ev.volume:.8g} at {ev.price:,.8g} on {o.tag}: P&L {pnl:+,.0f} KRW"
-        self.ledger.save_position(p)
-        self.note("fill", o.market, INFO, text)
-        self.emit("FILL", {"identifier": o.identifier, "price": ev.price, "volume": ev.volume, "fee": ev.fee,
-                           "side": o.side, "t_ms": ev.at_ms}, o.market)
-        if p.state == "closed":
-            del self.positions[o.market]
-            self.note("closed", o.market, INFO, f"position closed on {p.exit_reason}: P&L {p.realized:+,.0f} KRW")
-
-    def _order_closed(self, o: Order) -> None:
-        p = self.positions.get(o.market)
-        if p is None or p.id != o.position_id:
-            return
-        if p.state == "pending":          # the entry never filled
-            p.state = "void"
-            self.ledger.save_position(p)
-            del self.positions[o.market]
-
     # -- risk ---------------------------------------------------------------------------------------
     def _roll_day(self) -> None:
         day = risk.kst_day(self.market_ms)
@@ -439,108 +350,3 @@ class Engine:
         if self.mode == ARMED:
             self.set_mode(DISARMED, "risk", why)
         self.flush()
-
-    # -- mode -----------------------------------------------------------------------------------------
-    def set_mode(self, mode: int, who: str, why: str) -> None:
-        old, self.mode = self.mode, mode
-        self.ledger.put("mode", MODE_NAMES[mode])
-        self.audit(who, f"mode {MODE_NAMES[old]} -> {MODE_NAMES[mode]}", "", why)
-        self.note("mode", "", ALERT if mode == KILLED else INFO, f"{MODE_NAMES[mode]} by {who}: {why}")
-        self.emit(f"MODE.{MODE_NAMES[mode]}", {"mode": MODE_NAMES[mode], "previous": MODE_NAMES[old], "who": who,
-                                               "why": why}, None)
-        self.flush()
-
-    def arm(self, who: str, why: str) -> None:
-        with self.lock:
-            if self.mode == KILLED:
-                raise Refused("engine is KILLED: KILL.RESET first")
-            if self.risk_flags & RISK_DAILY_LOSS:
-                raise Refused(f"daily loss limit in force until 00:00 KST: {self.reason}")
-            if self.risk_flags & RISK_DRAWDOWN:
-                self.risk_flags &= ~RISK_DRAWDOWN
-                self.hwm = self.equity
-                self.audit(who, "drawdown acknowledged", f"high-water mark restarts at {self.hwm:,.0f}", why)
-            if self.mode != ARMED:
-                self.set_mode(ARMED, who, why)
-
-    def disarm(self, who: str, why: str) -> None:
-        with self.lock:
-            if self.mode == ARMED:
-                self.set_mode(DISARMED, who, why)
-
-    def kill(self, who: str, why: str) -> list[str]:
-        """KILL first: the mode changes before anything else, then every open order is cancelled."""
-        with self.lock:
-            if self.mode != KILLED:
-                self.set_mode(KILLED, who, why)
-            cancelled = []
-            for o in list(self.orders.values()):
-                for ev in self.broker.cancel(o, self.market_ms, f"kill switch: {why}"):
-                    self._apply(ev)
-                cancelled.append(o.identifier)
-            self.flush()
-            return cancelled
-
-    def kill_reset(self, who: str, why: str) -> None:
-        with self.lock:
-            if self.mode != KILLED:
-                raise Refused(f"engine is {MODE_NAMES[self.mode]}, not KILLED")
-            self.set_mode(DISARMED, who, why)
-
-    def apply_config(self, who: str, preset: str | None, overrides: dict | None, why: str) -> StrategyParams:
-        """Raises Refused while ARMED, KeyError / ValueError for a bad preset or parameter."""
-        with self.lock:
-            if self.mode == ARMED:
-                raise Refused("engine is ARMED: LIVE.DISARM first (the configuration never changes under orders)")
-            name = preset or self.preset
-            base = {} if preset else self.ledger.get("params_overrides", self.cfg.strategy.overrides())
-            merged = {**base, **(overrides or {})}
-            params = resolve(name, merged)
-            self.preset, self.params = name, params
-            self.config_version += 1
-            for k, v in (("preset", name), ("params_overrides", merged), ("config_version", self.config_version)):
-                self.ledger.put(k, v)
-            self.audit(who, "config.apply", f"preset {name} v{self.config_version} {merged}", why)
-            self.note("config", "", INFO, f"preset {name} v{self.config_version} by {who}")
-            self.emit("CONFIG.UPDATED", {"preset": name, "config_version": self.config_version,
-                                         "params": params.model_dump()}, None)
-            self.flush()
-            return params
-
-    def cancel_order(self, identifier: str, who: str) -> Order:
-        with self.lock:
-            o = self.orders.get(identifier)
-            if o is None:
-                raise KeyError(f"no open order {identifier!r}")
-            self.audit(who, "order.cancel", identifier, "operator")
-            for ev in self.broker.cancel(o, self.market_ms, f"cancelled by {who}"):
-                self._apply(ev)
-            self.flush()
-            return o
-
-    def exit_positions(self, market: str, who: str, why: str) -> list[str]:
-        """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED)."""
-        with self.lock:
-            if self.mode == KILLED:
-                raise Refused("engine is KILLED: no order may be sent until KILL.RESET")
-            targets = list(self.positions.values()) if market == "all" else \
-                [p for m, p in self.positions.items() if m == market]
-            if market != "all" and not targets:
-                raise KeyError(f"no open position in {market}")
-            self.audit(who, "position.exit", market, why)
-            out = []
-            for p in targets:
-                if p.state == "open" and not self._exit_open(p.market):
-                    ident = self._exit(p, strategy.MANUAL, "command", self.last_price.get(p.market, p.avg_price),
-                                       manual=True)
-                    if ident:
-                        out.append(ident)
-            self.flush()
-            return out
-
-    @staticmethod
-    def order_view(o: Order) -> dict:
-        return {"identifier": o.identifier, "market": o.market, "side": o.side, "ord_type": o.ord_type,
-                "price": o.price, "volume": o.volume, "filled": o.filled, "avg_fill": o.avg_fill, "fee": o.fee,
-                "state": o.state.value, "reason": o.reason or o.tag, "created_ms": o.created_ms,
-                "updated_ms": o.updated_ms}

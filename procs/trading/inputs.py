@@ -26,7 +26,7 @@ import numpy as np
 from shm.ring import Overrun, RingTable
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.symbols import TRADABLE, SymbolsTable
-from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES
+from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES, aligned_indicators
 
 from ..runtime.config import BaseConfig, tf_seconds
 from .engine import Engine
@@ -51,6 +51,8 @@ class ShmInputs:
         #: CLOCK_MONOTONIC ns at which ingest received the trade behind the decision being made (0: unknown)
         self.trigger_ns = 0
         self.probe = None   # an object with a ``decisions`` deque (µs), when latency is measured
+        self.touched: set[str] = set()      # markets with new trades since the caller last cleared it
+        self.closed: list[tuple[str, dict, dict]] = []   # (market, candle, indicators) evaluated since then
 
     # -- attach ----------------------------------------------------------------------------------
     def attach(self) -> str:
@@ -111,6 +113,8 @@ class ShmInputs:
             if tr.generation(row) != gens[row] or not market:
                 continue
             self.trade_pos[row] = cnt
+            if len(recs):
+                self.touched.add(market)
             for t_ms, price, vol, sid, recv in zip(recs["t_ms"].tolist(), recs["price"].tolist(),
                                                    recs["volume"].tolist(), recs["sequential_id"].tolist(),
                                                    recs["recv_ns"].tolist()):
@@ -154,6 +158,7 @@ class ShmInputs:
                 bucket, recv = self.bucket_recv_ns.get(market, (0, 0))
                 self.trigger_ns = recv if bucket == t * 1000 + self.tf_ms else 0   # the trade that closed it
                 engine.on_candle_close(market, t, float(bars["c"][j]), prev, cur)
+                self.closed.append((market, candle_dict(bars[j]), cur))
                 if self.trigger_ns and self.probe is not None:
                     self.probe.decisions.append((time.monotonic_ns() - self.trigger_ns) / 1000)
         self.trigger_ns = 0
@@ -167,7 +172,37 @@ class ShmInputs:
             return          # not ranked yet: no universe to trade (nor to leave)
         engine.on_universe({bytes(c).decode() for c, f in zip(rows["code"], rows["flags"]) if f & TRADABLE})
 
+    def last_candle(self, market: str) -> dict | None:
+        """The newest (open) candle of the signal timeframe, as a dict, or None."""
+        got = self.candles.read_last_of(market, 1) if self.candles is not None else None
+        return candle_dict(got[0][0]) if got and len(got[0]) else None
+
+    def market_data(self, market: str, tf: str, count: int) -> tuple[list[dict], list[dict]]:
+        """SNAPSHOT.GET's candles: the newest ``count`` candles of ``market`` in ``tf`` (oldest first) as dicts,
+        and their indicator values aligned 1:1 (None for a candle without values; NaN → None)."""
+        b = self.base
+        cand = CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity)
+        ind = INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity)
+        try:
+            got = cand.read_last_of(market, count)
+            if got is None:
+                return [], []
+            recs, cnt = got
+            cols = _COLUMNS[1:]
+            vals = aligned_indicators(ind, market, recs, cnt, cols)
+            rows = zip(*(vals[c].tolist() for c in cols)) if len(recs) else ()
+            aligned = [{c: (None if x != x else x) for c, x in zip(cols, r)} for r in rows]   # NaN -> None
+            return [candle_dict(r) for r in recs], aligned
+        finally:
+            cand.close()
+            ind.close()
+
     def close(self) -> None:
         for t in (self.trades, self.candles, self.ind, self.symbols):
             if t is not None:
                 t.close()
+
+
+def candle_dict(rec) -> dict:
+    """A ``CANDLE_DTYPE`` record as a dict of Python numbers."""
+    return dict(zip(rec.dtype.names, rec.tolist()))

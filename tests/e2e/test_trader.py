@@ -141,3 +141,23 @@ def test_timeline_and_evaluations_explain_every_order(replayed):
         assert (ident in bought) if purpose == "entry" else (f"order {ident}" in sold), (ident, purpose, tag)
     entries = [r for r in recs if text(r["kind"]) == "fill"]
     assert entries and all(np.diff([int(r["wall_ns"]) for r in recs]) >= 0)
+
+
+SEED_KEYS = ["snapshot_version", "ts", "run_id", "symbol", "tf", "config", "mode", "health", "market", "position",
+             "risk", "candles", "indicators", "recent_orders", "recent_timeline"]
+
+
+def test_snapshot_has_the_seed_keys_and_aligned_indicators(replayed):
+    _, client, _ = replayed
+    ack = client.request("SNAPSHOT.GET", {"count": 120}, symbol="KRW-BTC")
+    assert ack["ok"], ack
+    snap = ack["payload"]
+    assert list(snap) == SEED_KEYS
+    assert snap["symbol"] == "KRW-BTC" and snap["tf"] == "30m" and snap["mode"] in ("ARMED", "DISARMED")
+    ts = [c["t"] for c in snap["candles"]]
+    assert len(ts) == 120 and ts == sorted(ts) and len(snap["indicators"]) == len(ts)
+    assert all(set(i) >= {"ema_fast", "rsi", "macd", "macd_signal", "bb_upper"} for i in snap["indicators"])
+    assert all(v is None or isinstance(v, float) for i in snap["indicators"] for v in i.values())
+    assert snap["recent_timeline"] and snap["recent_orders"]
+    bad = client.request("SNAPSHOT.GET", {"tf": "7m"}, symbol="KRW-BTC")
+    assert not bad["ok"] and bad["error"]["code"] == "INVALID"

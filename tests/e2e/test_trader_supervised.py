@@ -98,6 +98,17 @@ def test_bad_input_never_stops_the_engine(supervised):
     assert {p["name"]: p["pid"] for p in sup.processes()}["trader"] == pid
 
 
+def test_event_stream(supervised):
+    env, sup, sock = supervised
+    kinds: set[str] = set()
+    with TraderClient(sock, timeout_s=10) as c:
+        for ev in c.events():
+            kinds.add(ev["type"])
+            if {"EVT.HEARTBEAT", "DATA.CANDLE.CLOSE", "INDICATOR.UPDATE", "DATA.CANDLE.UPDATE"} <= kinds:
+                break
+    assert "ENGINE.STATUS.UPDATE" in kinds or "EVT.HEARTBEAT" in kinds
+
+
 def _pause(env: Env, paused: bool) -> None:
     r = requests.post(f"{env.base}/replay/control", json={"pause": True} if paused else {"resume": True}, timeout=5)
     assert r.status_code == 200 and r.json()["paused"] is paused, r.text

@@ -1,0 +1,74 @@
+"""Trade → trader decision latency under the replay at full speed (the replay exchange at speed 0: as
+fast as ingest keeps up), every process live except the monitor.
+
+Measured inside the trader (:mod:`procs.trading.latency`), from the trade's arrival in ingest
+(``recv_ns`` on the trade tape, CLOCK_MONOTONIC, system-wide) to
+
+* **order at the broker** — every order the paper broker receives (take-profit / stop-loss triggered by
+  a trade, entries and dead-cross exits on candle close);
+* **candle-close decision** — every entry / exit evaluation, from the trade that closed the candle,
+  through ingest → candles → indicator → trader.
+
+The replay covers 30 days of the bundled 12 markets (≈ 100,000 trades). Also reported: the trade rate
+the pipeline sustained and whether the trader missed any trade (it must not).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from bench.conftest import RESULTS
+from procs.runtime.roster import STATUS_ROWS
+from procs.trading.client import TraderClient
+from shm.segment import unlink_instance
+from shm.status import StatusTable
+from tests.helpers import Env, get_json, wait_for
+
+WINDOW = ('start = "2024-11-01"', 'end = "2024-12-01"')
+TRADER = "\n[trader]\narm_on_start = true\n[trader.strategy]\nrule = \"macd_cross\"\n"
+
+
+def _run_replay(tmp: Path) -> dict:
+    inst = f"b{uuid.uuid4().hex[:10]}"
+    env = Env(inst, tmp, run_base=Path(tempfile.mkdtemp(prefix="smtm", dir="/tmp")))
+    env.write_overlay(speed=0.0, exchange="\n".join(WINDOW), shm="trades_capacity = 16384", tail=TRADER)
+    try:
+        for p in ("exchange", "indicator", "symbols", "trader"):
+            env.start(p)
+        base = f"http://127.0.0.1:{env.port}"
+        wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange")
+        sock = env.run_dir / "trader.sock"
+        wait_for(sock.exists, 30, "the trader's socket")
+        env.start("ingest")
+        t0 = time.monotonic()
+        wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), 300, "the replay", interval=0.2)
+        wall = time.monotonic() - t0
+        status = StatusTable.open(inst, STATUS_ROWS)
+        trades = int(status.read("ingest")["msgs_out"])
+        with TraderClient(sock) as c:
+            wait_for(lambda: c.request("ENGINE.STATUS")["payload"]["trades_seen"] >= trades, 60, "the trader")
+            st = c.request("ENGINE.STATUS")["payload"]
+        return {"trades": trades, "wall_s": wall, "health": st["health"], "orders": st["health"]["latency_order"]}
+    finally:
+        env.stop_all()
+        unlink_instance(inst)
+
+
+def test_trade_to_trader_decision_latency(benchmark, tmp_path):
+    out = benchmark.pedantic(_run_replay, args=(tmp_path,), rounds=1, iterations=1)
+    h = out["health"]
+    assert h["trades_missed"] == 0
+    rate = out["trades"] / out["wall_s"]
+    for name, key in (("trade -> order at the broker", "latency_order"),
+                      ("trade -> candle-close decision", "latency_decision")):
+        lat = h[key]
+        assert lat["n"] > 0, name
+        RESULTS[name] = {"p50_us": lat["p50_us"], "p99_us": lat["p99_us"], "n": lat["n"], "max_us": lat["max_us"],
+                         "trades_per_s": rate}
+    benchmark.extra_info.update({"trades": out["trades"], "trades_per_s": rate, **{
+        f"{k}_{m}": h[k][m] for k in ("latency_order", "latency_decision") for m in ("p50_us", "p99_us", "n")}})
+    assert np.isfinite(rate)

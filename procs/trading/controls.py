@@ -1,0 +1,121 @@
+"""The operator's controls of the engine (a mixin of :class:`procs.trading.engine.Engine`): mode changes
+(ARM / DISARM / KILL / KILL.RESET), CONFIG.APPLY, ORDER.CANCEL and POSITION.EXIT, each under the rules
+of seed §9 (see :mod:`procs.trading.engine`) and each written to the ``trade_audit``.
+"""
+from __future__ import annotations
+
+from shm.trading import ALERT, ARMED, DISARMED, INFO, KILLED, MODE_NAMES, RISK_DAILY_LOSS, RISK_DRAWDOWN
+
+from ..runtime.presets import StrategyParams, resolve
+from . import strategy
+from .orders import Order
+
+
+class Refused(Exception):
+    """A command the engine's rules refuse (the message says which rule)."""
+
+
+class Controls:
+    def set_mode(self, mode: int, who: str, why: str) -> None:
+        old, self.mode = self.mode, mode
+        self.ledger.put("mode", MODE_NAMES[mode])
+        self.audit(who, f"mode {MODE_NAMES[old]} -> {MODE_NAMES[mode]}", "", why)
+        self.note("mode", "", ALERT if mode == KILLED else INFO, f"{MODE_NAMES[mode]} by {who}: {why}")
+        self.emit(f"MODE.{MODE_NAMES[mode]}", {"mode": MODE_NAMES[mode], "previous": MODE_NAMES[old], "who": who,
+                                               "why": why}, None)
+        self.flush()
+
+    def arm(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode == KILLED:
+                raise Refused("engine is KILLED: KILL.RESET first")
+            if self.risk_flags & RISK_DAILY_LOSS:
+                raise Refused(f"daily loss limit in force until 00:00 KST: {self.reason}")
+            if self.risk_flags & RISK_DRAWDOWN:
+                self.risk_flags &= ~RISK_DRAWDOWN
+                self.hwm = self.equity
+                self.audit(who, "drawdown acknowledged", f"high-water mark restarts at {self.hwm:,.0f}", why)
+            if self.mode != ARMED:
+                self.set_mode(ARMED, who, why)
+
+    def disarm(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode == ARMED:
+                self.set_mode(DISARMED, who, why)
+
+    def kill(self, who: str, why: str) -> list[str]:
+        """KILL first: the mode changes before anything else, then every open order is cancelled."""
+        with self.lock:
+            if self.mode != KILLED:
+                self.set_mode(KILLED, who, why)
+            cancelled = []
+            for o in list(self.orders.values()):
+                for ev in self.broker.cancel(o, self.market_ms, f"kill switch: {why}"):
+                    self._apply(ev)
+                cancelled.append(o.identifier)
+            self.flush()
+            return cancelled
+
+    def kill_reset(self, who: str, why: str) -> None:
+        with self.lock:
+            if self.mode != KILLED:
+                raise Refused(f"engine is {MODE_NAMES[self.mode]}, not KILLED")
+            self.set_mode(DISARMED, who, why)
+
+    def apply_config(self, who: str, preset: str | None, overrides: dict | None, why: str) -> StrategyParams:
+        """Raises Refused while ARMED, KeyError / ValueError for a bad preset or parameter."""
+        with self.lock:
+            if self.mode == ARMED:
+                raise Refused("engine is ARMED: LIVE.DISARM first (the configuration never changes under orders)")
+            name = preset or self.preset
+            base = {} if preset else self.ledger.get("params_overrides", self.cfg.strategy.overrides())
+            merged = {**base, **(overrides or {})}
+            params = resolve(name, merged)
+            self.preset, self.params = name, params
+            self.config_version += 1
+            for k, v in (("preset", name), ("params_overrides", merged), ("config_version", self.config_version)):
+                self.ledger.put(k, v)
+            self.audit(who, "config.apply", f"preset {name} v{self.config_version} {merged}", why)
+            self.note("config", "", INFO, f"preset {name} v{self.config_version} by {who}")
+            self.emit("CONFIG.UPDATED", {"preset": name, "config_version": self.config_version,
+                                         "params": params.model_dump()}, None)
+            self.flush()
+            return params
+
+    def cancel_order(self, identifier: str, who: str) -> Order:
+        with self.lock:
+            o = self.orders.get(identifier)
+            if o is None:
+                raise KeyError(f"no open order {identifier!r}")
+            self.audit(who, "order.cancel", identifier, "operator")
+            for ev in self.broker.cancel(o, self.market_ms, f"cancelled by {who}"):
+                self._apply(ev)
+            self.flush()
+            return o
+
+    def exit_positions(self, market: str, who: str, why: str) -> list[str]:
+        """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED)."""
+        with self.lock:
+            if self.mode == KILLED:
+                raise Refused("engine is KILLED: no order may be sent until KILL.RESET")
+            targets = list(self.positions.values()) if market == "all" else \
+                [p for m, p in self.positions.items() if m == market]
+            if market != "all" and not targets:
+                raise KeyError(f"no open position in {market}")
+            self.audit(who, "position.exit", market, why)
+            out = []
+            for p in targets:
+                if p.state == "open" and not self._exit_open(p.market):
+                    ident = self._exit(p, strategy.MANUAL, "command", self.last_price.get(p.market, p.avg_price),
+                                       manual=True)
+                    if ident:
+                        out.append(ident)
+            self.flush()
+            return out
+
+    @staticmethod
+    def order_view(o: Order) -> dict:
+        return {"identifier": o.identifier, "market": o.market, "side": o.side, "ord_type": o.ord_type,
+                "price": o.price, "volume": o.volume, "filled": o.filled, "avg_fill": o.avg_fill, "fee": o.fee,
+                "state": o.state.value, "reason": o.reason or o.tag, "created_ms": o.created_ms,
+                "updated_ms": o.updated_ms}

@@ -1,0 +1,108 @@
+"""Order flow of the engine (a mixin of :class:`procs.trading.engine.Engine`): write ahead, submit,
+apply the broker's events through the order state machine, account the fills.
+
+An order row is committed to the ledger **before** the broker is called; a broker that cannot say
+whether the order arrived (:class:`~procs.trading.broker.BrokerUnavailable`) leaves it ``unknown``, and
+it is never sent again. A fill is applied once per (identifier, trade id): the ledger's UNIQUE key
+refuses a duplicate notification, which is counted and put on the timeline.
+"""
+from __future__ import annotations
+
+import logging
+
+from shm.trading import ALERT, INFO, WARN
+
+from .broker import BrokerEvent, BrokerUnavailable
+from .orders import IllegalTransition, Order, OrderState
+
+log = logging.getLogger("smtm.trader")
+
+
+class Execution:
+    def _order(self, market: str, side: str, ord_type: str, price: float, volume: float, purpose: str, tag: str,
+               position_id: int) -> Order:
+        """Write ahead (the row is committed before the broker is called), then submit."""
+        self._order_seq += 1
+        o = Order(f"smtm-{self.run_id}-{self._order_seq}", market, side, ord_type, price, volume, purpose, tag,
+                  position_id, self.market_ms, updated_ms=self.market_ms)
+        o.move(OrderState.SUBMITTED, self.market_ms)
+        self.ledger.insert_order(o, self.wall_ns())
+        self.flush()
+        self.orders[o.identifier] = o
+        self.orders_version += 1
+        what = f"{price:,.0f} KRW" if ord_type == "price" else f"{volume:.8g}"
+        self.note("order", market, INFO, f"{side} {ord_type} {what} for {tag} ({o.identifier})")
+        try:
+            events = self.broker.submit(o)
+        except BrokerUnavailable as e:
+            o.move(OrderState.UNKNOWN, self.market_ms, str(e))
+            self.ledger.update_order(o)
+            self.note("unknown", market, ALERT, f"{o.identifier}: outcome unknown ({e}); it will not be re-sent")
+            events = []
+        for ev in events:
+            self._apply(ev)
+        self.ledger.commit()
+        return o
+
+    def _apply(self, ev: BrokerEvent) -> None:
+        o = self.orders.get(ev.identifier)
+        if o is None:
+            log.warning("broker event for an order that is not open: %s", ev)
+            return
+        try:
+            if ev.kind == "fill":
+                self._fill(o, ev)
+            elif ev.kind == "accepted":
+                o.move(OrderState.ACCEPTED, ev.at_ms)
+                o.broker_id = ev.broker_id or o.broker_id
+            else:
+                o.move(OrderState(ev.kind), ev.at_ms, ev.reason)
+                self.note(ev.kind, o.market, WARN, f"{o.identifier} {ev.kind}: {ev.reason}")
+        except IllegalTransition as e:
+            self.illegal += 1
+            log.error("%s", e)
+            self.note("illegal", o.market, ALERT, str(e)[:110])
+            return
+        self.ledger.update_order(o)
+        self.dirty = True
+        self.orders_version += 1
+        self.emit("ORDER.UPDATE", self.order_view(o), o.market)
+        if not o.is_open:
+            del self.orders[o.identifier]
+            self._order_closed(o)
+
+    def _fill(self, o: Order, ev: BrokerEvent) -> None:
+        p = self.positions.get(o.market)
+        if p is None or p.id != o.position_id:
+            raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} is not open")
+        if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
+                                       ev.trade_id, o.position_id):
+            self.duplicate_fills += 1
+            self.note("duplicate", o.market, WARN, f"fill of {o.identifier} on trade {ev.trade_id} seen twice: ignored")
+            return
+        o.add_fill(ev.price, ev.volume, ev.fee, ev.at_ms)
+        self.fees += ev.fee
+        if o.side == "bid":
+            self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
+            text = f"bought {ev.volume:.8g} at {ev.price:,.8g} (TP {p.tp:,.8g} / SL {p.sl:,.8g})"
+        else:
+            cash, pnl = p.sell(ev.price, ev.volume, ev.fee, ev.at_ms, o.tag)
+            self.cash += cash
+            self.realized += pnl
+            text = f"sold {ev.volume:.8g} at {ev.price:,.8g} on {o.tag}: P&L {pnl:+,.0f} KRW"
+        self.ledger.save_position(p)
+        self.note("fill", o.market, INFO, text)
+        self.emit("FILL", {"identifier": o.identifier, "price": ev.price, "volume": ev.volume, "fee": ev.fee,
+                           "side": o.side, "t_ms": ev.at_ms}, o.market)
+        if p.state == "closed":
+            del self.positions[o.market]
+            self.note("closed", o.market, INFO, f"position closed on {p.exit_reason}: P&L {p.realized:+,.0f} KRW")
+
+    def _order_closed(self, o: Order) -> None:
+        p = self.positions.get(o.market)
+        if p is None or p.id != o.position_id:
+            return
+        if p.state == "pending":          # the entry never filled
+            p.state = "void"
+            self.ledger.save_position(p)
+            del self.positions[o.market]

@@ -1,0 +1,45 @@
+"""Decision latency, measured where it happens: from a trade's arrival in ingest (``recv_ns``,
+CLOCK_MONOTONIC, stamped on the trade tape by ingest) to the order reaching the broker, and to every
+candle-close decision (from the trade that closed the candle). CLOCK_MONOTONIC is system-wide on
+Linux, so stamps from two processes compare.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from .broker import PaperBroker
+from .fills import FillModel
+from .inputs import ShmInputs
+
+
+class LatencyProbe:
+    """Microseconds from a trade's arrival in ingest (its ``recv_ns`` on the tape) to a decision."""
+
+    def __init__(self, keep: int = 100_000):
+        self.orders: deque[float] = deque(maxlen=keep)
+        self.decisions: deque[float] = deque(maxlen=keep)
+
+    @staticmethod
+    def summary(xs) -> dict:
+        if not xs:
+            return {"n": 0}
+        a = np.fromiter(xs, float)
+        return {"n": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "max_us": float(a.max())}
+
+
+class TimedPaperBroker(PaperBroker):
+    """The paper broker, timing each order's arrival against the trade that triggered it."""
+
+    def __init__(self, model: FillModel, inputs: ShmInputs, probe: LatencyProbe):
+        super().__init__(model)
+        self.inputs, self.probe = inputs, probe
+
+    def submit(self, order):
+        trigger = self.inputs.trigger_ns
+        if trigger:
+            self.probe.orders.append((time.monotonic_ns() - trigger) / 1000)
+        return super().submit(order)
