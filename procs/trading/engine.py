@@ -226,7 +226,6 @@ class Engine(Execution, Controls):
         indicator values (dicts of ``shm.tables.INDICATOR_DTYPE`` columns)."""
         with self.lock:
             self.decisions += 1
-            self.market_ms = max(self.market_ms, (t_s + 1) * 1000)
             p = self.positions.get(market)
             if p is not None and p.state == "open":
                 why = strategy.exit_on_close(self.params, prev, cur)
@@ -307,6 +306,10 @@ class Engine(Execution, Controls):
             self._sell_eval(p, trigger, price, ind, why, f"denied: {denial}")
             self.note("deny", p.market, WARN, f"sell on {why} denied: {denial}")
             return ""
+        for entry in [o for o in self.orders.values() if o.market == p.market and o.purpose == "entry"]:
+            # the rest of a partly filled entry is cancelled first: the exit sells what is held
+            for ev in self.broker.cancel(entry, self.market_ms, f"exit on {why} before the entry filled"):
+                self._apply(ev)
         o = self._order(p.market, "ask", "market", 0.0, p.qty, "exit", why, p.id)
         self._sell_eval(p, trigger, price, ind, why, f"order {o.identifier}")
         return o.identifier

@@ -191,11 +191,13 @@ def test_leaving_the_top_n_sells_or_holds(make_rig):
     assert o.tag == "left_top_n"
     r.trade("KRW-BTC", 100e6)
     assert r.rows("SELECT exit_reason FROM positions") == [("left_top_n",)]
+    said = [n["text"] for n in r.engine.recent if n["market"] == "KRW-BTC"]
+    assert any("for left_top_n" in t for t in said) and any("closed on left_top_n" in t for t in said)
     h = make_rig(on_leave="hold")
     h.enter("KRW-BTC", 100e6)
     h.engine.on_universe({"KRW-ETH"})
     assert not h.engine.orders and "KRW-BTC" in h.engine.positions
-    assert any(n["kind"] == "hold" for n in h.engine.recent)
+    assert any(n["kind"] == "hold" and "on_leave = hold" in n["text"] for n in h.engine.recent)
 
 
 def test_duplicate_fill_is_applied_once(rig):
@@ -211,3 +213,20 @@ def test_duplicate_fill_is_applied_once(rig):
     e._apply(ev)
     assert e.cash == cash
     assert rig.rows("SELECT count(*) FROM fills") == [(1,)]
+
+
+def test_exit_cancels_the_rest_of_a_partly_filled_entry(rig):
+    e = rig.engine
+    rig.trade("KRW-BTC", 100e6)
+    rig.close("KRW-BTC", 100e6)
+    rig.trade("KRW-BTC", 100e6, volume=0.001)          # 100,000 KRW of the 1,500,000 KRW buy
+    p = e.positions["KRW-BTC"]
+    [entry] = e.orders.values()
+    assert p.state == "open" and entry.state.value == "partially_filled"
+    rig.trade("KRW-BTC", 90e6, volume=0.001)           # stop-loss while the entry is still open
+    assert entry.state.value == "cancelled"
+    [exit_] = e.orders.values()
+    assert exit_.tag == "stop_loss" and exit_.volume == pytest.approx(p.qty)
+    rig.trade("KRW-BTC", 90e6)
+    assert "KRW-BTC" not in e.positions and e.illegal == 0
+    assert rig.rows("SELECT state, exit_reason FROM positions") == [("closed", "stop_loss")]
