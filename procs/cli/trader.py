@@ -2,7 +2,8 @@
 commands to the running trader over its socket (``run/<instance>/trader.sock``, :mod:`procs.trading.client`).
 
 Exit status: 0 done; 1 the trader refused (its ``code: message`` on stderr) or is not running; 2 usage.
-Money in KRW with thousands separators, times in UTC (``YYYY-MM-DD HH:MM``, market time), P&L green/red.
+Money in KRW with thousands separators, times in UTC (``YYYY-MM-DD HH:MM``, market time; ``events``: wall
+clock), P&L green/red; ``pnl --by day`` groups by KST day, as the engine's daily limits do.
 """
 from __future__ import annotations
 
@@ -78,14 +79,22 @@ def _pnl(x, suffix: str = "", fmt: str = "{:+,.0f}") -> Text:
     x = _num(x)
     if x != x:
         return Text("-")
-    return Text(fmt.format(x) + suffix, style="green" if x > 0 else "red" if x < 0 else "")
+    s = fmt.format(x)
+    if not s.strip("+-0.,"):   # rounds to zero: no sign, no colour
+        return Text(s.lstrip("+-") + suffix)
+    return Text(s + suffix, style="green" if x > 0 else "red")
 
 
 def _when(ms) -> str:
     """Unix ms → ``YYYY-MM-DD HH:MM`` UTC (``-`` for none)."""
-    if not ms:
-        return "-"
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M") if ms else "-"
+
+
+def count(s: str) -> int:
+    """``-n``: 1 to 1000 (what the trader serves)."""
+    if not 1 <= int(s) <= 1000:
+        raise argparse.ArgumentTypeError(f"{s} is not in 1..1000")
+    return int(s)
 
 
 def _reason(args) -> dict:
@@ -93,27 +102,20 @@ def _reason(args) -> dict:
 
 
 # -- mode ---------------------------------------------------------------------------------------------------
-def _mode(cfg: Config, type: str, payload: dict) -> int:
-    p = _call(cfg, type, payload)
+MODE_TYPES = {"arm": "LIVE.ARM", "disarm": "LIVE.DISARM", "kill": "KILL.SWITCH"}
+
+
+def cmd_mode(args, cfg: Config, sup: Supervisor) -> int:
+    """``arm`` / ``disarm`` / ``kill [--reset]``: the new mode, and what the kill switch cancelled."""
+    p = _call(cfg, "KILL.RESET" if getattr(args, "reset", False) else MODE_TYPES[args.cmd], _reason(args))
     if p is _FAILED:
         return 1
     print(f"mode {p.get('mode', '?')}")
     cancelled = p.get("cancelled")
     if cancelled is not None:
-        print(f"cancelled {len(cancelled)} open order(s)" + (": " + ", ".join(cancelled) if cancelled else ""))
+        print(f"cancelled {len(cancelled)} open order(s): {', '.join(cancelled)}" if cancelled
+              else "no open order to cancel")
     return 0
-
-
-def cmd_arm(args, cfg: Config, sup: Supervisor) -> int:
-    return _mode(cfg, "LIVE.ARM", _reason(args))
-
-
-def cmd_disarm(args, cfg: Config, sup: Supervisor) -> int:
-    return _mode(cfg, "LIVE.DISARM", _reason(args))
-
-
-def cmd_kill(args, cfg: Config, sup: Supervisor) -> int:
-    return _mode(cfg, "KILL.RESET" if args.reset else "KILL.SWITCH", _reason(args))
 
 
 def cmd_preset(args, cfg: Config, sup: Supervisor) -> int:
@@ -133,7 +135,8 @@ def cmd_exit(args, cfg: Config, sup: Supervisor) -> int:
     if p is _FAILED:
         return 1
     orders = p.get("orders") or []
-    print(f"{len(orders)} exit order(s)" + (": " + ", ".join(orders) if orders else ""))
+    print(f"{len(orders)} exit order(s): {', '.join(orders)}" if orders
+          else "no exit order sent (no filled position, or its exit is already working)")
     return 0
 
 
@@ -146,20 +149,34 @@ def cmd_positions(args, cfg: Config, sup: Supervisor) -> int:
     if not rows:
         print("no open positions")
         return 0
-    t = Table(title=f"{len(rows)} open position(s)", title_justify="left")
-    for name in ("market", "qty", "avg price", "last", "cost KRW", "TP", "SL", "unrealized KRW", "%", "entry",
-                 "opened (UTC)", ""):
-        t.add_column(name, justify="left" if name in ("market", "entry", "opened (UTC)", "") else "right")
+    pending = sum((r.get("state") or "open") == "pending" for r in rows)
+    title = f"{len(rows) - pending} open position(s)" + (f", {pending} pending entry" if pending else "")
+    t = Table(title=title, title_justify="left")
+    for name in ("market", "state", "qty", "avg price", "last", "cost KRW", "TP", "SL", "unrealized KRW", "%",
+                 "entry", "opened (UTC)"):
+        t.add_column(name, justify="left" if name in ("market", "state", "entry", "opened (UTC)") else "right")
     for r in rows:
-        t.add_row(r.get("market", "?"), _qty(r.get("qty")), _price(r.get("avg_price")), _price(r.get("last_price")),
-                  _krw(r.get("cost")), _price(r.get("tp")), _price(r.get("sl")), _pnl(r.get("unrealized")),
-                  _pnl(r.get("unrealized_pct"), " %", "{:+.2f}"), r.get("entry_tag") or "",
-                  _when(r.get("opened_ms")), "exiting" if r.get("exiting") else "")
+        v = r if _num(r.get("qty")) > 0 else {}   # a pending entry holds nothing yet: no price, cost or P&L
+        state = (Text("exiting", style="yellow") if r.get("exiting")   # an exit order is working
+                 else Text(r.get("state") or "open", style="dim" if r.get("state") == "pending" else ""))
+        t.add_row(r.get("market", "?"), state, _qty(v.get("qty")), _price(v.get("avg_price")),
+                  _price(r.get("last_price") or None), _krw(v.get("cost")), _price(v.get("tp")), _price(v.get("sl")),
+                  _pnl(v.get("unrealized")), _pnl(v.get("unrealized_pct"), " %", "{:+.2f}"), r.get("entry_tag") or "",
+                  _when(r.get("opened_ms")))
     con = _console()
     con.print(t)
-    total = sum(_num(r.get("unrealized")) for r in rows)
+    total = sum(_num(r.get("unrealized")) for r in rows if _num(r.get("qty")) > 0)
     con.print(Text("unrealized total ").append(_pnl(total, " KRW")))
     return 0
+
+
+def _size(r: dict) -> str:
+    """What the order asked for, as Upbit's ord_type means it: ``price`` spends KRW, ``market`` sells a
+    quantity, ``limit`` is a quantity at a price."""
+    kind, price, volume = r.get("ord_type"), r.get("price") or None, r.get("volume") or None
+    if kind == "price":
+        return f"{_krw(price)} KRW"
+    return f"{_qty(volume)} @ {_price(price)}" if kind == "limit" else _qty(volume)
 
 
 def cmd_orders(args, cfg: Config, sup: Supervisor) -> int:
@@ -171,16 +188,15 @@ def cmd_orders(args, cfg: Config, sup: Supervisor) -> int:
         print("no orders")
         return 0
     t = Table(title=f"{len(rows)} order(s), newest first", title_justify="left")
-    for name in ("created (UTC)", "market", "side", "type", "price", "volume", "filled", "avg fill", "fee KRW",
-                 "state", "reason", "identifier"):
-        t.add_column(name, justify="right" if name in ("price", "volume", "filled", "avg fill", "fee KRW") else "left")
+    for name in ("created (UTC)", "market", "side", "type", "size", "filled", "avg fill", "fee KRW", "state",
+                 "reason", "identifier"):
+        t.add_column(name, justify="right" if name in ("size", "filled", "avg fill", "fee KRW") else "left")
     for r in rows:
         side = r.get("side", "?")
         t.add_row(_when(r.get("created_ms")), r.get("market", "?"),
                   Text(side, style="green" if side == "bid" else "red" if side == "ask" else ""),
-                  r.get("ord_type", ""), _price(r.get("price") or None), _qty(r.get("volume")), _qty(r.get("filled")),
-                  _price(r.get("avg_fill") or None), _price(r.get("fee")), r.get("state", ""), r.get("reason") or "",
-                  r.get("identifier", ""))
+                  r.get("ord_type", ""), _size(r), _qty(r.get("filled")), _price(r.get("avg_fill") or None),
+                  _krw(r.get("fee")), r.get("state", ""), r.get("reason") or "", r.get("identifier", ""))
     _console().print(t)
     return 0
 
@@ -200,7 +216,7 @@ def cmd_pnl(args, cfg: Config, sup: Supervisor) -> int:
     con.print(Text(f"equity {_krw(tot.get('equity'))} KRW (started with {_krw(tot.get('starting_cash'))}, return ")
               .append(_pnl(tot.get("return_pct"), " %", "{:+.2f}")).append(")"))
     con.print(Text("realized ").append(_pnl(tot.get("realized"), " KRW")).append("  unrealized ")
-              .append(_pnl(tot.get("unrealized"), " KRW")).append(f"  fees {_krw(tot.get('fees'))} KRW"))
+              .append(_pnl(tot.get("unrealized"), " KRW")).append(f"  fees {_krw(tot.get('fees'))} KRW (in the P&L)"))
     con.print(f"trades {trades}: {wins} won, {int(tot.get('losses') or 0)} lost, win rate {_win_rate(wins, trades)}")
     rows = p.get("rows") or []
     if by is None:
@@ -208,9 +224,10 @@ def cmd_pnl(args, cfg: Config, sup: Supervisor) -> int:
     if not rows:
         print(f"no closed trades to group by {args.by}")
         return 0
-    t = Table(title=f"by {args.by}", title_justify="left")
-    for name in (args.by, "trades", "wins", "win rate", "realized KRW", "fees KRW"):
-        t.add_column(name, justify="left" if name == args.by else "right")
+    key = "closing day (KST)" if by == "day" else args.by   # the engine's days: daily limits reset at 00:00 KST
+    t = Table(title=f"closed trades by {key}", title_justify="left")
+    for name in (key, "trades", "wins", "win rate", "realized KRW", "fees KRW"):
+        t.add_column(name, justify="left" if name == key else "right")
     for r in rows:
         n, w = int(r.get("trades") or 0), int(r.get("wins") or 0)
         t.add_row(str(r.get("key", "?")), str(n), str(w), _win_rate(w, n), _pnl(r.get("realized")),
@@ -246,6 +263,10 @@ def cmd_snapshot(args, cfg: Config, sup: Supervisor) -> int:
     if p is _FAILED:
         return 1
     print(orjson.dumps(p, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
+    m = p.get("market") if args.market else None
+    if isinstance(m, dict) and not m.get("tradable") and m.get("last_price") is None and not p.get("candles"):
+        print(f"note: the trader knows nothing of {args.market.upper()} (not tradable, no price, no candles)",
+              file=sys.stderr)
     return 0
 
 
@@ -262,7 +283,8 @@ def cmd_events(args, cfg: Config, sup: Supervisor) -> int:
     try:
         with TraderClient(socket_path(cfg)) as t:
             stream = t.events(types)
-            print(f"subscribed to {', '.join(types) if types else 'every event'} (Ctrl-C to stop)", file=sys.stderr)
+            print(f"subscribed to {', '.join(types) if types else 'every event'} (times: when sent, wall clock UTC; "
+                  f"Ctrl-C to stop)", file=sys.stderr)
             for ev in stream:
                 print(_event_line(ev), flush=True)
                 seen += 1
@@ -277,7 +299,7 @@ def cmd_events(args, cfg: Config, sup: Supervisor) -> int:
     return 1
 
 
-TRADER_COMMANDS = {"arm": cmd_arm, "disarm": cmd_disarm, "kill": cmd_kill, "positions": cmd_positions,
+TRADER_COMMANDS = {"arm": cmd_mode, "disarm": cmd_mode, "kill": cmd_mode, "positions": cmd_positions,
                    "orders": cmd_orders, "pnl": cmd_pnl, "timeline": cmd_timeline, "snapshot": cmd_snapshot,
                    "events": cmd_events, "preset": cmd_preset, "exit": cmd_exit}
 
@@ -297,11 +319,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("market", help="market code, e.g. KRW-BTC, or 'all'")
     sub.add_parser("positions", help="open positions with unrealized P&L")
     o = sub.add_parser("orders", help="open and recent orders, newest first")
-    o.add_argument("-n", type=int, default=20, help="orders (default 20)")
+    o.add_argument("-n", type=count, default=20, help="orders (default 20)")
     pn = sub.add_parser("pnl", help="realized/unrealized P&L, fees, win rate")
     pn.add_argument("--by", choices=tuple(PNL_BY), help="group closed trades by day, market or exit reason")
     tl = sub.add_parser("timeline", help="the trader's timeline: what it did and why")
-    tl.add_argument("-n", type=int, default=30, help="entries (default 30)")
+    tl.add_argument("-n", type=count, default=30, help="entries (default 30)")
     sn = sub.add_parser("snapshot", help="the trader's full state as JSON (SNAPSHOT.GET)")
     sn.add_argument("market", nargs="?", help="limit the market part to this market")
     ev = sub.add_parser("events", help="print the trader's events as they happen, until Ctrl-C")

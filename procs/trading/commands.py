@@ -101,11 +101,11 @@ class CommandHandler:
 
     # -- commands ------------------------------------------------------------------------------
     def _mode(self, fn, cmd: Command, who: str) -> dict:
-        fn(who, _str(cmd.payload, "reason", f"{cmd.type} command"))
+        fn(who, _str(cmd.payload, "reason", "operator"))
         return {"mode": MODE_NAMES[self.engine.mode]}
 
     def kill(self, cmd: Command, who: str) -> dict:
-        cancelled = self.engine.kill(who, _str(cmd.payload, "reason", "kill switch"))
+        cancelled = self.engine.kill(who, _str(cmd.payload, "reason", "operator"))
         return {"mode": MODE_NAMES[self.engine.mode], "cancelled": cancelled}
 
     def config_apply(self, cmd: Command, who: str) -> dict:

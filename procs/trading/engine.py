@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from render.text import format_krw
 from shm.trading import (
     ALERT,
     ARMED,
@@ -273,7 +274,7 @@ class Engine(Execution, Controls):
             self.note("deny", market, WARN, f"buy {krw:,.0f} KRW on {rule} denied: {why}")
             return "denied", why
         if self.mode != ARMED:
-            self.note("dry_run", market, INFO, f"{rule} at {close:,.8g}: would buy {krw:,.0f} KRW (DISARMED)")
+            self.note("dry_run", market, INFO, f"{rule} at {format_krw(close)}: would buy {krw:,.0f} KRW (DISARMED)")
             return "dry_run", f"would buy {krw:,.0f} KRW"
         pid = self.ledger.new_position(market, 0.0, 0.0, rule, self.market_ms)
         self.positions[market] = Position(pid, market, "pending", entry_tag=rule, opened_ms=self.market_ms,
@@ -299,7 +300,8 @@ class Engine(Execution, Controls):
             if (p.id, why) not in self._dry_exits:   # once per position and reason, not on every trade
                 self._dry_exits.add((p.id, why))
                 self._sell_eval(p, trigger, price, ind, why, f"dry_run ({MODE_NAMES[self.mode]})")
-                self.note("dry_run", p.market, INFO, f"would sell on {why} at {price:,.8g} ({MODE_NAMES[self.mode]})")
+                self.note("dry_run", p.market, INFO,
+                          f"would sell on {why} at {format_krw(price)} ({MODE_NAMES[self.mode]})")
             return ""
         denial = risk.check_exit(volume=p.qty, price=price, has_open_exit=self._exit_open(p.market), lim=self.limits())
         if denial:

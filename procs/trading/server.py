@@ -1,5 +1,6 @@
 """The trader's command server: a Unix-domain stream socket (``run/<instance>/trader.sock``, mode 0600)
-served by one thread with :mod:`selectors` and non-blocking sockets (protocol: :mod:`.protocol`).
+served by one thread with :mod:`selectors` and non-blocking sockets (protocol: :mod:`.protocol`; the
+socket file itself: binding, stale files, peer credentials, in :mod:`.unixsock`).
 
 Thread model: every command is answered on the server thread, which calls the engine's ``handler``
 there (the engine serializes with its own lock; a slow handler delays every client); only
@@ -12,91 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import selectors
 import socket
-import stat
-import struct
 import threading
 from collections import deque
 from pathlib import Path
 
 from . import protocol as proto
 from .protocol import EVENTS, Command, CommandError, ProtocolError
+from .unixsock import SUN_PATH_MAX, ServerAlreadyRunning, check_socket_path, listen_unix, peer_of, unlink_if_ours
+
+__all__ = ["CommandServer", "ServerAlreadyRunning", "SUN_PATH_MAX", "check_socket_path", "listen_unix", "peer_of"]
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 HIGH_WATER = 256 * 1024   #: bytes buffered for one connection before it is read no more / fed no more events
-SUN_PATH_MAX = 107        #: bytes of a Unix socket path (sun_path holds 108 with the NUL)
 _LISTEN, _WAKE = object(), object()
-
-
-class ServerAlreadyRunning(RuntimeError):
-    """Another live server answers on the socket path (or the path is not a socket)."""
-
-
-def check_socket_path(path: Path | str) -> Path:
-    """``path`` as a Path; raises ValueError if it is too long for a Unix socket."""
-    n = len(os.fsencode(path))
-    if n > SUN_PATH_MAX:
-        raise ValueError(f"socket path {path} is {n} bytes; Unix sockets allow {SUN_PATH_MAX} (use a shorter "
-                         f"SMTM_RUN_DIR)")
-    return Path(path)
-
-
-def peer_of(sock: socket.socket) -> str:
-    """``"pid 1234 uid 1000"`` from SO_PEERCRED (``"unknown"`` where the OS does not say)."""
-    try:
-        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    except (OSError, AttributeError):
-        return "unknown"
-    return f"pid {pid} uid {uid}"
-
-
-def _clear_stale(path: Path) -> None:
-    """Unlink a socket file nobody answers on; raise ServerAlreadyRunning if someone does."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ServerAlreadyRunning(f"{path} exists and is not a socket; not replacing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            path.unlink(missing_ok=True)   # left by a run that crashed
-            return
-        except OSError as e:
-            raise ServerAlreadyRunning(f"{path}: cannot tell whether another server answers there ({e}); "
-                                       f"not replacing it") from None
-    raise ServerAlreadyRunning(f"another trader already answers on {path} (is this instance's trader running "
-                               f"twice? `smtm status`)")
-
-
-def listen_unix(path: Path) -> tuple[socket.socket, int]:
-    """A non-blocking listening socket at ``path`` (parents created), mode 0600 before it listens,
-    replacing a stale socket file; returns it and the file's inode (so that only its owner unlinks it).
-    Raises ServerAlreadyRunning, OSError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clear_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old, bound = os.umask(0o177), False   # born 0600: no window where others may connect
-    try:
-        sock.bind(str(path))
-        bound = True
-        os.chmod(path, 0o600)
-        ino = os.stat(path).st_ino
-        sock.listen(socket.SOMAXCONN)
-    except OSError:
-        sock.close()
-        if bound:
-            path.unlink(missing_ok=True)
-        raise
-    finally:
-        os.umask(old)
-    sock.setblocking(False)
-    return sock, ino
 
 
 class _Conn:
@@ -153,13 +84,12 @@ class CommandServer:
     def start(self) -> None:
         """Bind (mode 0600, replacing a stale socket file), listen, serve on a daemon thread.
         Raises ServerAlreadyRunning (another live server answers there), OSError."""
-        lsock, self._ino = listen_unix(self.path)
-        self._listener = lsock
+        self._listener, self._ino = listen_unix(self.path)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._sel = selectors.DefaultSelector()
-        self._sel.register(lsock, READ, _LISTEN)
+        self._sel.register(self._listener, READ, _LISTEN)
         self._sel.register(self._wake_r, READ, _WAKE)
         self._thread = threading.Thread(target=self._run, name="command-server", daemon=True)
         self._thread.start()
@@ -173,9 +103,7 @@ class CommandServer:
         self._wake()
         self._thread.join(timeout_s)
         self._thread = None
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.path).st_ino == self._ino:
-                self.path.unlink()
+        unlink_if_ours(self.path, self._ino)
         self.log.info("command server on %s stopped", self.path)
 
     # -- events (engine thread) -----------------------------------------------------------------------------
