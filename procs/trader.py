@@ -131,6 +131,7 @@ class TraderProcess(Process):
         row.msgs_out = len(self.probe.orders)
         row.errors = e.illegal
         row.dropped = self.inputs.missed
+        row.lag_ns = self.inputs.lag_ns
         lat = LatencyProbe.summary(self.probe.decisions)
         p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
         row.detail = f"{e.mode_name} eq={e.equity:,.0f} pos={e.open_positions} ord={len(e.orders)}{p}"[:88]

@@ -3,7 +3,8 @@
 Both modes drive the same :class:`render.chart.CandleChart` from a
 :class:`render.snapshot.ChartSource` (the monitor's read-only view of shared memory,
 ``procs.views.chart_source``): ``poll()`` says whether anything shown changed, ``snapshot()``
-gives a :class:`~render.snapshot.ChartSnapshot`, ``status_text``/``report`` the status line and
+gives a :class:`~render.snapshot.ChartSnapshot`, ``poll_trading()``/``trading_view()`` the same for
+the trading engine's :class:`~render.snapshot.TradingView`, ``status_text``/``report`` the status line and
 the heartbeat, ``select`` the keyboard navigation, ``snapshot_path`` where the PNG goes.
 
 * :func:`run_window` — VisPy on PyQt6. A timer at ``fps`` polls; buffers are touched and a
@@ -51,9 +52,11 @@ class FrameStats:
 
 
 def _write_png(path: str, img: np.ndarray) -> None:
+    """``img`` as an opaque RGB PNG: the framebuffer's alpha is what blending left there (text drawn
+    under an opaque tag lowers it), which the screen ignores and image viewers would not."""
     from vispy.io import write_png
     tmp = f"{path}.tmp.png"
-    write_png(tmp, img)
+    write_png(tmp, np.ascontiguousarray(img[..., :3]))
     os.replace(tmp, path)
 
 
@@ -99,7 +102,8 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
     vispy.use(app="pyqt6")
     from vispy import app, scene
 
-    from .chart import BACKGROUND, CandleChart
+    from .chart import CandleChart
+    from .visuals import BACKGROUND
 
     canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
     chart = CandleChart(canvas, max_candles)
@@ -117,6 +121,9 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
         dirty = False
         if source.poll():
             chart.set_data(source.snapshot())
+            dirty = True
+        if source.poll_trading():
+            chart.set_trading(source.trading_view())
             dirty = True
         now = time.monotonic()
         if now - last_status[0] >= 0.5:
@@ -141,19 +148,24 @@ def make_offscreen_canvas(size: tuple[int, int]):
     vispy.use(app="egl")
     from vispy import scene
 
-    from .chart import BACKGROUND
+    from .visuals import BACKGROUND
     return scene.SceneCanvas(size=size, bgcolor=BACKGROUND, show=False, keys=None)
 
 
-def render_once(source, *, size: tuple[int, int], max_candles: int) -> np.ndarray:
-    """Render one frame of ``source`` off-screen; returns RGBA uint8 (h, w, 4)."""
+def render_once(source, *, size: tuple[int, int], max_candles: int, inspect: Callable | None = None) -> np.ndarray:
+    """Render one frame of ``source`` off-screen; returns RGBA uint8 (h, w, 4). ``inspect(chart)``,
+    if given, is called after the frame (tests look at what the chart was given to draw)."""
     from .chart import CandleChart
     canvas = make_offscreen_canvas(size)
     chart = CandleChart(canvas, max_candles)
     source.poll()
     chart.set_data(source.snapshot())
+    source.poll_trading()
+    chart.set_trading(source.trading_view())
     chart.set_status(source.status_text(FrameStats()))
     img = canvas.render()
+    if inspect is not None:
+        inspect(chart)
     canvas.close()
     return img
 
@@ -180,6 +192,9 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
         stats.ticks += 1
         if source.poll():
             chart.set_data(source.snapshot())
+            dirty = True
+        if source.poll_trading():
+            chart.set_trading(source.trading_view())
             dirty = True
         now = time.monotonic()
         if now - last_status >= 0.5:

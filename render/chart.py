@@ -1,7 +1,13 @@
 """The candlestick chart: every pixel the monitor draws (VisPy scene graph).
 
-Layout (a VisPy grid): a status line on top; the price pane (candles + EMA lines) with
-the price axis on its right; time labels under it.
+Layout (a VisPy grid): the engine's mode banner across the top (:mod:`render.panels`), a status
+line under it; on the left the price pane (candles, EMA lines, Bollinger Bands, buy-signal marks
+and the engine's fills and position lines, :mod:`render.overlay`) with the price axis on its
+right, the RSI and MACD panels and time labels under it; on the right a column with the shown
+market's price and position, the account, the order and fill tape and the timeline. The banner,
+the status line and the right column are drawn into textures when their text changes
+(:mod:`render.layer`), not on every frame. Every text visual shares one glyph atlas
+(:func:`render.visuals.font_manager`).
 
 Candles are drawn by two instances of one small custom visual (:class:`ColoredVertices`):
 bodies as triangles, wicks as 1-pixel GL lines. Each owns fixed-size vertex buffers
@@ -20,133 +26,40 @@ falling one blue.
 """
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import numpy as np
-from vispy import gloo, scene
-from vispy.visuals import Visual
+from vispy import scene
 
 from . import fonts
-from .snapshot import ChartSnapshot
+from .layer import CachedLayer
+from .overlay import TradeOverlay, level_prices
+from .panels import PANEL_WIDTH, Banner, SidePanel
+from .snapshot import ChartSnapshot, TradingView
 from .text import format_krw
+from .visuals import (
+    BACKGROUND,
+    BOLLINGER,
+    DIM,
+    EMA_FAST,
+    EMA_SLOW,
+    FALL,
+    GUIDE,
+    MACD_LINE,
+    MACD_SIGNAL,
+    PANEL,
+    RISE,
+    RSI_LINE,
+    SIGNAL_MARK,
+    TEXT,
+    ColoredVertices,
+    candle_vertices,
+    font_manager,
+    make_text,
+    nice_ticks,
+)
 
 fonts.install()
-
-RISE = (0.85, 0.22, 0.20, 1.0)      # red: close >= open
-FALL = (0.16, 0.42, 0.85, 1.0)      # blue: close < open
-EMA_FAST = (0.98, 0.75, 0.05, 1.0)  # amber
-EMA_SLOW = (0.80, 0.35, 1.00, 1.0)  # violet
-BOLLINGER = (0.45, 0.75, 0.80, 0.55)  # translucent cyan: upper, middle, lower
-RSI_LINE = (0.30, 0.85, 0.45, 1.0)    # green
-MACD_LINE = (0.95, 0.55, 0.15, 1.0)   # orange
-MACD_SIGNAL = (0.55, 0.65, 1.00, 1.0)  # light blue
-GUIDE = (0.35, 0.37, 0.42, 1.0)
-SIGNAL_MARK = (0.10, 0.95, 0.60, 1.0)  # bright green triangles under the candle
-BACKGROUND = (0.06, 0.07, 0.09, 1.0)
-TEXT = (0.85, 0.87, 0.90, 1.0)
-
-#: Glyph distance fields computed on the CPU (VisPy's compiled EDT): on Mesa llvmpipe this is
-#: ~3.6x faster than the GPU path (0.43 s vs 1.55 s for the monitor's glyphs), which is most
-#: of the monitor's first frame after a restart.
-_SDF = "cpu"
-
-_VERT = """
-attribute vec2 a_position;
-attribute vec4 a_color;
-varying vec4 v_color;
-void main() {
-    gl_Position = $transform(vec4(a_position, 0.0, 1.0));
-    v_color = a_color;
-}
-"""
-_FRAG = """
-varying vec4 v_color;
-void main() {
-    if (v_color.a <= 0.0) discard;
-    gl_FragColor = v_color;
-}
-"""
-
-
-class ColoredVerticesVisual(Visual):
-    """Per-vertex coloured primitives (``"triangles"`` or ``"lines"``) from fixed-size buffers."""
-
-    def __init__(self, mode: str, max_vertices: int):
-        super().__init__(vcode=_VERT, fcode=_FRAG)
-        self._draw_mode = mode
-        self._pos = np.zeros((max_vertices, 2), np.float32)
-        self._col = np.zeros((max_vertices, 4), np.float32)
-        self._vbo_pos = gloo.VertexBuffer(self._pos)
-        self._vbo_col = gloo.VertexBuffer(self._col)
-        self.shared_program["a_position"] = self._vbo_pos
-        self.shared_program["a_color"] = self._vbo_col
-        self.n = 0
-        self.set_gl_state("translucent", depth_test=False, cull_face=False)
-
-    def set_vertices(self, pos: np.ndarray, col: np.ndarray) -> None:
-        """``pos`` float32 (n, 2), ``col`` float32 (n, 4); n <= max_vertices."""
-        n = len(pos)
-        self._pos[:n] = pos
-        self._col[:n] = col
-        if n < self.n:  # clear what the previous frame used beyond n
-            self._pos[n:self.n] = 0
-            self._col[n:self.n] = 0
-        self.n = n
-        self._vbo_pos.set_data(self._pos)
-        self._vbo_col.set_data(self._col)
-
-    def _prepare_transforms(self, view):
-        view.view_program.vert["transform"] = view.get_transform()
-
-    def _prepare_draw(self, view):
-        return self.n > 0
-
-
-ColoredVertices = scene.visuals.create_visual_node(ColoredVerticesVisual)
-
-
-def candle_vertices(o, h, l, c, lo: float, hi: float, body_width: float = 0.7):
-    """Vertices for n candles at x = 0..n-1 in a window whose price range is [lo, hi].
-
-    Returns ``(body_pos (6n,2), body_col (6n,4), wick_pos (2n,2), wick_col (2n,4))`` float32,
-    y normalized to [0, 1]. A body never collapses below a visible sliver (doji).
-    """
-    n = len(o)
-    span = (hi - lo) or 1.0
-    x = np.arange(n, dtype=np.float64)
-    yo, yh, yl, yc = ((np.asarray(a, np.float64) - lo) / span for a in (o, h, l, c))
-    top = np.maximum(yo, yc)
-    bot = np.minimum(yo, yc)
-    thin = top - bot < 0.002
-    top = np.where(thin, bot + 0.002, top)
-    x0, x1 = x - body_width / 2, x + body_width / 2
-    body = np.empty((n, 6, 2), np.float32)
-    body[:, 0] = np.c_[x0, bot]
-    body[:, 1] = np.c_[x1, bot]
-    body[:, 2] = np.c_[x1, top]
-    body[:, 3] = np.c_[x0, bot]
-    body[:, 4] = np.c_[x1, top]
-    body[:, 5] = np.c_[x0, top]
-    colors = np.where((np.asarray(c) >= np.asarray(o))[:, None], np.array(RISE, np.float32), np.array(FALL, np.float32))
-    body_col = np.repeat(colors, 6, axis=0).astype(np.float32)
-    wick = np.empty((n, 2, 2), np.float32)
-    wick[:, 0] = np.c_[x, yl]
-    wick[:, 1] = np.c_[x, yh]
-    wick_col = np.repeat(colors, 2, axis=0).astype(np.float32)
-    return body.reshape(-1, 2), body_col, wick.reshape(-1, 2), wick_col
-
-
-def nice_ticks(lo: float, hi: float, target: int = 8) -> np.ndarray:
-    """Round price levels inside [lo, hi] at a 1-2-5 step, about ``target`` of them."""
-    span = hi - lo
-    if not span > 0:
-        return np.array([lo])
-    raw = span / target
-    mag = 10.0 ** np.floor(np.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = np.ceil(lo / step) * step
-    return np.arange(first, hi, step)
-
 
 class CandleChart:
     """The monitor's scene: call :meth:`set_data` when the data changed, :meth:`set_status` to
@@ -155,30 +68,39 @@ class CandleChart:
     def __init__(self, canvas: scene.SceneCanvas, max_candles: int = 200):
         self.canvas = canvas
         self.max_candles = max_candles
+        self.fonts = font_manager()
         grid = canvas.central_widget.add_grid(spacing=0, margin=6)
-        status_box = grid.add_widget(scene.Widget(), row=0, col=0, col_span=2)
-        status_box.height_max = 46
-        self.status = scene.Text("", method=_SDF, color=TEXT, font_size=9, anchor_x="left", anchor_y="center",
-                                 pos=(6, 23), parent=status_box)
-        self.view = grid.add_view(row=1, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        # the banner, the status line and the right column are drawn into textures when they change
+        banner_box = grid.add_widget(scene.Widget(), row=0, col=0, col_span=3)
+        banner_box.height_min = banner_box.height_max = Banner.HEIGHT
+        self.banner = Banner(CachedLayer(banner_box, BACKGROUND), self.fonts)
+        status_box = grid.add_widget(scene.Widget(), row=1, col=0, col_span=3)
+        status_box.height_min = status_box.height_max = 40
+        self.status_layer = CachedLayer(status_box, BACKGROUND)
+        self.status = make_text(self.fonts, "", color=TEXT, font_size=9, anchor_x="left", anchor_y="center",
+                                pos=(6, 20), parent=self.status_layer.root)
+        side_box = grid.add_widget(scene.Widget(), row=2, col=2, row_span=4)  # its layer paints PANEL
+        side_box.width_min = side_box.width_max = PANEL_WIDTH
+        self.side = SidePanel(CachedLayer(side_box, PANEL), self.fonts)
+        self.view = grid.add_view(row=2, col=0, border_color=(0.25, 0.27, 0.3, 1))
         self.view.camera = scene.PanZoomCamera(interactive=False)
-        self.price_view = grid.add_view(row=1, col=1)
-        self.price_view.width_max = 110
+        self.price_view = grid.add_view(row=2, col=1)
+        self.price_view.width_min = self.price_view.width_max = 96
         self.price_view.camera = scene.PanZoomCamera(interactive=False)
         self.price_view.camera.set_range(x=(0, 1), y=(0, 1), margin=0)
-        self.price_labels = scene.Text(["-"], method=_SDF, pos=[(0.12, 0.5)], color=TEXT, font_size=7, anchor_x="left",
-                                       parent=self.price_view.scene)
+        self.price_labels = make_text(self.fonts, ["-"], pos=[(0.12, 0.5)], color=TEXT, font_size=7,
+                                      anchor_x="left", parent=self.price_view.scene)
         self.price_ticks = scene.Line(np.zeros((2, 2), np.float32), color=TEXT, connect="segments", method="gl",
                                       parent=self.price_view.scene)
         # RSI panel (0..100 with 30/70 guides) and MACD panel (histogram, line, signal)
-        self.rsi_view = grid.add_view(row=2, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        self.rsi_view = grid.add_view(row=3, col=0, border_color=(0.25, 0.27, 0.3, 1))
         self.rsi_view.height_min = self.rsi_view.height_max = 100
         self.rsi_view.camera = scene.PanZoomCamera(interactive=False)
         self.rsi_guides = scene.Line(np.array([[-1, 30], [1e4, 30], [-1, 70], [1e4, 70]], np.float32), color=GUIDE,
                                      connect="segments", method="gl", parent=self.rsi_view.scene)
         self.rsi_line = scene.Line(np.zeros((2, 2), np.float32), color=RSI_LINE, width=1.5, method="gl",
                                    parent=self.rsi_view.scene)
-        self.macd_view = grid.add_view(row=3, col=0, border_color=(0.25, 0.27, 0.3, 1))
+        self.macd_view = grid.add_view(row=4, col=0, border_color=(0.25, 0.27, 0.3, 1))
         self.macd_view.height_min = self.macd_view.height_max = 120
         self.macd_view.camera = scene.PanZoomCamera(interactive=False)
         self.macd_hist = ColoredVertices("triangles", 6 * max_candles, parent=self.macd_view.scene)
@@ -187,11 +109,11 @@ class CandleChart:
         self.macd_signal = scene.Line(np.zeros((2, 2), np.float32), color=MACD_SIGNAL, width=1.5, method="gl",
                                       parent=self.macd_view.scene)
         self.marks = ColoredVertices("triangles", 3 * max_candles, parent=self.view.scene)
-        self.xlabels_view = grid.add_view(row=4, col=0)
+        self.xlabels_view = grid.add_view(row=5, col=0)
         self.xlabels_view.height_max = 26
         self.xlabels_view.camera = scene.PanZoomCamera(interactive=False)
-        self.xlabels = scene.Text(["-"], method=_SDF, pos=[(0, 0.5)], color=TEXT, font_size=7, anchor_x="center",
-                                  parent=self.xlabels_view.scene)
+        self.xlabels = make_text(self.fonts, ["-"], pos=[(0, 0.5)], color=TEXT, font_size=7, anchor_x="center",
+                                 parent=self.xlabels_view.scene)
         self.wicks = ColoredVertices("lines", 2 * max_candles, parent=self.view.scene)
         self.bodies = ColoredVertices("triangles", 6 * max_candles, parent=self.view.scene)
         self.ema_fast = scene.Line(np.zeros((2, 2), np.float32), color=EMA_FAST, width=2, method="gl",
@@ -200,12 +122,20 @@ class CandleChart:
                                    parent=self.view.scene)
         self.bb_lines = [scene.Line(np.zeros((2, 2), np.float32), color=BOLLINGER, width=1, method="gl",
                                     parent=self.view.scene) for _ in range(3)]
-        self.waiting_text = scene.Text("waiting for data", method=_SDF, color=TEXT, font_size=14, pos=(0.5, 0.5),
+        self.overlay = TradeOverlay(self.view.scene, self.price_view.scene, self.fonts)
+        self.rsi_label = make_text(self.fonts, "RSI", color=DIM, font_size=7, anchor_x="left",
+                                   anchor_y="center", pos=(6, 9), parent=self.rsi_view)
+        self.macd_label = make_text(self.fonts, "MACD", color=DIM, font_size=7, anchor_x="left",
+                                    anchor_y="center", pos=(6, 9), parent=self.macd_view)
+        self.waiting_text = make_text(self.fonts, "waiting for data", color=TEXT, font_size=14, pos=(0.5, 0.5),
                                       parent=self.view.scene)
         self._marks_idx = np.zeros(0, int)
         self._range: tuple | None = None
         self._xkey: tuple | None = None
         self._status = None
+        self._snap: ChartSnapshot | None = None
+        self.trading: TradingView | None = None
+        self._trading_key: tuple | None = None
         self.view.camera.set_range(x=(-1, 10), y=(-0.05, 1.05), margin=0)
         self.xlabels_view.camera.set_range(x=(-1, 10), y=(0, 1), margin=0)
 
@@ -213,19 +143,49 @@ class CandleChart:
         """Show or hide every text visual. The first frame after a (re)start is drawn without
         text: rasterizing the glyphs costs ~0.6 s on llvmpipe, and the candles should not
         wait for it; the labels follow on the next frame."""
-        for t in (self.status, self.price_labels, self.xlabels):
+        for t in (self.status, self.price_labels, self.xlabels, self.rsi_label, self.macd_label):
             t.visible = visible
+        self.status_layer.invalidate()
+        for b in self.banner.blocks + self.side.blocks:
+            b.show(visible)
+        self.overlay.show_text(visible)
+
+    def _pane_px(self) -> tuple[float, float]:
+        """The price pane's size in pixels; before the first layout, what the grid will give it."""
+        w, h = (float(v) for v in self.view.size)
+        if h > 50:
+            return w, h
+        cw, ch = self.canvas.size
+        return float(cw) - 12 - 96 - PANEL_WIDTH, float(ch) - 12 - Banner.HEIGHT - 40 - 100 - 120 - 26
+
+    def set_trading(self, view: TradingView) -> None:
+        """Show the engine's state: banner and right column (text only where it changed), and on
+        the price pane the fills and the position's lines (redrawn only when those changed)."""
+        self.trading = view
+        self.banner.update(view)
+        self.side.update(view)
+        key = view.chart_key()
+        if key != self._trading_key:
+            self._trading_key = key
+            if self._snap is not None:
+                self.set_data(self._snap)
 
     def set_status(self, text: str) -> None:
         if text != self._status:
             self.status.text = text
             self._status = text
+            self.status_layer.invalidate()
 
     def set_data(self, snap: ChartSnapshot) -> None:
         """Show ``snap`` (≤ max_candles candles, oldest first, indicators aligned with them; see
         :class:`render.snapshot.ChartSnapshot`)."""
         candles, ema_fast, ema_slow = snap.candles, snap.ema_fast, snap.ema_slow
         bands, rsi, macd, marks = snap.bands, snap.rsi, snap.macd_lines, snap.marks
+        self._snap = snap
+        if self.rsi_label.text != snap.rsi_label:
+            self.rsi_label.text = snap.rsi_label
+        if self.macd_label.text != snap.macd_label:
+            self.macd_label.text = snap.macd_label
         self._set_panels(candles, rsi, macd, marks)
         candles = candles[-self.max_candles:]
         ema_fast = ema_fast[-self.max_candles:]
@@ -239,12 +199,13 @@ class CandleChart:
             for line in self.bb_lines:
                 line.visible = False
             self.marks.set_vertices(np.zeros((0, 2), np.float32), np.zeros((0, 4), np.float32))
+            self.overlay.update(candles["t"], candles["l"], candles["h"], 0.0, 1.0, None)
             self.waiting_text.visible = True
             return
         self.waiting_text.visible = False
         lo = float(candles["l"].min())
         hi = float(candles["h"].max())
-        for e in (ema_fast, ema_slow, *bands):
+        for e in (ema_fast, ema_slow, *bands, np.array(level_prices(self.trading), np.float64)):
             ok = e[np.isfinite(e)]
             if len(ok):
                 lo, hi = min(lo, float(ok.min())), max(hi, float(ok.max()))
@@ -252,6 +213,8 @@ class CandleChart:
         lo, hi = lo - pad, hi + pad
         bp, bc, wp, wc = candle_vertices(candles["o"], candles["h"], candles["l"], candles["c"], lo, hi)
         self._set_marks(np.asarray(candles["l"], np.float64), lo, hi)
+        self.overlay.update(candles["t"], np.asarray(candles["l"], np.float64), np.asarray(candles["h"], np.float64),
+                            lo, hi, self.trading, self._pane_px())
         self.bodies.set_vertices(bp, bc)
         self.wicks.set_vertices(wp, wc)
         lines = [(self.ema_fast, ema_fast), (self.ema_slow, ema_slow)] + list(zip(self.bb_lines, bands))
@@ -343,7 +306,6 @@ class CandleChart:
         k = min(6, n)
         lo_i, hi_i = (round(n * 0.06), round(n * 0.94)) if n >= 20 else (0, n - 1)
         idx = np.unique(np.linspace(lo_i, hi_i, k).round().astype(int))
-        from datetime import datetime
         fmt = "%m-%d %H:%M" if n > 1 and (t[-1] - t[0]) / max(n - 1, 1) < 86400 else "%Y-%m-%d"
         labels = [datetime.fromtimestamp(int(t[i]), UTC).strftime(fmt) for i in idx]
         self.xlabels.text = labels

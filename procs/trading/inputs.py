@@ -51,6 +51,7 @@ class ShmInputs:
         #: CLOCK_MONOTONIC ns at which ingest received the trade behind the decision being made (0: unknown)
         self.trigger_ns = 0
         self.probe = None   # an object with a ``decisions`` deque (µs), when latency is measured
+        self.lag_ns = 0     # the newest trade: ingest's receipt -> the engine had it (CLOCK_MONOTONIC ns)
         self.touched: set[str] = set()      # markets with new trades since the caller last cleared it
         self.closed: list[tuple[str, dict, dict]] = []   # (market, candle, indicators) evaluated since then
 
@@ -115,6 +116,7 @@ class ShmInputs:
             self.trade_pos[row] = cnt
             if len(recs):
                 self.touched.add(market)
+                self.lag_ns = time.monotonic_ns() - int(recs["recv_ns"][-1])
             for t_ms, price, vol, sid, recv in zip(recs["t_ms"].tolist(), recs["price"].tolist(),
                                                    recs["volume"].tolist(), recs["sequential_id"].tolist(),
                                                    recs["recv_ns"].tolist()):

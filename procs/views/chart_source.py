@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from render.snapshot import ChartSnapshot, FrameStatsLike
+from render.snapshot import ChartSnapshot, FrameStatsLike, TradingView
 from render.text import format_krw
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.seqlock import SeqlockTimeout
@@ -26,6 +27,7 @@ from ..market.signals import NEEDED, fired
 from ..runtime.config import BaseConfig, IndicatorConfig, MonitorConfig, SignalsConfig
 from ..runtime.roster import STATUS_ROWS
 from .indicators import aligned_indicators
+from .trading_source import ShmTradingSource
 
 #: indicator columns the chart shows
 _SHOWN = ("ema_fast", "ema_slow", "bb_upper", "bb_mid", "bb_lower", "rsi", "macd", "macd_signal", "macd_hist")
@@ -50,8 +52,12 @@ class ShmChartSource:
         self.status: StatusTable | None = None
         self._last_key = None
         self._last_attach = 0.0
+        i = indicator
+        self.labels = {"rsi_label": f"RSI {i.rsi_period}",
+                       "macd_label": f"MACD {i.macd_fast} {i.macd_slow} {i.macd_signal}"}
         self._snapshot = self._empty()
         self.attach_error = ""
+        self.trading = ShmTradingSource(base)
 
     # -- attaching ---------------------------------------------------------------------
     def _attach(self) -> None:
@@ -72,6 +78,7 @@ class ShmChartSource:
         if self.status is None:
             with contextlib.suppress(SegmentNotFound, SegmentNotReady, LayoutMismatch):
                 self.status = StatusTable.open(b.instance, STATUS_ROWS)
+                self.trading.status = self.status
 
     # -- the source interface ------------------------------------------------------------
     def poll(self) -> bool:
@@ -99,14 +106,25 @@ class ShmChartSource:
             recs, cnt = got
             vals = aligned_indicators(ind, self.market, recs, cnt, _SHOWN, max_spins=2000)
             marks = self._marks(recs, vals) if self.tf == self.signal_timeframe else np.zeros(0, int)
-            self._snapshot = ChartSnapshot(recs, marks=marks, **vals)
+            self._snapshot = ChartSnapshot(recs, marks=marks, **vals, **self.labels)
         except SeqlockTimeout:
             self._last_key = None  # try again next frame, keep showing the previous one
         return self._snapshot
 
-    @staticmethod
-    def _empty() -> ChartSnapshot:
-        return ChartSnapshot(np.zeros(0, CANDLE_DTYPE))
+    def poll_trading(self) -> bool:
+        return self.trading.poll(self.market)
+
+    def trading_view(self) -> TradingView:
+        """The trading engine's state, with the selected market as the shown one (its last price
+        from the trades ring, else the close of its newest candle)."""
+        view = self.trading.view(self.market)
+        recs = self._snapshot.candles
+        if view.last_price != view.last_price and len(recs):
+            view = replace(view, last_price=float(recs["c"][-1]))
+        return view
+
+    def _empty(self) -> ChartSnapshot:
+        return ChartSnapshot(np.zeros(0, CANDLE_DTYPE), **self.labels)
 
     def _marks(self, recs: np.ndarray, vals: dict) -> np.ndarray:
         """Indices of the shown closed candles where a configured buy rule fired: the rules of
