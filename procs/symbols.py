@@ -3,8 +3,10 @@
 REST failures leave it up and DISCONNECTED until the next poll succeeds."""
 from __future__ import annotations
 
+from shm.segment import ShmError
 from shm.status import State
 from shm.symbols import SymbolsTable
+from shm.trading import OPEN_STATES, OrdersTable, PositionsTable, text
 
 from .market.types import FetchError
 from .market.universe import SymbolManager
@@ -23,7 +25,22 @@ class SymbolsProcess(Process):
         self.urls = UpbitUrls(upbit.ws_url, upbit.rest_url, base.run_dir)
         rest = RestClient(self.urls.rest, RateLimiter(clock=self.clock.monotonic))
         self.manager = SymbolManager(cfg, base.markets, SymbolsTable.writer(base.instance, base.shm.rows),
-                                     market_all=rest.market_all, tickers=rest.tickers)
+                                     market_all=rest.market_all, tickers=rest.tickers, held=self._held)
+        self._positions: PositionsTable | None = None
+        self._orders: OrdersTable | None = None
+
+    def _held(self) -> set[str]:
+        """Markets the trader holds: an open position or an open order (its tables, read-only; empty
+        while there is no trader)."""
+        b = self.base
+        try:
+            self._positions = self._positions or PositionsTable.open(b.instance, b.shm.rows)
+            self._orders = self._orders or OrdersTable.open(b.instance, b.shm.orders_rows)
+        except ShmError:
+            return set()
+        pos = {text(c) for c in self._positions.open_positions()["code"]}
+        orders = self._orders.recent()
+        return pos | {text(o["code"]) for o in orders if text(o["state"]) in OPEN_STATES}
 
     def on_start(self) -> None:
         """Wait (STARTING) until the REST address is known: the replay exchange publishes it."""

@@ -100,8 +100,9 @@ class TraderProcess(Process):
             with e.lock:   # group commit of evaluations and marks (orders commit at once, before the broker)
                 e.flush()
             self._flushed = now
-        self.outputs.publish(e, orders_changed=e.orders_version != self._orders_version)
-        self._orders_version = e.orders_version
+        version = e.orders_version     # read once: a change made meanwhile is published next time
+        self.outputs.publish(e, orders_changed=version != self._orders_version)
+        self._orders_version = version
         self._market_events()
         self.set_state(State.RUNNING)
 
@@ -134,8 +135,10 @@ class TraderProcess(Process):
         row.lag_ns = self.inputs.lag_ns
         lat = LatencyProbe.summary(self.probe.decisions)
         p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
-        row.detail = f"{e.mode_name} eq={e.equity:,.0f} pos={e.open_positions} ord={len(e.orders)}{p}"[:88]
-        self._emit("EVT.HEARTBEAT", {"mode": e.mode_name, "market_ms": e.market_ms, "equity": e.equity}, None)
+        with e.lock:
+            mode, equity, npos, nord, market_ms = e.mode_name, e.equity, e.open_positions, len(e.orders), e.market_ms
+        row.detail = f"{mode} eq={equity:,.0f} pos={npos} ord={nord}{p}"[:88]
+        self._emit("EVT.HEARTBEAT", {"mode": mode, "market_ms": market_ms, "equity": equity}, None)
         if self.clock.monotonic() - self._status_at >= 1.0 and self.server is not None and self.server.subscribers:
             self._status_at = self.clock.monotonic()
             self._emit("ENGINE.STATUS.UPDATE", self.handler.status(), None)

@@ -45,6 +45,9 @@ import numpy as np
 
 from .snapshot import SnapshotTable
 
+#: ``orders.state`` values of an order still working (``procs.trading.orders.OrderState``)
+OPEN_STATES = frozenset({"new", "submitted", "accepted", "partially_filled", "unknown"})
+
 DISARMED, ARMED, KILLED = 0, 1, 2
 MODE_NAMES = {DISARMED: "DISARMED", ARMED: "ARMED", KILLED: "KILLED"}
 

@@ -82,12 +82,20 @@ class TopN:
 
 class SymbolManager:
     """One :meth:`step` per poll: refresh what is due and write the table. ``market_all()`` and
-    ``tickers(codes)`` are the venue adapter's REST calls; ``markets`` is ``markets.codes``."""
+    ``tickers(codes)`` are the venue adapter's REST calls; ``markets`` is ``markets.codes``.
+
+    ``held()`` gives the markets the trader still holds (an open position or order): one that left
+    the top N stays IN_UNIVERSE — subscribed, so its exit can fill and its position stays marked —
+    without TRADABLE, until the trader no longer holds it (seed SymbolManager: "excluded markets are
+    sold at market and removed")."""
 
     def __init__(self, cfg: SymbolsConfig, markets: tuple[str, ...], table: SymbolsTable, *,
-                 market_all: Callable[[], list[dict]], tickers: Callable[[list[str]], list[Ticker]]):
+                 market_all: Callable[[], list[dict]], tickers: Callable[[list[str]], list[Ticker]],
+                 held: Callable[[], set[str]] = set):
         self.cfg, self.markets, self.table = cfg, markets, table
-        self.market_all, self.fetch_tickers = market_all, tickers
+        self.market_all, self.fetch_tickers, self.held = market_all, tickers, held
+        self._held: set[str] = set()
+        self._members: set[str] = set()
         self.top = TopN(cfg.top_n, cfg.min_stable_s)
         self.flags: dict[str, int] = {}
         self.last_safety = self.last_rank = None
@@ -125,13 +133,23 @@ class SymbolManager:
         if self.market_now_s - self.last_safety >= sc.safety_interval_s:
             self.refresh_safety()
             self.last_safety = self.market_now_s
+        held = self.held()
         if self.last_rank is not None and self.market_now_s - self.last_rank < sc.rank_interval_s:
-            return False
+            if held == self._held:
+                return False
+            return self._write(held)          # a held market closed (or a new one is held): rewrite
         self.last_rank = self.market_now_s
         self.ranked = sorted(((t.code, t.acc_trade_price_24h) for t in ticks), key=lambda x: -x[1])
-        members = set(self.top.update([c for c, _ in self.ranked], self.market_now_s))
-        rows = [(c, (IN_UNIVERSE | TRADABLE) if c in members else 0, i + 1, v) for i, (c, v) in enumerate(self.ranked)]
-        rows += [(c, f, 0, 0.0) for c, f in sorted(self.flags.items())
-                 if f and (sc.candidates == "all" or c in self.markets)]
+        self._members = set(self.top.update([c for c, _ in self.ranked], self.market_now_s))
+        return self._write(held)
+
+    def _write(self, held: set[str]) -> bool:
+        self._held = set(held)
+        members = self._members
+        rows = [(c, (IN_UNIVERSE | TRADABLE) if c in members else IN_UNIVERSE if c in held else 0, i + 1, v)
+                for i, (c, v) in enumerate(self.ranked)]
+        ranked = {c for c, _ in self.ranked}
+        rows += [(c, f | (IN_UNIVERSE if c in held else 0), 0, 0.0) for c, f in sorted(self.flags.items())
+                 if f and c not in ranked and (self.cfg.candidates == "all" or c in self.markets)]
         self.table.write(rows[:self.table.n_rows])
         return True

@@ -54,9 +54,10 @@ class Broker(Protocol):
 class PaperBroker:
     """Simulated exchange: accepts every valid order at once and fills it on later trades of its
     market with :class:`~procs.trading.fills.FillModel`. Its book is the set of open orders it was
-    given; after a restart :meth:`reconcile` adopts the ledger's accepted orders (as an exchange
-    would still hold them) and reports the ones it never accepted as cancelled — they are never
-    sent again."""
+    given; only trades at or after an order's ``created_ms`` (its market's last trade when it was made)
+    fill it. After a restart :meth:`reconcile` adopts the ledger's accepted orders (as an exchange
+    would still hold them) and reports the ones it never accepted — ``new`` as cancelled, ``submitted``
+    / ``unknown`` as rejected — and they are never sent again (the live broker looks those up instead)."""
 
     name = "paper"
     real = False
@@ -76,7 +77,7 @@ class PaperBroker:
 
     def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> list[BrokerEvent]:
         out = []
-        for o in [o for o in self.book.values() if o.market == market]:
+        for o in [o for o in self.book.values() if o.market == market and t_ms >= o.created_ms]:
             f = self.model.match(o.side, o.ord_type, o.price, o.remaining, price, volume)
             if f is None:
                 continue

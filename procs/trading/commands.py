@@ -93,8 +93,9 @@ class CommandHandler:
         try:
             return route(cmd, who)
         except Refused as e:
-            self.engine.audit(who, f"refused {cmd.type}", str(cmd.payload)[:200], str(e))
-            self.engine.flush()
+            with self.engine.lock:
+                self.engine.audit(who, f"refused {cmd.type}", str(cmd.payload)[:200], str(e))
+                self.engine.flush()
             raise CommandError("REFUSED", str(e)) from None
         except KeyError as e:
             raise CommandError("NOT_FOUND", str(e.args[0]) if e.args else str(e)) from None
@@ -135,7 +136,12 @@ class CommandHandler:
         market = _str(cmd.payload, "market", cmd.symbol or "", max_len=16)
         if not market:
             raise CommandError("INVALID", "payload.market must be a market code or \"all\"")
-        return {"orders": self.engine.exit_positions(market, who, _str(cmd.payload, "reason", "operator exit"))}
+        limit = cmd.payload.get("price")
+        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
+                                  or limit != limit or limit == float("inf")):
+            raise CommandError("INVALID", "payload.price must be a positive KRW price (a limit sell) or absent")
+        return {"orders": self.engine.exit_positions(market, who, _str(cmd.payload, "reason", "operator exit"),
+                                                     None if limit is None else float(limit))}
 
     # -- views ---------------------------------------------------------------------------------
     def status(self) -> dict:

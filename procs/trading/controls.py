@@ -37,6 +37,7 @@ class Controls:
                 self.audit(who, "drawdown acknowledged", f"high-water mark restarts at {self.hwm:,.0f}", why)
             if self.mode != ARMED:
                 self.set_mode(ARMED, who, why)
+            self.exit_outside_universe()   # a market that left the top N while disarmed is sold now
 
     def disarm(self, who: str, why: str) -> None:
         with self.lock:
@@ -48,13 +49,19 @@ class Controls:
         with self.lock:
             if self.mode != KILLED:
                 self.set_mode(KILLED, who, why)
-            cancelled = []
-            for o in list(self.orders.values()):
-                for ev in self.broker.cancel(o, self.market_ms, f"kill switch: {why}"):
-                    self._apply(ev)
-                cancelled.append(o.identifier)
+            cancelled = self._cancel_all(f"kill switch ({why})")
             self.flush()
             return cancelled
+
+    def _cancel_all(self, reason: str) -> list[str]:
+        """Cancel every open order; returns the identifiers the broker cancelled."""
+        out = []
+        for o in list(self.orders.values()):
+            for ev in self.broker.cancel(o, self.market_ms, reason):
+                self._apply(ev)
+            if not o.is_open:
+                out.append(o.identifier)
+        return out
 
     def kill_reset(self, who: str, why: str) -> None:
         with self.lock:
@@ -93,8 +100,10 @@ class Controls:
             self.flush()
             return o
 
-    def exit_positions(self, market: str, who: str, why: str) -> list[str]:
-        """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED)."""
+    def exit_positions(self, market: str, who: str, why: str, limit: float | None = None) -> list[str]:
+        """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED), at
+        market, or with ``limit`` as a limit order at that price rounded up to Upbit's tick grid."""
+        market = market if market == "all" else market.upper()
         with self.lock:
             if self.mode == KILLED:
                 raise Refused("engine is KILLED: no order may be sent until KILL.RESET")
@@ -107,7 +116,7 @@ class Controls:
             for p in targets:
                 if p.state == "open" and not self._exit_open(p.market):
                     ident = self._exit(p, strategy.MANUAL, "command", self.last_price.get(p.market, p.avg_price),
-                                       manual=True)
+                                       manual=True, limit=limit)
                     if ident:
                         out.append(ident)
             self.flush()

@@ -55,6 +55,9 @@ from .portfolio import Position
 
 __all__ = ["Engine", "Refused"]
 
+#: Market time running back more than this (a replay started over) is followed, not ignored.
+REWIND_MS = 6 * 3600 * 1000
+
 if TYPE_CHECKING:   # the engine is handed a ledger; it never opens one (no I/O here)
     from .ledger import Ledger
 
@@ -82,6 +85,7 @@ class Engine(Execution, Controls):
         self.orders: dict[str, Order] = {}        # open orders by identifier
         self.positions: dict[str, Position] = {}  # pending / open positions by market
         self.last_price: dict[str, float] = {}
+        self.trade_ms: dict[str, int] = {}         # market -> time of its last trade (market ms)
         self.tradable: set[str] | None = None     # None until the symbols table has ranked
         self.market_ms = 0
         self._order_seq = 0
@@ -105,6 +109,10 @@ class Engine(Execution, Controls):
         self.starting_cash = lg.get("starting_cash", cfg.starting_cash)
         self.preset = lg.get("preset", cfg.preset)
         self.params: StrategyParams = resolve(self.preset, lg.get("params_overrides", cfg.strategy.overrides()))
+        if self.params != cfg.params():
+            log.warning("the ledger's configuration (preset %s v%s, applied by CONFIG.APPLY) is used, not the TOML's "
+                        "(preset %s): apply a preset to change it", self.preset, lg.get("config_version", 1),
+                        cfg.preset)
         self.config_version = lg.get("config_version", 1)
         self.hwm = lg.get("hwm", self.cash)
         self.day, self.day_start_equity = lg.get("day", ""), lg.get("day_start_equity", self.cash)
@@ -123,7 +131,9 @@ class Engine(Execution, Controls):
                           f"run {self.run_id}", "process start")
         lg.put("mode", MODE_NAMES[self.mode])
         self._reconcile([self._order_from_row(r) for r in lg.open_orders()])
-        self.ledger.commit()
+        if self.mode == KILLED:
+            self._cancel_all("KILLED before the restart")   # a kill that died before its cancels
+        self.flush()
 
     def _start_mode(self, stored: str | None, fresh: bool) -> int:
         may_arm = self.cfg.arm_on_start and not self.broker.real
@@ -171,6 +181,15 @@ class Engine(Execution, Controls):
     def open_positions(self) -> int:
         return sum(p.state == "open" for p in self.positions.values())
 
+    @property
+    def available_cash(self) -> float:
+        """Cash not promised to an open buy (its remaining KRW and fee): what a new entry may spend."""
+        promised = sum(o.remaining * (1 + self.cfg.fee_rate) for o in self.orders.values()
+                       if o.side == "bid" and o.ord_type == "price")
+        promised += sum(o.remaining * o.price * (1 + self.cfg.fee_rate) for o in self.orders.values()
+                        if o.side == "bid" and o.ord_type == "limit")
+        return self.cash - promised
+
     def limits(self) -> risk.Limits:
         c = self.cfg
         return risk.Limits(c.min_order_krw, c.max_order_krw, c.max_market_krw, c.fee_rate, self.params.max_positions,
@@ -207,10 +226,14 @@ class Engine(Execution, Controls):
         that caused it), then take-profit / stop-loss, then mark-to-market and the risk limits."""
         with self.lock:
             self.trades_seen += 1
-            if t_ms > self.market_ms:
+            if t_ms > self.market_ms or t_ms < self.market_ms - REWIND_MS:
+                if t_ms < self.market_ms:    # a replay started over under an old ledger
+                    self.note("clock", market, WARN, f"market time went back {(self.market_ms - t_ms) / 3.6e6:,.1f} h "
+                                                     f"(a replay restarted): following it")
                 self.market_ms = t_ms
                 self._roll_day()
             self.last_price[market] = price
+            self.trade_ms[market] = t_ms
             for ev in self.broker.on_trade(market, t_ms, price, volume, trade_id):
                 self._apply(ev)
             p = self.positions.get(market)
@@ -233,9 +256,13 @@ class Engine(Execution, Controls):
                 if why and not self._exit_open(market):
                     self._exit(p, why, "close", close, cur)
                 else:
-                    self._sell_eval(p, "close", close, cur, "", "hold")
+                    self._sell_eval(p, "close", close, cur, why, "exit already open" if why else "hold")
                 return
-            if self.tradable is None or market not in self.tradable or p is not None:
+            if self.tradable is None or market not in self.tradable:
+                return
+            if p is not None:    # the entry order is still filling
+                self.ledger.buy_evals([(t_s, market, self.params.rule, "", "pending", "entry order still filling",
+                                        *strategy.inputs(prev, cur, close), MODE_NAMES[self.mode], self.wall_ns())])
                 return
             rule = strategy.entry_rule(self.params, prev, cur, close)
             decision, reason = self._entry(market, rule, close) if rule else ("none", "no signal")
@@ -247,15 +274,22 @@ class Engine(Execution, Controls):
         """The tradable top N changed: a position in a market that left it is sold (or held, per
         ``trader.on_leave``)."""
         with self.lock:
-            before, self.tradable = self.tradable, set(tradable)
-            for m, p in list(self.positions.items()):
-                if p.state != "open" or m in self.tradable or (before is not None and m not in before):
-                    continue
-                if self.cfg.on_leave == "sell":
-                    if not self._exit_open(m):
-                        self._exit(p, strategy.LEFT_TOP_N, "universe", self.last_price.get(m, p.avg_price))
-                else:
-                    self.note("hold", m, INFO, "left the tradable top N; held (trader.on_leave = hold)")
+            self.tradable = set(tradable)
+            self.exit_outside_universe()
+
+    def exit_outside_universe(self) -> None:
+        """Every open position outside the tradable set: sold (once it can be: also after a later ARM),
+        or held and said once (``trader.on_leave = "hold"``)."""
+        if self.tradable is None:
+            return
+        for m, p in list(self.positions.items()):
+            if p.state != "open" or m in self.tradable or self._exit_open(m):
+                continue
+            if self.cfg.on_leave == "sell":
+                self._exit(p, strategy.LEFT_TOP_N, "universe", self.last_price.get(m, p.avg_price))
+            elif (p.id, "hold") not in self._dry_exits:
+                self._dry_exits.add((p.id, "hold"))
+                self.note("hold", m, INFO, "left the tradable top N; held (trader.on_leave = hold)")
 
     # -- decisions --------------------------------------------------------------------------------
     def _entry(self, market: str, rule: str, close: float) -> tuple[str, str]:
@@ -263,13 +297,15 @@ class Engine(Execution, Controls):
         if self.mode == KILLED:
             return "refused", "engine KILLED"
         lim = self.limits()
-        krw = risk.entry_size(self.equity, self.cash, self.params.order_share, lim)
-        pending = sum(o.purpose == "entry" for o in self.orders.values())
-        blocked = self._blocked()
-        why = risk.check_entry(market=market, krw=krw, cash=self.cash, open_positions=self.open_positions,
-                               pending_entries=pending, has_position=market in self.positions,
+        cash = self.available_cash
+        krw = risk.entry_size(self.equity, cash, self.params.order_share, lim)
+        pending = sum(p.state == "pending" for p in self.positions.values())
+        held = self.positions.get(market)
+        why = risk.check_entry(market=market, krw=krw, cash=cash, open_positions=self.open_positions,
+                               pending_entries=pending, has_position=held is not None,
                                has_open_order=any(o.market == market for o in self.orders.values()),
-                               held_krw=0.0, lim=lim, blocked=blocked)
+                               held_krw=held.cost if held else 0.0, lim=lim, blocked=self._blocked(),
+                               stop_loss_pct=self.params.stop_loss_pct)
         if why:
             self.note("deny", market, WARN, f"buy {krw:,.0f} KRW on {rule} denied: {why}")
             return "denied", why
@@ -293,8 +329,9 @@ class Engine(Execution, Controls):
         return any(o.market == market and o.purpose == "exit" for o in self.orders.values())
 
     def _exit(self, p: Position, why: str, trigger: str, price: float, ind: dict | None = None,
-              manual: bool = False) -> str:
-        """Sell the whole position (market order) for ``why``; returns the identifier or ""."""
+              manual: bool = False, limit: float | None = None) -> str:
+        """Sell the whole position for ``why`` — at market, or a limit order at ``limit`` rounded up to the
+        tick grid; returns the identifier or ""."""
         ind = ind or {}
         if self.mode == KILLED or (self.mode != ARMED and not manual):
             if (p.id, why) not in self._dry_exits:   # once per position and reason, not on every trade
@@ -305,14 +342,19 @@ class Engine(Execution, Controls):
             return ""
         denial = risk.check_exit(volume=p.qty, price=price, has_open_exit=self._exit_open(p.market), lim=self.limits())
         if denial:
-            self._sell_eval(p, trigger, price, ind, why, f"denied: {denial}")
-            self.note("deny", p.market, WARN, f"sell on {why} denied: {denial}")
+            if (p.id, f"deny {why}") not in self._dry_exits:   # said once per position and reason
+                self._dry_exits.add((p.id, f"deny {why}"))
+                self._sell_eval(p, trigger, price, ind, why, f"denied: {denial}")
+                self.note("deny", p.market, WARN, f"sell on {why} denied: {denial}")
             return ""
         for entry in [o for o in self.orders.values() if o.market == p.market and o.purpose == "entry"]:
             # the rest of a partly filled entry is cancelled first: the exit sells what is held
             for ev in self.broker.cancel(entry, self.market_ms, f"exit on {why} before the entry filled"):
                 self._apply(ev)
-        o = self._order(p.market, "ask", "market", 0.0, p.qty, "exit", why, p.id)
+        if limit is None:
+            o = self._order(p.market, "ask", "market", 0.0, p.qty, "exit", why, p.id)
+        else:
+            o = self._order(p.market, "ask", "limit", risk.round_to_tick(limit, "ask"), p.qty, "exit", why, p.id)
         self._sell_eval(p, trigger, price, ind, why, f"order {o.identifier}")
         return o.identifier
 
@@ -354,4 +396,7 @@ class Engine(Execution, Controls):
         self.note("risk", "", ALERT, f"{RISK_FLAG_NAMES[flag]} limit: {why}")
         if self.mode == ARMED:
             self.set_mode(DISARMED, "risk", why)
+        for o in [o for o in self.orders.values() if o.purpose == "entry"]:
+            for ev in self.broker.cancel(o, self.market_ms, f"{RISK_FLAG_NAMES[flag]} limit"):
+                self._apply(ev)
         self.flush()

@@ -32,8 +32,9 @@ class Execution:
                position_id: int) -> Order:
         """Write ahead (the row is committed before the broker is called), then submit."""
         self._order_seq += 1
+        at = self.trade_ms.get(market, self.market_ms)   # the market's own clock: fills come from its later trades
         o = Order(f"smtm-{self.run_id}-{self._order_seq}", market, side, ord_type, price, volume, purpose, tag,
-                  position_id, self.market_ms, updated_ms=self.market_ms)
+                  position_id, at, updated_ms=at)
         o.move(OrderState.SUBMITTED, self.market_ms)
         self.ledger.insert_order(o, self.wall_ns())
         self.flush()
@@ -43,14 +44,16 @@ class Execution:
         self.note("order", market, INFO, f"{side} {ord_type} {what} for {tag} ({o.identifier})")
         try:
             events = self.broker.submit(o)
-        except BrokerUnavailable as e:
-            o.move(OrderState.UNKNOWN, self.market_ms, str(e))
+        except Exception as e:   # BrokerUnavailable, or a broker bug: either way the outcome is unknown
+            if not isinstance(e, BrokerUnavailable):
+                log.exception("broker %s failed on %s", self.broker.name, o.identifier)
+            o.move(OrderState.UNKNOWN, self.market_ms, f"{type(e).__name__}: {e}"[:200])
             self.ledger.update_order(o)
             self.note("unknown", market, ALERT, f"{o.identifier}: outcome unknown ({e}); it will not be re-sent")
             events = []
         for ev in events:
             self._apply(ev)
-        self.ledger.commit()
+        self.flush()
         return o
 
     def _apply(self, ev: BrokerEvent) -> None:
@@ -84,6 +87,8 @@ class Execution:
         p = self.positions.get(o.market)
         if p is None or p.id != o.position_id:
             raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} is not open")
+        if not o.is_open:
+            raise IllegalTransition(f"fill for {o.identifier}, which is {o.state.value}")
         if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
                                        ev.trade_id, o.position_id):
             self.duplicate_fills += 1

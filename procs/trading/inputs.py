@@ -8,7 +8,9 @@ indicator values, the tradable top N. Nothing is serialized: records are copied 
   starts at the current end: a restarted trader never re-applies old trades.
 * ``indicators.<signal tf>`` — a candle at index ``k`` is closed and its indicator values are final
   once the indicator ring holds index ``k + 1`` (the indicator writes the closed candle and the new
-  open one in one seqlock section). Each such candle is passed once, with the one before it, to
+  open one in one seqlock section). Each such candle is passed once — by its start time, so a repair
+  that moves indices never makes it evaluated twice, and candles a repair fills in long after they
+  closed are not evaluated as fresh signals — with the one before it, to
   :meth:`~procs.trading.engine.Engine.on_candle_close`; the candle itself comes from
   ``candles.<tf>`` at the same index (same ``t``, checked). At attach it starts after the last
   closed candle: history is not re-evaluated.
@@ -23,7 +25,7 @@ import time
 
 import numpy as np
 
-from shm.ring import Overrun, RingTable
+from shm.ring import Overrun, RingTable, SeqlockTimeout
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.symbols import TRADABLE, SymbolsTable
 from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES, aligned_indicators
@@ -47,6 +49,7 @@ class ShmInputs:
         self.missed = 0              # trades overwritten before the trader read them
         self.last_recv_ns: dict[str, int] = {}        # market -> CLOCK_MONOTONIC ns of its newest trade
         self.bucket_recv_ns: dict[str, tuple[int, int]] = {}  # market -> (signal-tf bucket ms, first trade's recv)
+        self.last_t: dict[str, int] = {}   # market -> start of the newest candle evaluated (Unix s)
         self._gseq = (-1, -1, -1)
         #: CLOCK_MONOTONIC ns at which ingest received the trade behind the decision being made (0: unknown)
         self.trigger_ns = 0
@@ -103,16 +106,10 @@ class ShmInputs:
                 self.trade_gen[row], self.trade_pos[row] = gens[row], counts[row]
                 continue
             market = tr.name(row)
-            start = int(self.trade_pos[row])
-            try:
-                recs, cnt = tr.read_range(row, start)
-            except Overrun:
-                cnt = tr.count(row)
-                skip = max(cnt - tr.capacity, start)
-                self.missed += skip - start
-                recs, cnt = tr.read_range(row, skip)
-            if tr.generation(row) != gens[row] or not market:
+            got = self._read_trades(row, int(self.trade_pos[row]))
+            if got is None or tr.generation(row) != gens[row] or not market:
                 continue
+            recs, cnt = got
             self.trade_pos[row] = cnt
             if len(recs):
                 self.touched.add(market)
@@ -127,12 +124,31 @@ class ShmInputs:
                 self.trigger_ns = recv
                 engine.on_trade(market, t_ms, price, vol, sid)
                 n += 1
+        self.trigger_ns = 0
         return n
+
+    def _read_trades(self, row: int, start: int) -> tuple[np.ndarray, int] | None:
+        """Trades of ``row`` from ``start`` on. Lapped by the writer, it skips to an eighth of the ring
+        past the oldest record still there (so a few more writes cannot lap it again) and counts what it
+        missed; None if the row cannot be read consistently right now (tried again on the next poll)."""
+        tr = self.trades
+        for _ in range(8):
+            try:
+                return tr.read_range(row, start, max_spins=10_000)
+            except Overrun:
+                skip = tr.count(row) - tr.capacity + tr.capacity // 8
+                self.missed += skip - start
+                start = skip
+            except SeqlockTimeout:
+                return None
+        return None
 
     def _closes(self, engine: Engine) -> None:
         ind, cand = self.ind, self.candles
         counts = ind.counts().astype(np.int64)
         gens = ind.generations().astype(np.int64)
+        shrunk = counts - 1 < self.closed_pos           # history rewritten shorter (a repair)
+        self.closed_pos[shrunk] = np.maximum(counts[shrunk] - 2, 0)
         for row in np.flatnonzero((counts - 1 > self.closed_pos) | (gens != self.ind_gen)):
             row = int(row)
             if gens[row] != self.ind_gen[row]:
@@ -142,21 +158,27 @@ class ShmInputs:
             last = int(counts[row]) - 1            # candles [start, last) are closed and final
             lo = max(start - 1, 0, last - ind.capacity + 1)
             try:
-                vals, _ = ind.read_range(row, lo, last)
-                bars, _ = cand.read_range(row, lo, last)
+                vals, _ = ind.read_range(row, lo, last, max_spins=10_000)
+                bars, _ = cand.read_range(row, lo, last, max_spins=10_000)
             except Overrun:
                 self.closed_pos[row] = last
                 continue
+            except SeqlockTimeout:
+                continue      # tried again on the next poll
             market = ind.name(row)
             self.closed_pos[row] = last
             if not market or len(vals) != len(bars) or ind.generation(row) != gens[row]:
                 continue
+            newest = int(bars["t"][-1]) if len(bars) else 0
             for j in range(max(start - lo, 1), len(vals)):
-                if vals["t"][j] != bars["t"][j] or vals["t"][j - 1] != bars["t"][j - 1]:
+                t = int(bars["t"][j])
+                if vals["t"][j] != t or vals["t"][j - 1] != bars["t"][j - 1]:
                     continue    # candles and indicators disagree for a moment (a repair): skip
+                if t <= self.last_t.get(market, 0) or t < newest - 2 * self.tf_ms // 1000:
+                    continue    # evaluated already, or history a repair filled in (closed long ago)
+                self.last_t[market] = t
                 prev = dict(zip(_COLUMNS, vals[j - 1].tolist()))
                 cur = dict(zip(_COLUMNS, vals[j].tolist()))
-                t = int(bars["t"][j])
                 bucket, recv = self.bucket_recv_ns.get(market, (0, 0))
                 self.trigger_ns = recv if bucket == t * 1000 + self.tf_ms else 0   # the trade that closed it
                 engine.on_candle_close(market, t, float(bars["c"][j]), prev, cur)

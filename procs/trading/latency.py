@@ -24,9 +24,9 @@ class LatencyProbe:
 
     @staticmethod
     def summary(xs) -> dict:
-        if not xs:
+        a = np.array(list(xs), float)   # list(deque) copies in one C call: safe while the engine appends
+        if not len(a):
             return {"n": 0}
-        a = np.fromiter(xs, float)
         return {"n": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
                 "max_us": float(a.max())}
 

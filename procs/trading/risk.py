@@ -74,10 +74,12 @@ def entry_size(equity: float, cash: float, share: float, lim: Limits) -> float:
 
 def check_entry(*, market: str, krw: float, cash: float, open_positions: int, pending_entries: int,
                 has_position: bool, has_open_order: bool, held_krw: float, lim: Limits,
-                blocked: str = "") -> str:
+                blocked: str = "", stop_loss_pct: float = 0.0) -> str:
     """Why a market buy of ``krw`` in ``market`` must not be sent, or ``""`` if it may.
 
-    ``blocked`` is a risk block already in force (daily loss, drawdown). Each reason is a short
+    ``blocked`` is a risk block already in force (daily loss, drawdown); ``stop_loss_pct`` makes an entry
+    that would be worth less than the minimum at its stop-loss a denial (it could not be sold). Each
+    reason is a short
     machine-readable word followed by the figures, e.g. ``"max_positions 5/5"``."""
     if blocked:
         return blocked
@@ -87,6 +89,9 @@ def check_entry(*, market: str, krw: float, cash: float, open_positions: int, pe
         return f"max_positions {open_positions + pending_entries}/{lim.max_positions}"
     if not math.isfinite(krw) or krw < lim.min_order_krw:
         return f"under_min_total {krw:,.0f} < {lim.min_order_krw:,.0f} KRW"
+    if krw * (1 - stop_loss_pct / 100) < lim.min_order_krw:
+        return (f"exit_would_be_dust: {krw:,.0f} KRW at the stop-loss is worth {krw * (1 - stop_loss_pct / 100):,.0f} "
+                f"< {lim.min_order_krw:,.0f} KRW, which could not be sold")
     if krw > lim.max_order_krw * (1 + 1e-9):
         return f"max_order_krw {krw:,.0f} > {lim.max_order_krw:,.0f}"
     if held_krw + krw > lim.max_market_krw * (1 + 1e-9):

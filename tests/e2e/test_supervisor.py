@@ -43,7 +43,7 @@ def test_monitor_crash_is_invisible_to_the_engine(supervised):
     print(f"monitor drawing again {restart_s:.2f} s after kill -9")
     now = {p["name"]: p["pid"] for p in sup.processes()}
     assert now["monitor"] == int(r["pid"]) != pids["monitor"]
-    for name in ("exchange", "ingest", "indicator", "symbols"):
+    for name in ("exchange", "ingest", "indicator", "symbols", "trader"):
         assert now[name] == pids[name], f"{name} was restarted"
     wait_for(lambda: int(ring.counts().sum()) > count0, 30, "ring counts to keep growing")
     assert restart_s < 10
@@ -59,7 +59,7 @@ def test_stop_ingest_stops_only_ingest(supervised):
     assert "ingest: stopped" in out.stdout
     states = {p["name"]: p["statename"] for p in sup.processes()}
     assert states == {"exchange": "RUNNING", "ingest": "STOPPED", "indicator": "RUNNING", "symbols": "RUNNING",
-                      "monitor": "RUNNING"}
+                      "trader": "RUNNING", "monitor": "RUNNING"}
     assert st.read("ingest")["state"] == State.STOPPED
     out = subprocess.run([*ctl, "start", "ingest"], capture_output=True, text=True, timeout=30)
     assert "ingest: started" in out.stdout

@@ -61,3 +61,42 @@ def test_the_first_ranking_waits_for_every_candidate():
     now[0] += 1_000
     assert mgr.step()
     assert [r[0] for r in table.written if r[1]] == ["KRW-C", "KRW-A"]
+
+
+def test_a_held_market_stays_subscribed_after_it_leaves_the_top_n():
+    """A market the trader still holds keeps IN_UNIVERSE (ingest keeps its trades coming, so the exit can
+    fill) without TRADABLE, and is dropped once the trader no longer holds it."""
+    from procs.market.types import Ticker
+    from procs.runtime.config import SymbolsConfig
+    from shm.symbols import IN_UNIVERSE, TRADABLE
+
+    class Table:
+        n_rows = 32
+        written = None
+
+        def write(self, rows):
+            self.written = rows
+    markets = ("KRW-A", "KRW-B", "KRW-C")
+    market_all = [{"market": m, "market_event": {"warning": False, "caution": {}}} for m in markets]
+    traded = {"KRW-A": 3e9, "KRW-B": 2e9, "KRW-C": 1e9}
+    now = [1_000_000]
+    held: set[str] = set()
+
+    def tickers(codes):
+        return [Ticker(c, 1.0, traded[c], 1.0, now[0], "ACTIVE") for c in codes]
+    table = Table()
+    mgr = SymbolManager(SymbolsConfig(top_n=1, rank_interval_s=600.0, min_stable_s=0.0), markets, table,
+                        market_all=lambda: market_all, tickers=tickers, held=lambda: set(held))
+    assert mgr.step()
+    flags = {r[0]: r[1] for r in table.written}
+    assert flags["KRW-A"] == IN_UNIVERSE | TRADABLE and flags["KRW-B"] == 0
+    held.add("KRW-A")
+    traded["KRW-B"] = 9e9
+    now[0] += 700_000
+    assert mgr.step()
+    flags = {r[0]: r[1] for r in table.written}
+    assert flags["KRW-B"] == IN_UNIVERSE | TRADABLE and flags["KRW-A"] == IN_UNIVERSE   # held: subscribed only
+    held.clear()                                     # the trader sold it
+    now[0] += 1_000
+    assert mgr.step()                                # rewritten at once, not at the next ranking
+    assert {r[0]: r[1] for r in table.written}["KRW-A"] == 0

@@ -230,3 +230,81 @@ def test_exit_cancels_the_rest_of_a_partly_filled_entry(rig):
     rig.trade("KRW-BTC", 90e6)
     assert "KRW-BTC" not in e.positions and e.illegal == 0
     assert rig.rows("SELECT state, exit_reason FROM positions") == [("closed", "stop_loss")]
+
+
+def test_entries_never_spend_cash_promised_to_open_buys(make_rig):
+    r = make_rig(preset="AGGRESSIVE", max_order_krw=5_000_000.0)    # 25 % x 8 positions
+    markets = ["KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL", "KRW-DOGE", "KRW-ADA", "KRW-LINK", "KRW-ETC"]
+    r.engine.on_universe(set(markets))
+    for m in markets:                      # every 30 m candle closes at once: all signals before any fill
+        r.trade(m, 1000.0)
+    for m in markets:
+        r.close(m, 1000.0)
+    e = r.engine
+    promised = sum(o.price * (1 + e.cfg.fee_rate) for o in e.orders.values())
+    assert promised <= 10_000_000 + 1e-6 and len(e.orders) == 4     # 2.5M each: four fit, the rest denied
+    for m in markets:
+        r.trade(m, 1000.0)
+    assert e.cash >= -1e-6
+    denied = [row[0] for row in r.rows("SELECT reason FROM buy_eval WHERE decision = 'denied'")]
+    assert denied and all(d.startswith(("under_min_total", "insufficient_funds", "exit_would_be_dust")) for d in denied)
+
+
+def test_a_restart_killed_cancels_what_the_kill_could_not(rig):
+    e = rig.engine
+    rig.trade("KRW-BTC", 100e6)
+    rig.close("KRW-BTC", 100e6)              # an accepted entry, not filled yet
+    e.set_mode(KILLED, "test", "crash before the cancels")   # KILL's first step only
+    e2 = rig.restart(crash=True)
+    assert e2.mode == KILLED and not e2.orders
+    rig.trade("KRW-BTC", 100e6)
+    assert not e2.positions and rig.rows("SELECT state FROM orders") == [("cancelled",)]
+
+
+def test_a_market_that_left_while_disarmed_is_sold_on_arm(rig):
+    e = rig.engine
+    rig.enter("KRW-BTC", 100e6)
+    e.disarm("test", "t")
+    e.on_universe({"KRW-ETH"})
+    assert not e.orders
+    e.arm("test", "t")
+    [o] = e.orders.values()
+    assert o.tag == "left_top_n"
+
+
+def test_an_entry_that_would_be_dust_at_its_stop_is_denied(make_rig):
+    r = make_rig(starting_cash=34_000.0, strategy={"order_share": 0.15})   # 5,100 KRW: 4,972 KRW at -2.5 %
+    r.trade("KRW-BTC", 100e6)
+    r.close("KRW-BTC", 100e6)
+    assert r.rows("SELECT decision, substr(reason, 1, 18) FROM buy_eval") == [("denied", "exit_would_be_dust")]
+
+
+def test_paper_orders_never_fill_on_trades_printed_before_them(rig):
+    e = rig.engine
+    rig.trade("KRW-BTC", 100e6)
+    rig.close("KRW-BTC", 100e6)
+    [o] = e.orders.values()
+    e.on_trade("KRW-BTC", o.created_ms - 60_000, 90e6, 1.0, 999)   # a held trade, applied late
+    assert o.filled == 0
+    rig.trade("KRW-BTC", 100e6)
+    assert o.filled > 0
+
+
+def test_market_time_that_runs_back_is_followed(rig):
+    e = rig.engine
+    rig.trade("KRW-BTC", 100e6)
+    late = e.market_ms
+    e.on_trade("KRW-BTC", late - 30 * 86_400_000, 100e6, 1.0, 12345)    # the replay started over
+    assert e.market_ms == late - 30 * 86_400_000 and any(n["kind"] == "clock" for n in e.recent)
+
+
+def test_limit_exit_is_rounded_up_to_the_tick(rig):
+    e = rig.engine
+    rig.enter("KRW-ETH", 4_000_000.0)
+    [ident] = e.exit_positions("krw-eth", "test", "t", limit=4_100_040.0)
+    o = e.orders[ident]
+    assert (o.ord_type, o.price) == ("limit", 4_101_000.0)     # KRW 1,000 ticks at 1,000,000 and above
+    rig.trade("KRW-ETH", 4_101_000.0)                          # a touch is not a fill
+    assert o.filled == 0
+    rig.trade("KRW-ETH", 4_102_000.0)
+    assert "KRW-ETH" not in e.positions

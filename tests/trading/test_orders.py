@@ -73,3 +73,9 @@ def test_fills_move_to_partial_then_filled():
 def test_run_ids_do_not_repeat():
     ids = {new_run_id() for _ in range(2000)}
     assert len(ids) == 2000 and all(len(i) <= 18 for i in ids)
+
+
+def test_the_shared_open_states_are_the_state_machines():
+    from procs.trading.orders import OPEN
+    from shm.trading import OPEN_STATES
+    assert OPEN_STATES == {s.value for s in OPEN}
