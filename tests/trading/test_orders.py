@@ -78,4 +78,4 @@ def test_run_ids_do_not_repeat():
 def test_the_shared_open_states_are_the_state_machines():
     from procs.trading.orders import OPEN
     from shm.trading import OPEN_STATES
-    assert OPEN_STATES == {s.value for s in OPEN}
+    assert {s.value for s in OPEN} == OPEN_STATES
