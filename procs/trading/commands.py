@@ -156,7 +156,7 @@ class CommandHandler:
                     "risk": {"flags": [n for f, n in RISK_FLAG_NAMES.items() if e.risk_flags & f], "reason": e.reason,
                              "day": e.day, "day_start_equity": e.day_start_equity},
                     "market_ms": e.market_ms, "params": e.params.model_dump(), "decisions": e.decisions,
-                    "trades_seen": e.trades_seen, "health": self.health()}
+                    "trades_seen": e.trades_seen, "uncommitted": e.dirty, "health": self.health()}
 
     def positions(self) -> list[dict]:
         e = self.engine

@@ -92,6 +92,7 @@ class Engine(Execution, Controls):
         self.decisions = self.trades_seen = self.duplicate_fills = self.illegal = 0
         self.orders_version = 0   # moves whenever an order is created or changes (the orders table is rewritten)
         self.dirty = False
+        self.money_dirty = False   # a fill or order change since the last commit
         self._dry_exits: set[tuple[int, str]] = set()
         self._load()
 
@@ -218,7 +219,7 @@ class Engine(Execution, Controls):
             lg.put(k, getattr(self, k))
         lg.put("marks", {m: p.last_price for m, p in self.positions.items() if p.last_price > 0})
         lg.commit()
-        self.dirty = False
+        self.dirty = self.money_dirty = False
 
     # -- inputs ---------------------------------------------------------------------------------
     def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> None:
@@ -244,6 +245,8 @@ class Engine(Execution, Controls):
                     if why:
                         self._exit(p, why, "trade", price)
             self._check_limits()
+            if self.money_dirty:      # a fill moved money: committed now (evaluations wait for the group commit)
+                self.flush()
 
     def on_candle_close(self, market: str, t_s: int, close: float, prev: dict, cur: dict) -> None:
         """A closed candle of the signal timeframe (start ``t_s``) with its and the previous candle's

@@ -76,7 +76,7 @@ class Execution:
             self.note("illegal", o.market, ALERT, str(e)[:110])
             return
         self.ledger.update_order(o)
-        self.dirty = True
+        self.dirty = self.money_dirty = True
         self.orders_version += 1
         self.emit("ORDER.UPDATE", self.order_view(o), o.market)
         if not o.is_open:

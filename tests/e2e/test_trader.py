@@ -54,8 +54,8 @@ def replayed(tmp_path_factory):
                  60, "ingest to read every frame")
         trades = int(status.read("ingest")["msgs_out"])
         client = TraderClient(sock)
-        wait_for(lambda: client.request("ENGINE.STATUS")["payload"]["trades_seen"] >= trades, 60,
-                 "the trader to see every trade")
+        wait_for(lambda: (lambda st: st["trades_seen"] >= trades and not st["uncommitted"])(
+            client.request("ENGINE.STATUS")["payload"]), 60, "the trader to see every trade and commit")
         yield env, client, sock
     finally:
         env.stop_all()
