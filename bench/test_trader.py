@@ -17,7 +17,6 @@ trade (it must not).
 from __future__ import annotations
 
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -25,11 +24,8 @@ import numpy as np
 import pytest
 
 from bench.conftest import RESULTS
-from procs.runtime.roster import STATUS_ROWS
-from procs.trading.client import TraderClient
 from shm.segment import unlink_instance
-from shm.status import StatusTable
-from tests.helpers import Env, get_json, wait_for
+from tests.helpers import Env, replay_to_the_trader
 
 RUNS = {"full speed": (0.0, "2024-11-01", "2024-12-01"), "paced 28,800x": (28800.0, "2024-11-01", "2024-11-08")}
 TRADER = "\n[trader]\narm_on_start = true\n[trader.strategy]\nrule = \"macd_cross\"\n"
@@ -41,20 +37,8 @@ def _run_replay(tmp: Path, speed: float, start: str, end: str) -> dict:
     env.write_overlay(speed=speed, exchange=f'start = "{start}"\nend = "{end}"', shm="trades_capacity = 16384",
                       tail=TRADER)
     try:
-        for p in ("exchange", "indicator", "symbols", "trader"):
-            env.start(p)
-        base = f"http://127.0.0.1:{env.port}"
-        wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange")
-        sock = env.run_dir / "trader.sock"
-        wait_for(sock.exists, 30, "the trader's socket")
-        env.start("ingest")
-        t0 = time.monotonic()
-        wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), 300, "the replay", interval=0.2)
-        wall = time.monotonic() - t0
-        status = StatusTable.open(inst, STATUS_ROWS)
-        trades = int(status.read("ingest")["msgs_out"])
-        with TraderClient(sock) as c:
-            wait_for(lambda: c.request("ENGINE.STATUS")["payload"]["trades_seen"] >= trades, 60, "the trader")
+        client, trades, wall = replay_to_the_trader(env, timeout=300)
+        with client as c:
             st = c.request("ENGINE.STATUS")["payload"]
         return {"trades": trades, "wall_s": wall, "health": st["health"], "orders": st["health"]["latency_order"]}
     finally:

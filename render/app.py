@@ -51,6 +51,18 @@ class FrameStats:
         return True
 
 
+def _refresh(source, chart) -> bool:
+    """One tick's data: copy what moved (candles, the trading view) into the chart; True if anything did."""
+    dirty = False
+    if source.poll():
+        chart.set_data(source.snapshot())
+        dirty = True
+    if source.poll_trading():
+        chart.set_trading(source.trading_view())
+        dirty = True
+    return dirty
+
+
 def _write_png(path: str, img: np.ndarray) -> None:
     """``img`` as an opaque RGB PNG: the framebuffer's alpha is what blending left there (text drawn
     under an opaque tag lowers it), which the screen ignores and image viewers would not."""
@@ -118,13 +130,7 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
             app.quit()
             return
         stats.ticks += 1
-        dirty = False
-        if source.poll():
-            chart.set_data(source.snapshot())
-            dirty = True
-        if source.poll_trading():
-            chart.set_trading(source.trading_view())
-            dirty = True
+        dirty = _refresh(source, chart)
         now = time.monotonic()
         if now - last_status[0] >= 0.5:
             last_status[0] = now
@@ -190,12 +196,7 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
     next_tick = time.monotonic()
     while should_run():
         stats.ticks += 1
-        if source.poll():
-            chart.set_data(source.snapshot())
-            dirty = True
-        if source.poll_trading():
-            chart.set_trading(source.trading_view())
-            dirty = True
+        dirty = _refresh(source, chart) or dirty
         now = time.monotonic()
         if now - last_status >= 0.5:
             last_status = now

@@ -209,3 +209,31 @@ def closed_candle_mismatch(ring, src: dict, markets, *, min_closed: int = 1, val
         if value_rel is not None and np.max(np.abs(closed["value"] - exp["value"]) / exp["value"]) > value_rel:
             return (m, ["value"], len(closed), len(exp), None, None, None)
     return None
+
+
+def replay_to_the_trader(env: Env, timeout: float = 240):
+    """Start exchange, indicator, symbols, trader and ingest for ``env`` (its overlay written), let the
+    replay run to its end and the trader see every trade and commit. Returns ``(client, trades,
+    seconds from ingest's start to the replay's end)``; the caller closes the client."""
+    from procs.runtime.roster import STATUS_ROWS
+    from procs.trading.client import TraderClient
+    from shm.status import StatusTable
+    for p in ("exchange", "indicator", "symbols", "trader"):
+        env.start(p)
+    base = f"http://127.0.0.1:{env.port}"
+    wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange to listen")
+    sock = env.run_dir / "trader.sock"
+    wait_for(sock.exists, 30, "the trader's socket")
+    env.start("ingest")
+    t0 = time.monotonic()
+    wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), timeout, "the replay to finish",
+             interval=0.2)
+    wall = time.monotonic() - t0
+    status = StatusTable.open(env.instance, STATUS_ROWS)
+    sent = get_json(f"{base}/replay/status")["messages_sent"]
+    wait_for(lambda: int(status.read("ingest")["msgs_in"]) >= sent, 60, "ingest to read every frame")
+    trades = int(status.read("ingest")["msgs_out"])
+    client = TraderClient(sock)
+    wait_for(lambda: (lambda st: st["trades_seen"] >= trades and not st["uncommitted"])(
+        client.request("ENGINE.STATUS")["payload"]), 60, "the trader to see every trade and commit")
+    return client, trades, wall

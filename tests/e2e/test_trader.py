@@ -16,13 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from procs.runtime.roster import STATUS_ROWS
-from procs.trading.client import TraderClient
 from shm.segment import unlink_instance
-from shm.status import StatusTable
 from shm.tables import TIMELINE, TIMELINE_ROW
 from shm.trading import text
-from tests.helpers import Env, get_json, wait_for
+from tests.helpers import Env, replay_to_the_trader
 
 TRADER = """
 [trader]
@@ -40,22 +37,8 @@ def replayed(tmp_path_factory):
     env = Env(inst, tmp_path_factory.mktemp("trader"), run_base=run_base)
     env.write_overlay(speed=0.0, exchange='start = "2024-11-01"\nend = "2024-11-11"', shm=SHM, tail=TRADER)
     try:
-        for p in ("exchange", "indicator", "symbols", "trader"):
-            env.start(p)
-        base = f"http://127.0.0.1:{env.port}"
-        wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange to listen")
+        client, _, _ = replay_to_the_trader(env)
         sock = env.run_dir / "trader.sock"
-        wait_for(sock.exists, 30, "the trader's socket")
-        env.start("ingest")
-        wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), 240, "the replay to finish",
-                 interval=0.5)
-        status = StatusTable.open(inst, STATUS_ROWS)
-        wait_for(lambda: int(status.read("ingest")["msgs_in"]) >= get_json(f"{base}/replay/status")["messages_sent"],
-                 60, "ingest to read every frame")
-        trades = int(status.read("ingest")["msgs_out"])
-        client = TraderClient(sock)
-        wait_for(lambda: (lambda st: st["trades_seen"] >= trades and not st["uncommitted"])(
-            client.request("ENGINE.STATUS")["payload"]), 60, "the trader to see every trade and commit")
         yield env, client, sock
     finally:
         env.stop_all()
