@@ -131,7 +131,8 @@ def cmd_preset(args, cfg: Config, sup: Supervisor) -> int:
 
 def cmd_exit(args, cfg: Config, sup: Supervisor) -> int:
     market = "all" if args.market.lower() == "all" else args.market.upper()
-    p = _call(cfg, "POSITION.EXIT", {"market": market, **_reason(args)})
+    limit = {"price": args.limit} if getattr(args, "limit", None) is not None else {}
+    p = _call(cfg, "POSITION.EXIT", {"market": market, **limit, **_reason(args)})
     if p is _FAILED:
         return 1
     orders = p.get("orders") or []
@@ -312,11 +313,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         return p
 
     reasoned("arm", "let the trader open positions (LIVE.ARM; refused while KILLED)")
-    reasoned("disarm", "stop opening positions; open ones are still managed (LIVE.DISARM)")
+    reasoned("disarm", "dry-run: the strategy keeps evaluating and recording, no order is sent - not even "
+                       "take-profit / stop-loss exits (LIVE.DISARM)")
     k = reasoned("kill", "kill switch: cancel open orders, block new ones (KILL.SWITCH)")
     k.add_argument("--reset", action="store_true", help="leave KILLED for DISARMED (KILL.RESET)")
-    ex = reasoned("exit", "sell a position at market (POSITION.EXIT)")
+    ex = reasoned("exit", "sell a position at market, or at a limit price (POSITION.EXIT)")
     ex.add_argument("market", help="market code, e.g. KRW-BTC, or 'all'")
+    ex.add_argument("--limit", type=float, metavar="KRW", help="a limit sell at this price (rounded up to the tick)")
     sub.add_parser("positions", help="open positions with unrealized P&L")
     o = sub.add_parser("orders", help="open and recent orders, newest first")
     o.add_argument("-n", type=count, default=20, help="orders (default 20)")
