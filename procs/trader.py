@@ -81,7 +81,7 @@ class TraderProcess(Process):
                                     subscriber_queue=c.subscriber_queue, log=self.log)
         self.server.start()
         self.outputs.publish(self.engine, force=True)
-        self.log.info("engine %s, preset %s v%d, broker %s, socket %s", self.engine.mode, self.engine.preset,
+        self.log.info("engine %s, preset %s v%d, broker %s, socket %s", self.engine.mode_name, self.engine.preset,
                       self.engine.config_version, self.engine.broker.name, self.server.path)
         while not self.stopping:
             missing = self.inputs.attach()
