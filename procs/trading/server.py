@@ -16,6 +16,7 @@ import logging
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -27,12 +28,15 @@ __all__ = ["CommandServer", "ServerAlreadyRunning", "SUN_PATH_MAX", "check_socke
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 HIGH_WATER = 256 * 1024   #: bytes buffered for one connection before it is read no more / fed no more events
+EVICT_IDLE_S = 1.0        #: when every slot is taken, a command connection silent this long gives its slot up
+IDLE_TIMEOUT_S = 60.0     #: a command connection (not a subscriber) silent this long is closed
 _LISTEN, _WAKE = object(), object()
 
 
 class _Conn:
     """One client connection (owned by the server thread; ``queue``/``prefixes`` under the server lock)."""
-    __slots__ = ("sock", "peer", "dec", "wbuf", "mask", "last_seq", "prefixes", "queue", "ev_seq", "closed",
+    __slots__ = ("sock", "peer", "dec", "wbuf", "mask", "last_seq", "prefixes", "queue", "ev_seq", "closed", "pending",
+                 "active",
                  "closing")
 
     def __init__(self, sock: socket.socket, peer: str, max_frame: int):
@@ -41,6 +45,8 @@ class _Conn:
         self.prefixes: tuple[str, ...] | None = None   # event type prefixes (None: all)
         self.queue: deque[bytes] = deque()             # event heads not yet in wbuf
         self.closed = self.closing = False
+        self.pending: deque[bytes] = deque()           # frames read, not answered yet (answered as the client reads)
+        self.active = time.monotonic()                 # last time it sent anything
 
     def wants(self, type: str) -> bool:
         return self.prefixes is None or type.startswith(self.prefixes)
@@ -71,6 +77,7 @@ class CommandServer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._ino: int | None = None
+        self._refused_logged = -1e9
 
     @property
     def clients(self) -> int:
@@ -142,6 +149,7 @@ class CommandServer:
     def _run(self) -> None:
         try:
             while not self._stopping:
+                self._close_idle()
                 for key, mask in self._sel.select(timeout=1.0):
                     if key.data is _LISTEN:
                         self._accept()
@@ -160,10 +168,30 @@ class CommandServer:
             self._wake_r.close()
             self._wake_w.close()
 
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        for c in [c for c in self._conns.values() if c not in self._subs and now - c.active > IDLE_TIMEOUT_S]:
+            self._close(c)
+
+    def _evict(self) -> bool:
+        """Every slot is taken: close the command connection silent longest (at least EVICT_IDLE_S), so that
+        a KILL can always get in. False if every connection is busy or a subscriber."""
+        now = time.monotonic()
+        idle = [c for c in self._conns.values() if c not in self._subs and now - c.active >= EVICT_IDLE_S]
+        if not idle:
+            return False
+        c = min(idle, key=lambda c: c.active)
+        self.log.warning("evicted %s (silent %.0f s) to admit a new client: %d clients", c.peer, now - c.active,
+                         len(self._conns))
+        self._close(c)
+        return True
+
     def _serve(self, c: _Conn, mask: int) -> None:
         try:
             if mask & WRITE and not c.closed:
                 self._flush(c)
+                if c.pending and not c.closed:
+                    self._work(c)
             if mask & READ and not c.closed:
                 self._read(c)
         except Exception:   # a bug must cost one connection, never the server
@@ -180,11 +208,15 @@ class CommandServer:
                 self.log.warning("accept failed: %s", e)
                 return
             sock.setblocking(False)
-            if len(self._conns) >= self.max_clients:
+            if len(self._conns) >= self.max_clients and not self._evict():
                 self.errors += 1
                 ack = proto.make_ack(self.run_id, seq=None, symbol=None, ok=False,
                                      error=("TOO_MANY_CLIENTS", f"{self.max_clients} clients are connected already"))
-                self.log.warning("refused a client from %s: %d clients connected", peer_of(sock), len(self._conns))
+                now = time.monotonic()
+                if now - self._refused_logged >= 10.0:   # one line per 10 s, not one per refused client
+                    self._refused_logged = now
+                    self.log.warning("refused a client from %s: %d clients connected", peer_of(sock),
+                                     len(self._conns))
                 with contextlib.suppress(OSError):
                     sock.send(proto.encode(ack), socket.MSG_NOSIGNAL)
                 sock.close()
@@ -208,6 +240,7 @@ class CommandServer:
         if not data:   # gone (maybe mid-frame: what it had sent is dropped)
             self._close(c)
             return
+        c.active = time.monotonic()
         try:
             bodies = c.dec.feed(data)
         except ProtocolError as e:
@@ -215,8 +248,14 @@ class CommandServer:
             c.closing = True
             self._flush(c)
             return
-        for body in bodies:
-            self._dispatch(c, body)
+        c.pending.extend(bodies)
+        self._work(c)
+
+    def _work(self, c: _Conn) -> None:
+        """Answer pending frames while the client takes the answers (a client that pipelines commands and
+        never reads costs at most HIGH_WATER bytes of answers, and is read no more meanwhile)."""
+        while c.pending and len(c.wbuf) < HIGH_WATER:
+            self._dispatch(c, c.pending.popleft())
         self._flush(c)
 
     def _send_error(self, c: _Conn, e: CommandError, seq: int | None, symbol: str | None) -> None:
@@ -292,7 +331,7 @@ class CommandServer:
         if c.closing:   # after a fatal protocol error: the ACK went out as far as it could
             self._close(c)
             return
-        mask = (READ if len(c.wbuf) < HIGH_WATER else 0) | (WRITE if c.wbuf else 0)
+        mask = (READ if len(c.wbuf) < HIGH_WATER and not c.pending else 0) | (WRITE if c.wbuf else 0)
         if mask != c.mask:
             c.mask = mask
             self._sel.modify(c.sock, mask, c)

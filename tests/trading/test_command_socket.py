@@ -444,3 +444,37 @@ def test_a_file_that_is_no_socket_is_not_replaced(sockdir):
 def test_a_socket_path_too_long_is_refused_clearly():
     with pytest.raises(ValueError, match="107"):
         CommandServer(Path("/tmp") / ("x" * 120) / "trader.sock", FakeHandler(), run_id="x")
+
+
+def test_a_full_house_of_silent_clients_cannot_keep_kill_out(make_server, monkeypatch):
+    import procs.trading.server as srv
+    monkeypatch.setattr(srv, "EVICT_IDLE_S", 0.05)
+    s = make_server(max_clients=4)
+    idle = [Raw(s.path) for _ in range(4)]
+    wait_for(lambda: s.clients == 4, 5, "four clients")
+    time.sleep(0.1)                                    # they have been silent longer than EVICT_IDLE_S
+    with TraderClient(s.path) as c:
+        assert c.request("KILL.SWITCH")["ok"]
+    assert s.clients <= 4
+    for r in idle:
+        r.close()
+
+
+def test_pipelined_commands_that_are_never_read_cost_bounded_memory(make_server):
+    big = "x" * 100_000
+
+    class Big(FakeHandler):
+        def __call__(self, cmd):
+            super().__call__(cmd)
+            return {"blob": big} if cmd.type == "SNAPSHOT.GET" else {"pong": True}
+    handler = Big()
+    s = make_server(handler=handler)
+    bomb = Raw(s.path)
+    bomb.sock.sendall(b"".join(encode(cmd("SNAPSHOT.GET", seq=i)) for i in range(1, 401)))   # never read
+    with TraderClient(s.path) as c:
+        assert c.request("PING")["ok"]                # answered while the bomb's answers wait
+    answered = handler.types().count("SNAPSHOT.GET")
+    assert answered < 400                            # the rest waits until the bomb reads its answers
+    [conn] = [x for x in s._conns.values() if x.pending]
+    assert len(conn.wbuf) < 256 * 1024 + 200_000
+    bomb.close()
