@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from shm.tables import table_sizes
 
@@ -223,8 +223,8 @@ class StrategyOverrides(Section):
     preset's (all optional; the merged set is validated as a whole)."""
     order_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     max_positions: Annotated[int, Field(ge=1, le=64)] | None = None
-    take_profit_pct: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
-    stop_loss_pct: Annotated[float, Field(gt=0.0, lt=100.0)] | None = None
+    take_profit_pct: Annotated[float, Field(ge=0.2, le=100.0)] | None = None
+    stop_loss_pct: Annotated[float, Field(ge=0.1, lt=100.0)] | None = None
     rule: SignalRule | None = None
     rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
     daily_loss_pct: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
@@ -249,6 +249,9 @@ class TraderConfig(Section):
     max_market_krw: Annotated[float, Field(ge=5000.0, le=1e12)] = 5_000_000.0  #: notional held per market
     max_drawdown_pct: Annotated[float, Field(gt=0.0, le=100.0)] = 15.0   #: below the equity high-water mark: disarm
     on_leave: Literal["sell", "hold"] = "sell"    #: a market that leaves the tradable top N: sell, or hold
+    #: a daily loss or drawdown trip: sell every position at market, then disarm ("flatten"), or only disarm
+    #: ("hold": DISARMED sends no order, so the positions keep no stop-loss until ARM or `smtm exit`)
+    on_risk_trip: Literal["flatten", "hold"] = "flatten"
     spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0
     park_timeout_s: Annotated[float, Field(ge=0.001, le=1.0)] = 0.25
     #: evaluations and marks are committed together at most this often (orders at once, before the broker)
@@ -268,8 +271,9 @@ class TraderConfig(Section):
                              f"{self.max_order_krw}")
         try:
             resolve(self.preset, self.strategy.overrides())
-        except ValueError as e:
-            raise ValueError(f"trader.strategy with preset {self.preset}: {e}") from None
+        except ValidationError as e:
+            why = "; ".join(er["msg"].removeprefix("Value error, ") for er in e.errors())
+            raise ValueError(f"trader.strategy with preset {self.preset}: {why}") from None
         return self
 
     def params(self) -> StrategyParams:

@@ -28,8 +28,9 @@ class StrategyParams(BaseModel):
 
     order_share: Annotated[float, Field(gt=0.0, le=1.0)]    #: a buy spends this share of equity (KRW)
     max_positions: Annotated[int, Field(ge=1, le=64)]       #: open positions at most
-    take_profit_pct: Percent                                #: exit when the price is this far above the entry
-    stop_loss_pct: Annotated[float, Field(gt=0.0, lt=100.0)]  #: exit when the price is this far below it
+    #: exit when the price is this far above the entry (at least the 0.1 % round-trip fee and some)
+    take_profit_pct: Annotated[float, Field(ge=0.2, le=100.0)]
+    stop_loss_pct: Annotated[float, Field(ge=0.1, lt=100.0)]  #: exit when the price is this far below it
     rule: Literal["macd_cross", "macd_cross_rsi_bb"]        #: the buy rule (procs.market.signals)
     rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] = 70.0   #: RSI bound of macd_cross_rsi_bb
     daily_loss_pct: Percent                                 #: disarm after losing this share of the day's start equity

@@ -43,10 +43,11 @@ MarketData = Callable[[str, str, int], tuple[list[dict], list[dict]]]
 
 
 def _str(payload: dict, key: str, default: str = "", max_len: int = 200) -> str:
+    """A string field; control characters become spaces (a reason never forges a log line)."""
     v = payload.get(key, default)
     if not isinstance(v, str) or len(v) > max_len:
         raise CommandError("INVALID", f"payload.{key} must be a string of at most {max_len} characters")
-    return v
+    return "".join(ch if ch.isprintable() else " " for ch in v)
 
 
 def _int(payload: dict, key: str, default: int, lo: int, hi: int) -> int:
@@ -140,6 +141,10 @@ class CommandHandler:
         if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
                                   or limit != limit or limit == float("inf")):
             raise CommandError("INVALID", "payload.price must be a positive KRW price (a limit sell) or absent")
+        last = self.engine.last_price.get(market.upper())
+        if limit is not None and last and not 0.5 <= limit / last <= 2.0:
+            raise CommandError("INVALID", f"payload.price {limit:,.8g} is more than 2x away from the last price "
+                                          f"{last:,.8g}: not a limit sell anyone means")
         return {"orders": self.engine.exit_positions(market, who, _str(cmd.payload, "reason", "operator exit"),
                                                      None if limit is None else float(limit))}
 

@@ -18,6 +18,7 @@ class Refused(Exception):
 class Controls:
     def set_mode(self, mode: int, who: str, why: str) -> None:
         old, self.mode = self.mode, mode
+        self.reason = f"{MODE_NAMES[mode]} by {who.split(' run ')[0]}: {why}"
         self.ledger.put("mode", MODE_NAMES[mode])
         self.audit(who, f"mode {MODE_NAMES[old]} -> {MODE_NAMES[mode]}", "", why)
         self.note("mode", "", ALERT if mode == KILLED else INFO, f"{MODE_NAMES[mode]} by {who}: {why}")
@@ -103,7 +104,7 @@ class Controls:
     def exit_positions(self, market: str, who: str, why: str, limit: float | None = None) -> list[str]:
         """POSITION.EXIT: sell one market's position or all (allowed ARMED or DISARMED, never KILLED), at
         market, or with ``limit`` as a limit order at that price rounded up to Upbit's tick grid."""
-        market = market if market == "all" else market.upper()
+        market = "all" if market.lower() == "all" else market.upper()
         with self.lock:
             if self.mode == KILLED:
                 raise Refused("engine is KILLED: no order may be sent until KILL.RESET")

@@ -240,10 +240,16 @@ class Engine(Execution, Controls):
             p = self.positions.get(market)
             if p is not None:
                 p.last_price = price
-                if p.state == "open" and not self._exit_open(market):
-                    why = strategy.exit_on_trade(price, p.tp, p.sl)
-                    if why:
-                        self._exit(p, why, "trade", price)
+                why = strategy.exit_on_trade(price, p.tp, p.sl) if p.state == "open" else ""
+                resting = [o for o in self.orders.values() if o.market == market and o.purpose == "exit"]
+                if why == strategy.STOP_LOSS and resting and all(o.ord_type == "limit" for o in resting) \
+                        and self.mode == ARMED:
+                    for o in resting:      # the stop-loss overrides a limit exit resting above the market
+                        for ev in self.broker.cancel(o, self.market_ms, "stop-loss: replaced by a market sell"):
+                            self._apply(ev)
+                    resting = [o for o in resting if o.is_open]
+                if why and not resting:
+                    self._exit(p, why, "trade", price)
             self._check_limits()
             if self.money_dirty:      # a fill moved money: committed now (evaluations wait for the group commit)
                 self.flush()
@@ -372,6 +378,8 @@ class Engine(Execution, Controls):
         if day != self.day:
             if self.day and self.risk_flags & RISK_DAILY_LOSS:
                 self.note("risk", "", INFO, f"new KST day {day}: the daily loss limit is reset")
+            if self.risk_flags & RISK_DAILY_LOSS:
+                self.reason = f"daily loss limit reset: new KST day {day}"
             self.day, self.day_start_equity = day, self.equity
             self.risk_flags &= ~RISK_DAILY_LOSS
             self.dirty = True
@@ -393,13 +401,19 @@ class Engine(Execution, Controls):
                                       f"reached {lim.max_drawdown_pct:g} %")
 
     def _trip(self, flag: int, why: str) -> None:
+        """A loss limit tripped: entries cancelled, positions sold at market (``trader.on_risk_trip =
+        "flatten"``: a disarmed engine would keep them without a stop-loss), then DISARMED."""
+        name = RISK_FLAG_NAMES[flag]
         self.risk_flags |= flag
         self.reason = why
-        self.audit("risk", f"trip {RISK_FLAG_NAMES[flag]}", why, "risk limit")
-        self.note("risk", "", ALERT, f"{RISK_FLAG_NAMES[flag]} limit: {why}")
+        self.audit("risk", f"trip {name}", why, "risk limit")
+        self.note("risk", "", ALERT, f"{name} limit: {why}")
+        for o in [o for o in self.orders.values() if o.purpose == "entry"]:
+            for ev in self.broker.cancel(o, self.market_ms, f"{name} limit"):
+                self._apply(ev)
+        if self.mode == ARMED and self.cfg.on_risk_trip == "flatten":
+            for p in [p for p in self.positions.values() if p.state == "open" and not self._exit_open(p.market)]:
+                self._exit(p, name, "risk", self.last_price.get(p.market, p.avg_price))
         if self.mode == ARMED:
             self.set_mode(DISARMED, "risk", why)
-        for o in [o for o in self.orders.values() if o.purpose == "entry"]:
-            for ev in self.broker.cancel(o, self.market_ms, f"{RISK_FLAG_NAMES[flag]} limit"):
-                self._apply(ev)
         self.flush()

@@ -308,3 +308,58 @@ def test_limit_exit_is_rounded_up_to_the_tick(rig):
     assert o.filled == 0
     rig.trade("KRW-ETH", 4_102_000.0)
     assert "KRW-ETH" not in e.positions
+
+
+def test_a_risk_trip_sells_everything_then_disarms(make_rig):
+    r = make_rig(strategy={"order_share": 0.5, "daily_loss_pct": 1.0, "stop_loss_pct": 50.0,
+                           "take_profit_pct": 60.0}, max_order_krw=5_000_000.0)
+    r.enter("KRW-BTC", 100e6)
+    r.enter("KRW-ETH", 4e6)
+    r.trade("KRW-BTC", 97e6)                 # the daily loss limit trips
+    e = r.engine
+    assert e.mode == DISARMED and "daily loss" in e.reason
+    assert sorted(o.tag for o in e.orders.values()) == ["daily_loss", "daily_loss"]
+    r.trade("KRW-BTC", 97e6)
+    r.trade("KRW-ETH", 4e6)                  # the exits fill although the engine is DISARMED now
+    assert not e.positions
+    assert r.rows("SELECT DISTINCT exit_reason FROM positions WHERE state = 'closed'") == [("daily_loss",)]
+    h = make_rig(strategy={"order_share": 0.5, "daily_loss_pct": 1.0, "stop_loss_pct": 50.0,
+                           "take_profit_pct": 60.0}, max_order_krw=5_000_000.0, on_risk_trip="hold")
+    h.enter("KRW-BTC", 100e6)
+    h.trade("KRW-BTC", 97e6)
+    assert h.engine.mode == DISARMED and not h.engine.orders and "KRW-BTC" in h.engine.positions
+
+
+def test_the_stop_loss_overrides_a_resting_limit_exit(rig):
+    e = rig.engine
+    rig.enter("KRW-ETH", 4_000_000.0)
+    [limit] = e.exit_positions("KRW-ETH", "test", "t", limit=4_400_000.0)
+    rig.trade("KRW-ETH", 3_800_000.0)        # through the stop-loss, far below the resting limit
+    assert e.orders.get(limit) is None
+    assert rig.rows("SELECT state FROM orders WHERE identifier = ?", limit) == [("cancelled",)]
+    [o] = e.orders.values()
+    assert (o.ord_type, o.tag) == ("market", "stop_loss")
+
+
+def test_the_reason_follows_mode_changes(rig):
+    e = rig.engine
+    e.kill("pid 1 uid 0 run x", "fat finger")
+    assert e.reason == "KILLED by pid 1 uid 0: fat finger"
+
+
+def test_commands_refuse_an_absurd_limit_and_strip_control_characters(rig):
+    from procs.trading.commands import CommandHandler
+    from procs.trading.protocol import Command, CommandError
+    rig.enter("KRW-ETH", 4_000_000.0)
+    h = CommandHandler(rig.engine, market_data=lambda *a: ([], []), timeline=lambda n: [], health=dict,
+                       default_market="KRW-BTC", default_tf="30m", timeframes=("30m",))
+
+    def call(t, payload):
+        return h(Command(t, 0.0, "r", None, 1, payload, "pid 1 uid 0"))
+    with pytest.raises(CommandError) as err:
+        call("POSITION.EXIT", {"market": "KRW-ETH", "price": 1e9})
+    assert err.value.code == "INVALID"
+    call("KILL.SWITCH", {"reason": "oops\n2026-01-01 fake log line"})
+    assert "\n" not in rig.engine.reason and "oops 2026-01-01 fake log line" in rig.engine.reason
+    with pytest.raises(CommandError, match="KILLED"):
+        call("POSITION.EXIT", {"market": "ALL"})     # "ALL" is all: refused while KILLED, not NOT_FOUND
