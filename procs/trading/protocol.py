@@ -21,6 +21,7 @@ socket is :mod:`.server`'s and :mod:`.client`'s.
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
 import time
@@ -175,7 +176,19 @@ def decode(body: bytes) -> dict:
         raise ProtocolError("BAD_JSON", f"not UTF-8 JSON: {e}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("BAD_JSON", f"a message is a JSON object, not {type(msg).__name__}")
+    try:   # a key given twice is ambiguous ({"type":"PING",...,"type":"KILL.SWITCH"}): refused, not "last wins"
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ProtocolError("BAD_JSON", "nested too deeply") from None
     return msg
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ProtocolError("BAD_JSON", f"key {dup!r:.40} appears twice in one object")
+    return dict(pairs)
 
 
 def _is_int(x: Any) -> bool:

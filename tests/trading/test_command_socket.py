@@ -478,3 +478,12 @@ def test_pipelined_commands_that_are_never_read_cost_bounded_memory(make_server)
     [conn] = [x for x in s._conns.values() if x.pending]
     assert len(conn.wbuf) < 256 * 1024 + 200_000
     bomb.close()
+
+
+def test_a_key_given_twice_is_refused_not_last_wins(server):
+    r = Raw(server.path)
+    body = b'{"v":1,"type":"PING","ts":0,"run_id":"x","symbol":null,"seq":1,"payload":{},"type":"KILL.SWITCH"}'
+    r.send_body(body)
+    ack = r.recv()
+    assert error(ack) == "BAD_JSON" and "twice" in ack["error"]["message"]
+    r.close()
