@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm.ring import Overrun, RingTable
+from shm.ring import Overrun, RingTable, SeqlockTimeout
 from shm.signals import SignalsTable
 from shm.tables import CLOSED, INDICATOR_DTYPE
 
@@ -58,6 +58,7 @@ class TimeframeWorker:
         self.last_gseq = -1
         self.rebuilds = 0
         self.records_out = 0
+        self.seqlock_timeouts = 0
 
     def changed(self) -> bool:
         return self.candles.global_seq != self.last_gseq
@@ -88,6 +89,9 @@ class TimeframeWorker:
                     continue   # the row changed hands during the read: follow it next step
             except Overrun:
                 self.state[row] = None  # lapped while reading: rebuild next time
+                continue
+            except SeqlockTimeout:
+                self.seqlock_timeouts += 1  # the writer kept the row busy (a storm): tried again next step
                 continue
             self.last_seqs[row] = seqs[row]
             updated += 1
