@@ -43,6 +43,9 @@ STATE_NAMES = {"partially_filled": "partial"}
 PANEL_WIDTH = 400
 _PX = 96 / 72  # pixels per point
 
+#: risk flags that are loss-limit trips (they disarm the engine); others only block entries
+TRIPS = ("daily_loss", "drawdown")
+
 
 def _n(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
@@ -151,8 +154,9 @@ class Banner:
         else:
             age = f"{v.age_s:.0f} s" if np.isfinite(v.age_s) else "ever"
             conn, conn_col = f"ENGINE NOT RESPONDING · last update {age} ago", hot
-        tripped = bool(v.risk_flags) or v.mode == "KILLED"
-        reason = f"{'risk: ' if v.risk_flags else ''}{v.reason}" if v.reason else ""
+        trips = [f for f in v.risk_flags if f in TRIPS]     # a loss limit, not a full house of positions
+        tripped = bool(trips) or v.mode == "KILLED"
+        reason = f"{'risk: ' if trips else ''}{v.reason}" if v.reason else ""
         self.info.set([(f"{v.broker} · {v.preset} · config v{v.config_version}", x, y, TEXT),
                        (conn, x + 215, y, conn_col), (reason, x + 580, y, hot if tripped else DIM)])
 
