@@ -1,0 +1,95 @@
+"""The engine's restart (a mixin of :class:`procs.trading.engine.Engine`): its whole state rebuilt from the
+ledger, the mode rule of seed §9 applied, and the broker asked what became of the ledger's open orders
+(none is ever sent again).
+
+* Account, preset and parameters, config version, high-water mark, the KST day and its start equity,
+  risk flags and reason, market time and the open (and pending) positions with their last marks come
+  from the ledger; a new ledger starts with ``trader.starting_cash``.
+* Mode: KILLED stays KILLED (and any order still open is cancelled: a kill that died before its
+  cancels); DISARMED stays DISARMED; ARMED comes back ARMED only with ``trader.arm_on_start`` and a
+  broker that is not real (paper), else DISARMED.
+* Orders: :meth:`~procs.trading.broker.Broker.reconcile` reports what each open order became; a pending
+  position whose entry order is gone is void.
+"""
+from __future__ import annotations
+
+import logging
+
+from shm.trading import ARMED, DISARMED, INFO, KILLED, MODE_NAMES
+
+from ..runtime.presets import StrategyParams, resolve
+from .orders import Order, OrderState
+from .portfolio import Position
+
+log = logging.getLogger("smtm.trader")
+
+
+class Recovery:
+    def _load(self) -> None:
+        """Rebuild everything from the ledger (a new ledger starts with ``starting_cash``)."""
+        lg, cfg = self.ledger, self.cfg
+        acct = lg.account()
+        fresh = acct is None
+        if fresh:
+            lg.set_account(cfg.starting_cash, 0.0, 0.0)
+            lg.put("starting_cash", cfg.starting_cash)
+            acct = (cfg.starting_cash, 0.0, 0.0)
+        self.cash, self.realized, self.fees = acct
+        self.starting_cash = lg.get("starting_cash", cfg.starting_cash)
+        self.preset = lg.get("preset", cfg.preset)
+        self.params: StrategyParams = resolve(self.preset, lg.get("params_overrides", cfg.strategy.overrides()))
+        if self.params != cfg.params():
+            log.warning("the ledger's configuration (preset %s v%s, applied by CONFIG.APPLY) is used, not the TOML's "
+                        "(preset %s): apply a preset to change it", self.preset, lg.get("config_version", 1),
+                        cfg.preset)
+        self.config_version = lg.get("config_version", 1)
+        self.hwm = lg.get("hwm", self.cash)
+        self.day, self.day_start_equity = lg.get("day", ""), lg.get("day_start_equity", self.cash)
+        self.risk_flags, self.reason = lg.get("risk_flags", 0), lg.get("reason", "")
+        self.market_ms = lg.get("market_ms", 0)
+        marks = lg.get("marks", {})
+        for r in lg.positions("open") + lg.positions("pending"):
+            p = Position(**dict(r))
+            p.last_price = marks.get(p.market, p.avg_price)   # the last trade seen before the restart
+            self.positions[p.market] = p
+            self.last_price[p.market] = p.last_price
+        stored = lg.get("mode", None)
+        self.mode = self._start_mode(stored, fresh)
+        self.ledger.audit(self.wall_ns(), self.market_ms, "trader", "start",
+                          f"mode {MODE_NAMES[self.mode]} (ledger: {stored or 'new'}), broker {self.broker.name}, "
+                          f"run {self.run_id}", "process start")
+        lg.put("mode", MODE_NAMES[self.mode])
+        self._reconcile([self._order_from_row(r) for r in lg.open_orders()])
+        if self.mode == KILLED:
+            self._cancel_all("KILLED before the restart")   # a kill that died before its cancels
+        self.flush()
+
+    def _start_mode(self, stored: str | None, fresh: bool) -> int:
+        may_arm = self.cfg.arm_on_start and not self.broker.real
+        if stored == "KILLED":
+            return KILLED
+        if (fresh or stored == "ARMED") and may_arm:
+            return ARMED
+        return DISARMED
+
+    def _order_from_row(self, r) -> Order:
+        o = Order(**{k: r[k] for k in ("identifier", "market", "side", "ord_type", "price", "volume", "purpose", "tag",
+                                       "position_id", "created_ms", "updated_ms", "filled", "filled_krw", "fee",
+                                       "reason", "broker_id")})
+        o.state = OrderState(r["state"])
+        return o
+
+    def _reconcile(self, open_orders: list[Order]) -> None:
+        """Restart: the broker says what became of the ledger's open orders (none is sent again)."""
+        for o in open_orders:
+            self.orders[o.identifier] = o
+        for ev in self.broker.reconcile(open_orders, self.market_ms):
+            self._apply(ev)
+        for m, p in list(self.positions.items()):
+            if p.state == "pending" and not any(o.market == m for o in self.orders.values()):
+                p.state = "void"
+                self.ledger.save_position(p)
+                del self.positions[m]
+        if open_orders:
+            self.note("reconcile", "", INFO, f"{len(open_orders)} open orders in the ledger; "
+                                             f"{len(self.orders)} still open at the broker")
