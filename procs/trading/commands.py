@@ -123,7 +123,8 @@ class CommandHandler:
         try:
             out = self.engine.apply_config(who, preset, params, _str(p, "why", "CONFIG.APPLY"))
         except ValidationError as e:
-            errs = "; ".join(f"params.{'.'.join(map(str, er['loc'])) or '(all)'}: {er['msg']}" for er in e.errors())
+            errs = "; ".join((f"params.{'.'.join(map(str, er['loc']))}: " if er["loc"] else "")
+                             + er["msg"].removeprefix("Value error, ") for er in e.errors())
             raise CommandError("INVALID", errs) from None
         except KeyError as e:
             raise CommandError("INVALID", str(e.args[0])) from None
@@ -141,12 +142,11 @@ class CommandHandler:
         if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0
                                   or limit != limit or limit == float("inf")):
             raise CommandError("INVALID", "payload.price must be a positive KRW price (a limit sell) or absent")
-        last = self.engine.last_price.get(market.upper())
-        if limit is not None and last and not 0.5 <= limit / last <= 2.0:
-            raise CommandError("INVALID", f"payload.price {limit:,.8g} is more than 2x away from the last price "
-                                          f"{last:,.8g}: not a limit sell anyone means")
-        return {"orders": self.engine.exit_positions(market, who, _str(cmd.payload, "reason", "operator exit"),
-                                                     None if limit is None else float(limit))}
+        try:
+            return {"orders": self.engine.exit_positions(market, who, _str(cmd.payload, "reason", "operator exit"),
+                                                         None if limit is None else float(limit))}
+        except ValueError as e:
+            raise CommandError("INVALID", str(e)) from None
 
     # -- views ---------------------------------------------------------------------------------
     def status(self) -> dict:

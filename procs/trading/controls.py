@@ -4,7 +4,7 @@ of seed §9 (see :mod:`procs.trading.engine`) and each written to the ``trade_au
 """
 from __future__ import annotations
 
-from shm.trading import ALERT, ARMED, DISARMED, INFO, KILLED, MODE_NAMES, RISK_DAILY_LOSS, RISK_DRAWDOWN
+from shm.trading import ALERT, ARMED, DISARMED, INFO, KILLED, MODE_NAMES, RISK_DAILY_LOSS, RISK_DRAWDOWN, WARN
 
 from ..runtime.presets import StrategyParams, resolve
 from . import strategy
@@ -31,11 +31,14 @@ class Controls:
             if self.mode == KILLED:
                 raise Refused("engine is KILLED: KILL.RESET first")
             if self.risk_flags & RISK_DAILY_LOSS:
-                raise Refused(f"daily loss limit in force until 00:00 KST: {self.reason}")
+                raise Refused(f"daily loss limit in force until 00:00 KST: {self.trips.get(str(RISK_DAILY_LOSS), '')}")
             if self.risk_flags & RISK_DRAWDOWN:
                 self.risk_flags &= ~RISK_DRAWDOWN
+                self.trips.pop(str(RISK_DRAWDOWN), None)
                 self.hwm = self.equity
                 self.audit(who, "drawdown acknowledged", f"high-water mark restarts at {self.hwm:,.0f}", why)
+                self.note("risk", "", WARN, f"drawdown limit acknowledged by ARM: the high-water mark restarts at "
+                                            f"{self.hwm:,.0f} KRW")
             if self.mode != ARMED:
                 self.set_mode(ARMED, who, why)
             self.exit_outside_universe()   # a market that left the top N while disarmed is sold now
@@ -112,6 +115,11 @@ class Controls:
                 [p for m, p in self.positions.items() if m == market]
             if market != "all" and not targets:
                 raise KeyError(f"no open position in {market}")
+            for p in targets if limit is not None else ():
+                last = self.last_price.get(p.market)
+                if last and not 0.5 <= limit / last <= 2.0:
+                    raise ValueError(f"payload.price {limit:,.8g} is more than 2x away from {p.market}'s last price "
+                                     f"{last:,.8g}: not a limit sell anyone means")
             self.audit(who, "position.exit", market, why)
             out = []
             for p in targets:

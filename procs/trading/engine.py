@@ -146,7 +146,7 @@ class Engine(Recovery, Execution, Controls):
         """Persist the account and the risk state and commit (once per batch of inputs)."""
         lg = self.ledger
         lg.set_account(self.cash, self.realized, self.fees)
-        for k in ("hwm", "day", "day_start_equity", "risk_flags", "reason", "market_ms"):
+        for k in ("hwm", "day", "day_start_equity", "risk_flags", "reason", "trips", "market_ms"):
             lg.put(k, getattr(self, k))
         lg.put("marks", {m: p.last_price for m, p in self.positions.items() if p.last_price > 0})
         lg.commit()
@@ -172,14 +172,9 @@ class Engine(Recovery, Execution, Controls):
             if p is not None:
                 p.last_price = price
                 why = strategy.exit_on_trade(price, p.tp, p.sl) if p.state == "open" else ""
-                resting = [o for o in self.orders.values() if o.market == market and o.purpose == "exit"]
-                if why == strategy.STOP_LOSS and resting and all(o.ord_type == "limit" for o in resting) \
-                        and self.mode == ARMED:
-                    for o in resting:      # the stop-loss overrides a limit exit resting above the market
-                        for ev in self.broker.cancel(o, self.market_ms, "stop-loss: replaced by a market sell"):
-                            self._apply(ev)
-                    resting = [o for o in resting if o.is_open]
-                if why and not resting:
+                if why == strategy.STOP_LOSS:
+                    self._sell_now(p, why, "trade", price)   # the stop-loss overrides a resting limit exit
+                elif why and not self._exit_open(market):
                     self._exit(p, why, "trade", price)
             self._check_limits()
             if self.money_dirty:      # a fill moved money: committed now (evaluations wait for the group commit)
@@ -259,10 +254,9 @@ class Engine(Recovery, Execution, Controls):
         return "order", o.identifier
 
     def _blocked(self) -> str:
-        if self.risk_flags & RISK_DAILY_LOSS:
-            return f"daily_loss: {self.reason}"
-        if self.risk_flags & RISK_DRAWDOWN:
-            return f"drawdown: {self.reason}"
+        for flag in (RISK_DAILY_LOSS, RISK_DRAWDOWN):
+            if self.risk_flags & flag:
+                return f"{RISK_FLAG_NAMES[flag]}: {self.trips.get(str(flag), '')}"
         return ""
 
     def _exit_open(self, market: str) -> bool:
@@ -298,6 +292,22 @@ class Engine(Recovery, Execution, Controls):
         self._sell_eval(p, trigger, price, ind, why, f"order {o.identifier}")
         return o.identifier
 
+    def _sell_now(self, p: Position, why: str, trigger: str, price: float) -> str:
+        """Sell at market now: a limit exit resting above the market is cancelled first (a market exit
+        already working is left to fill). Only ARMED (a dry-run otherwise, as :meth:`_exit`)."""
+        resting = [o for o in self.orders.values() if o.market == p.market and o.purpose == "exit"]
+        if any(o.ord_type != "limit" for o in resting):
+            return ""
+        if resting and self.mode == ARMED:
+            for o in resting:
+                for ev in self.broker.cancel(o, self.market_ms, f"{why}: replaced by a market sell"):
+                    self._apply(ev)
+            if any(o.is_open for o in resting):
+                return ""
+        elif resting:
+            return ""
+        return self._exit(p, why, trigger, price)
+
     def _sell_eval(self, p: Position, trigger: str, price: float, ind: dict, why: str, decision: str) -> None:
         self.ledger.sell_evals([(self.market_ms, p.market, p.id, trigger, price, p.tp, p.sl, ind.get("macd"),
                                  ind.get("macd_signal"), why, decision, MODE_NAMES[self.mode], self.wall_ns())])
@@ -310,7 +320,9 @@ class Engine(Recovery, Execution, Controls):
             if self.day and self.risk_flags & RISK_DAILY_LOSS:
                 self.note("risk", "", INFO, f"new KST day {day}: the daily loss limit is reset")
             if self.risk_flags & RISK_DAILY_LOSS:
-                self.reason = f"daily loss limit reset: new KST day {day}"
+                self.trips.pop(str(RISK_DAILY_LOSS), None)
+                if not self.risk_flags & RISK_DRAWDOWN:
+                    self.reason = f"daily loss limit reset: new KST day {day}"
             self.day, self.day_start_equity = day, self.equity
             self.risk_flags &= ~RISK_DAILY_LOSS
             self.dirty = True
@@ -337,14 +349,15 @@ class Engine(Recovery, Execution, Controls):
         name = RISK_FLAG_NAMES[flag]
         self.risk_flags |= flag
         self.reason = why
+        self.trips[str(flag)] = why
         self.audit("risk", f"trip {name}", why, "risk limit")
         self.note("risk", "", ALERT, f"{name} limit: {why}")
         for o in [o for o in self.orders.values() if o.purpose == "entry"]:
             for ev in self.broker.cancel(o, self.market_ms, f"{name} limit"):
                 self._apply(ev)
         if self.mode == ARMED and self.cfg.on_risk_trip == "flatten":
-            for p in [p for p in self.positions.values() if p.state == "open" and not self._exit_open(p.market)]:
-                self._exit(p, name, "risk", self.last_price.get(p.market, p.avg_price))
+            for p in [p for p in self.positions.values() if p.state == "open"]:
+                self._sell_now(p, name, "risk", self.last_price.get(p.market, p.avg_price))
         if self.mode == ARMED:
             self.set_mode(DISARMED, "risk", why)
         self.flush()

@@ -46,6 +46,7 @@ class Recovery:
         self.hwm = lg.get("hwm", self.cash)
         self.day, self.day_start_equity = lg.get("day", ""), lg.get("day_start_equity", self.cash)
         self.risk_flags, self.reason = lg.get("risk_flags", 0), lg.get("reason", "")
+        self.trips: dict[str, str] = lg.get("trips", {})   # risk flag (as text) -> why it tripped
         self.market_ms = lg.get("market_ms", 0)
         marks = lg.get("marks", {})
         for r in lg.positions("open") + lg.positions("pending"):

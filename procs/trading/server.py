@@ -152,7 +152,10 @@ class CommandServer:
                 self._close_idle()
                 for key, mask in self._sel.select(timeout=1.0):
                     if key.data is _LISTEN:
-                        self._accept()
+                        try:
+                            self._accept()
+                        except Exception:   # a bug must cost one client, never the server
+                            self.log.exception("accepting a client failed")
                     elif key.data is _WAKE:
                         self._drain_wake()
                     else:
@@ -169,20 +172,31 @@ class CommandServer:
             self._wake_w.close()
 
     def _close_idle(self) -> None:
+        """Close command connections that sent no complete command for IDLE_TIMEOUT_S (a half frame
+        trickled byte by byte counts as silence)."""
         now = time.monotonic()
         for c in [c for c in self._conns.values() if c not in self._subs and now - c.active > IDLE_TIMEOUT_S]:
             self._close(c)
 
     def _evict(self) -> bool:
-        """Every slot is taken: close the command connection silent longest (at least EVICT_IDLE_S), so that
-        a KILL can always get in. False if every connection is busy or a subscriber."""
+        """Every slot is taken: give one up so that a KILL can always get in. In this order: the command
+        connection that has sent no complete command for longest (at least EVICT_IDLE_S) and holds nothing
+        half-sent; else the oldest event subscriber (events may be lost, snapshots recover); else the
+        connection silent longest — after running the commands it had sent completely (a pipelined KILL
+        is executed, not dropped). False only when nothing may go (every connection busy right now)."""
         now = time.monotonic()
-        idle = [c for c in self._conns.values() if c not in self._subs and now - c.active >= EVICT_IDLE_S]
-        if not idle:
+        conns = list(self._conns.values())
+        quiet = [c for c in conns if c not in self._subs and now - c.active >= EVICT_IDLE_S]
+        clean = [c for c in quiet if not c.pending and not c.dec.pending]
+        subs = [c for c in conns if c in self._subs]
+        c = min(clean, key=lambda c: c.active) if clean else min(subs, key=lambda c: c.active) if subs \
+            else min(quiet, key=lambda c: c.active) if quiet else None
+        if c is None:
             return False
-        c = min(idle, key=lambda c: c.active)
-        self.log.warning("evicted %s (silent %.0f s) to admit a new client: %d clients", c.peer, now - c.active,
-                         len(self._conns))
+        while c.pending:        # commands it sent completely are executed; their answers are not awaited
+            self._dispatch(c, c.pending.popleft())
+        self.log.warning("evicted %s (%s, no command for %.0f s) to admit a new client: %d clients", c.peer,
+                         "subscriber" if c in self._subs else "command connection", now - c.active, len(conns))
         self._close(c)
         return True
 
@@ -240,7 +254,6 @@ class CommandServer:
         if not data:   # gone (maybe mid-frame: what it had sent is dropped)
             self._close(c)
             return
-        c.active = time.monotonic()
         try:
             bodies = c.dec.feed(data)
         except ProtocolError as e:
@@ -248,6 +261,8 @@ class CommandServer:
             c.closing = True
             self._flush(c)
             return
+        if bodies:
+            c.active = time.monotonic()   # a complete command: a trickle of bytes does not count
         c.pending.extend(bodies)
         self._work(c)
 

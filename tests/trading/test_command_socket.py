@@ -487,3 +487,29 @@ def test_a_key_given_twice_is_refused_not_last_wins(server):
     ack = r.recv()
     assert error(ack) == "BAD_JSON" and "twice" in ack["error"]["message"]
     r.close()
+
+
+def test_subscribers_and_tricklers_cannot_keep_kill_out_and_a_pipelined_kill_is_run(make_server, monkeypatch):
+    import procs.trading.server as srv
+    monkeypatch.setattr(srv, "EVICT_IDLE_S", 0.05)
+    handler = FakeHandler()
+    s = make_server(max_clients=3, handler=handler)
+    subs = [Raw(s.path) for _ in range(3)]
+    for r in subs:
+        assert r.ask(cmd("EVENT.SUBSCRIBE", payload={"types": ["CONFIG.UPDATED"]}))["ok"]
+    with TraderClient(s.path) as c:                  # a full house of subscribers: the oldest makes room
+        assert c.request("PING")["ok"]
+    trickle = Raw(s.path)
+    trickle.sock.sendall(PREFIX.pack(MAX_FRAME - 1) + b" ")  # a frame that never completes, byte by byte
+    for _ in range(3):
+        time.sleep(0.03)
+        trickle.sock.sendall(b" ")
+    with TraderClient(s.path) as c:
+        assert c.request("PING")["ok"]
+    wait_for(lambda: s.clients <= 3, 5, "room")
+    piped = Raw(s.path)
+    piped.sock.sendall(b"".join(encode(cmd("ENGINE.STATUS", seq=i)) for i in range(1, 4))
+                       + encode(cmd("KILL.SWITCH", seq=4)))
+    wait_for(lambda: "KILL.SWITCH" in handler.types(), 5, "the pipelined kill to run")
+    for r in (*subs, trickle, piped):
+        r.close()

@@ -363,3 +363,20 @@ def test_commands_refuse_an_absurd_limit_and_strip_control_characters(rig):
     assert "\n" not in rig.engine.reason and "oops 2026-01-01 fake log line" in rig.engine.reason
     with pytest.raises(CommandError, match="KILLED"):
         call("POSITION.EXIT", {"market": "ALL"})     # "ALL" is all: refused while KILLED, not NOT_FOUND
+
+
+def test_flatten_replaces_resting_limit_exits_and_each_trip_keeps_its_own_reason(make_rig):
+    r = make_rig(strategy={"order_share": 0.3, "daily_loss_pct": 1.0, "stop_loss_pct": 50.0,
+                           "take_profit_pct": 60.0}, max_order_krw=5_000_000.0, max_drawdown_pct=1.5)
+    r.enter("KRW-BTC", 100e6)
+    r.enter("KRW-ETH", 4e6)
+    e = r.engine
+    [lim] = e.exit_positions("KRW-ETH", "test", "t", limit=7.9e6)    # a limit exit resting far above
+    r.trade("KRW-BTC", 93e6)                 # both limits trip on this trade
+    assert e.mode == DISARMED
+    assert lim not in e.orders and sorted(o.ord_type for o in e.orders.values()) == ["market", "market"]
+    assert e._blocked().startswith("daily_loss: daily loss")
+    r.trade("KRW-BTC", 93e6, dt_ms=24 * 3600 * 1000)   # a new KST day: only the drawdown limit holds
+    assert e._blocked().startswith("drawdown: drawdown")
+    e.arm("test", "acknowledged")
+    assert any(n["kind"] == "risk" and "acknowledged" in n["text"] for n in e.recent)
