@@ -298,6 +298,8 @@ class Engine(Recovery, Execution, Controls):
         resting = [o for o in self.orders.values() if o.market == p.market and o.purpose == "exit"]
         if any(o.ord_type != "limit" for o in resting):
             return ""
+        if resting and p.qty * price < self.cfg.min_order_krw:
+            return ""   # what is left could not be sold at market (dust): the resting limit is its only way out
         if resting and self.mode == ARMED:
             for o in resting:
                 for ev in self.broker.cancel(o, self.market_ms, f"{why}: replaced by a market sell"):

@@ -380,3 +380,15 @@ def test_flatten_replaces_resting_limit_exits_and_each_trip_keeps_its_own_reason
     assert e._blocked().startswith("drawdown: drawdown")
     e.arm("test", "acknowledged")
     assert any(n["kind"] == "risk" and "acknowledged" in n["text"] for n in e.recent)
+
+
+def test_a_stop_loss_never_cancels_a_limit_exit_whose_rest_is_dust(make_rig):
+    r = make_rig(strategy={"order_share": 0.002, "stop_loss_pct": 2.5})   # a 20,000 KRW position
+    r.enter("KRW-ETH", 4_000_000.0)
+    e = r.engine
+    [lim] = e.exit_positions("KRW-ETH", "test", "t", limit=4_400_000.0)
+    p = e.positions["KRW-ETH"]
+    r.trade("KRW-ETH", 4_500_000.0, volume=p.qty * 0.8)       # 80 % sold; 4,000 KRW left: dust
+    r.trade("KRW-ETH", 3_800_000.0)                            # the stop-loss
+    assert lim in e.orders and e.orders[lim].state.value == "partially_filled"
+    assert [o.identifier for o in e.orders.values()] == [lim]
