@@ -17,9 +17,11 @@ explained on the timeline.
 killed → ARM refused; armed → CONFIG.APPLY refused; DISARM always allowed; KILL always first.
 The mode is persisted: KILLED and DISARMED survive any restart; ARMED comes back DISARMED unless
 ``trader.arm_on_start`` and the broker is not real (paper). Tripping the daily loss limit (per KST
-day, persisted) or the drawdown limit disarms the engine and says why; ARM is refused while the daily
-limit holds (until 00:00 KST), and ARM after a drawdown trip restarts the high-water mark from the
-current equity (recorded in the audit).
+day, persisted) or the drawdown limit cancels open entries, sells every position at market
+(``trader.on_risk_trip = "flatten"``; resting limit exits are replaced), disarms the engine and says
+why; ARM is refused while the daily limit holds (until 00:00 KST), and ARM after a drawdown trip
+restarts the high-water mark from the current equity (recorded in the audit and on the timeline).
+A stop-loss replaces a limit exit resting above the market, unless what is left is dust.
 """
 from __future__ import annotations
 
