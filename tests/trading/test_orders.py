@@ -33,12 +33,12 @@ def test_every_pair(src, dst):
 
 def test_closed_states_are_terminal_and_reachable():
     assert {OrderState.FILLED, OrderState.CANCELLED, OrderState.REJECTED, OrderState.EXPIRED} == CLOSED
-    reach, todo = {OrderState.NEW}, [OrderState.NEW]
-    while todo:
-        for n in TRANSITIONS[todo.pop()]:
+    reach, frontier = {OrderState.NEW}, [OrderState.NEW]
+    while frontier:
+        for n in TRANSITIONS[frontier.pop()]:
             if n not in reach:
                 reach.add(n)
-                todo.append(n)
+                frontier.append(n)
     assert reach == set(OrderState)
 
 
