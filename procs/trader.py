@@ -133,7 +133,7 @@ class TraderProcess(Process):
         row.errors = e.illegal
         row.dropped = self.inputs.missed
         row.lag_ns = self.inputs.lag_ns
-        lat = LatencyProbe.summary(self.probe.decisions)
+        lat = LatencyProbe.summary(LatencyProbe.recent(self.probe.decisions))
         p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
         with e.lock:
             mode, equity, npos, nord, market_ms = e.mode_name, e.equity, e.open_positions, len(e.orders), e.market_ms

@@ -40,6 +40,14 @@ def format_qty(q: float, sig: int = 6) -> str:
     return f"{q:.{digits}f}".rstrip("0").rstrip(".")
 
 
+def format_qty_exact(q: float) -> str:
+    """A quantity as recorded (orders, fills, the timeline): thousands separators, up to 8 decimals, never
+    rounded to whole units — ``41,953,366.76552877``, ``0.0160845``; NaN → ``-``."""
+    if q != q:
+        return "-"
+    return f"{q:,.8f}".rstrip("0").rstrip(".")
+
+
 def format_market_ms(ms: int, fmt: str = "%m-%d %H:%M") -> str:
     """Market time (Unix ms UTC) as UTC text; 0 → ``-``."""
     if not ms:

@@ -58,6 +58,11 @@ class SnapshotTable:
         """Consistent copy of every row and the version it belongs to. Raises SeqlockTimeout."""
         return self.lock.read(0, lambda: (self.rows.copy(), self.seg.global_seq), max_spins)
 
+    def used(self, key: str, max_spins: int = 10_000) -> tuple[np.ndarray, int]:
+        """Consistent copy of the rows whose ``key`` field is set (non-empty), and their version."""
+        rows, ver = self.read_all(max_spins)
+        return rows[rows[key] != b""], ver
+
     def write_rows(self, index, values) -> int:
         """Writer: ``rows[index] = values`` in one seqlock section; returns the new version.
 

@@ -38,8 +38,7 @@ class SymbolsTable(SnapshotTable):
 
     def read(self, max_spins: int = 10_000) -> tuple[np.ndarray, int]:
         """Consistent copy of the used rows and the version they belong to."""
-        rows, ver = self.read_all(max_spins)
-        return rows[rows["code"] != b""], ver
+        return self.used("code", max_spins)
 
     def universe(self) -> list[str]:
         """Market codes flagged IN_UNIVERSE, in row order."""

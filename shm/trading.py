@@ -117,8 +117,7 @@ class PositionsTable(SnapshotTable):
     DTYPE = POSITION_DTYPE
 
     def open_positions(self, max_spins: int = 10_000) -> np.ndarray:
-        rows, _ = self.read_all(max_spins)
-        return rows[rows["code"] != b""]
+        return self.used("code", max_spins)[0]
 
 
 class OrdersTable(SnapshotTable):
@@ -128,5 +127,4 @@ class OrdersTable(SnapshotTable):
     DTYPE = ORDER_DTYPE
 
     def recent(self, max_spins: int = 10_000) -> np.ndarray:
-        rows, _ = self.read_all(max_spins)
-        return rows[rows["identifier"] != b""]
+        return self.used("identifier", max_spins)[0]

@@ -14,12 +14,11 @@ from shm.seqlock import SeqlockTimeout
 from shm.signals import SignalsTable
 from shm.status import State, StatusTable
 from shm.symbols import IN_UNIVERSE, TRADABLE, SymbolsTable
-from shm.tables import BACKFILLED, CANDLES, CLOSED, GAP, INDICATORS, RINGS
+from shm.tables import BACKFILLED, CANDLES, CLOSED, GAP, INDICATORS, RINGS, aligned_indicators
 from shm.trading import MODE_NAMES, RISK_FLAG_NAMES, TraderTable, text
 
 from ..runtime.config import Config
 from ..runtime.roster import STATUS_ROWS
-from ..views.indicators import aligned_indicators
 from .supervisor import Supervisor
 
 

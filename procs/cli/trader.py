@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from render.text import format_krw
+from render.text import format_krw, format_qty_exact
 
 from ..runtime.config import Config
 from ..runtime.presets import PresetName
@@ -70,8 +70,7 @@ def _price(x) -> str:
 
 
 def _qty(x) -> str:
-    x = _num(x)
-    return "-" if x != x else f"{x:,.8f}".rstrip("0").rstrip(".")
+    return format_qty_exact(_num(x))
 
 
 def _pnl(x, suffix: str = "", fmt: str = "{:+,.0f}") -> Text:

@@ -32,7 +32,6 @@ from pydantic import ValidationError
 
 from shm.trading import MODE_NAMES, RISK_FLAG_NAMES, SEVERITY_NAMES, text
 
-from . import risk
 from .engine import Engine, Refused
 from .protocol import Command, CommandError
 from .risk import kst_day
@@ -152,11 +151,8 @@ class CommandHandler:
     def status(self) -> dict:
         e = self.engine
         with e.lock:
-            eq = e.equity
             return {"mode": MODE_NAMES[e.mode], "broker": e.broker.name, "preset": e.preset,
-                    "config_version": e.config_version, "run_id": e.run_id, "cash": e.cash, "equity": eq,
-                    "realized": e.realized, "unrealized": e.unrealized, "daily_pnl": eq - e.day_start_equity,
-                    "fees": e.fees, "hwm": e.hwm, "drawdown_pct": risk.drawdown_pct(eq, e.hwm),
+                    "config_version": e.config_version, "run_id": e.run_id, **e.money(),
                     "open_positions": e.open_positions, "open_orders": len(e.orders),
                     "risk": {"flags": [n for f, n in RISK_FLAG_NAMES.items() if e.risk_flags & f], "reason": e.reason,
                              "day": e.day, "day_start_equity": e.day_start_equity},

@@ -124,6 +124,14 @@ class Engine(Recovery, Execution, Controls):
                         if o.side == "bid" and o.ord_type == "limit")
         return self.cash - promised
 
+    def money(self) -> dict[str, float]:
+        """The account in KRW (equity computed once): cash, equity, realized, unrealized, daily_pnl (equity
+        against the KST day's start), fees, hwm, drawdown_pct (percent below the high-water mark)."""
+        eq = self.equity
+        return {"cash": self.cash, "equity": eq, "realized": self.realized, "unrealized": self.unrealized,
+                "daily_pnl": eq - self.day_start_equity, "fees": self.fees, "hwm": self.hwm,
+                "drawdown_pct": risk.drawdown_pct(eq, self.hwm)}
+
     def limits(self) -> risk.Limits:
         c = self.cfg
         return risk.Limits(c.min_order_krw, c.max_order_krw, c.max_market_krw, c.fee_rate, self.params.max_positions,

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from render.text import format_krw
+from render.text import format_krw, format_qty_exact
 from shm.trading import ALERT, INFO, WARN
 
 from .broker import BrokerEvent, BrokerUnavailable
 from .orders import IllegalTransition, Order, OrderState
 
 log = logging.getLogger("smtm.trader")
-
-
-def qty_text(q: float) -> str:
-    """A base-currency quantity for the timeline: thousands separators, 8 significant digits, never
-    rounded to whole units (``41,953,366.77``, ``0.0160845``)."""
-    if q >= 1000:
-        return f"{q:,.2f}"
-    return f"{q:,.8g}" if q >= 1e-4 else f"{q:.8f}".rstrip("0").rstrip(".")
 
 
 class Execution:
@@ -40,7 +32,7 @@ class Execution:
         self.flush()
         self.orders[o.identifier] = o
         self.orders_version += 1
-        what = f"{price:,.0f} KRW" if ord_type == "price" else qty_text(volume)
+        what = f"{price:,.0f} KRW" if ord_type == "price" else format_qty_exact(volume)
         self.note("order", market, INFO, f"{side} {ord_type} {what} for {tag} ({o.identifier})")
         try:
             events = self.broker.submit(o)
@@ -98,13 +90,13 @@ class Execution:
         self.fees += ev.fee
         if o.side == "bid":
             self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
-            text = (f"bought {qty_text(ev.volume)} at {format_krw(ev.price)} (TP {format_krw(p.tp)} / "
+            text = (f"bought {format_qty_exact(ev.volume)} at {format_krw(ev.price)} (TP {format_krw(p.tp)} / "
                     f"SL {format_krw(p.sl)})")
         else:
             cash, pnl = p.sell(ev.price, ev.volume, ev.fee, ev.at_ms, o.tag)
             self.cash += cash
             self.realized += pnl
-            text = f"sold {qty_text(ev.volume)} at {format_krw(ev.price)} on {o.tag}: P&L {pnl:+,.0f} KRW"
+            text = f"sold {format_qty_exact(ev.volume)} at {format_krw(ev.price)} on {o.tag}: P&L {pnl:+,.0f} KRW"
         self.ledger.save_position(p)
         self.note("fill", o.market, INFO, text)
         self.emit("FILL", {"identifier": o.identifier, "price": ev.price, "volume": ev.volume, "fee": ev.fee,

@@ -46,6 +46,7 @@ class ShmInputs:
         self.ind: RingTable | None = None
         self.symbols: SymbolsTable | None = None
         self.symbols_version = -1
+        self._views: dict[str, tuple[RingTable, RingTable]] = {}   # SNAPSHOT.GET's rings, by timeframe
         self.missed = 0              # trades overwritten before the trader read them
         self.last_recv_ns: dict[str, int] = {}        # market -> CLOCK_MONOTONIC ns of its newest trade
         self.bucket_recv_ns: dict[str, tuple[int, int]] = {}  # market -> (signal-tf bucket ms, first trade's recv)
@@ -204,25 +205,23 @@ class ShmInputs:
     def market_data(self, market: str, tf: str, count: int) -> tuple[list[dict], list[dict]]:
         """SNAPSHOT.GET's candles: the newest ``count`` candles of ``market`` in ``tf`` (oldest first) as dicts,
         and their indicator values aligned 1:1 (None for a candle without values; NaN → None)."""
-        b = self.base
-        cand = CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity)
-        ind = INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity)
-        try:
-            got = cand.read_last_of(market, count)
-            if got is None:
-                return [], []
-            recs, cnt = got
-            cols = _COLUMNS[1:]
-            vals = aligned_indicators(ind, market, recs, cnt, cols)
-            rows = zip(*(vals[c].tolist() for c in cols)) if len(recs) else ()
-            aligned = [{c: (None if x != x else x) for c, x in zip(cols, r)} for r in rows]   # NaN -> None
-            return [candle_dict(r) for r in recs], aligned
-        finally:
-            cand.close()
-            ind.close()
+        if tf not in self._views:   # attached once per timeframe (the command thread only)
+            b = self.base
+            self._views[tf] = (CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity),
+                               INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity))
+        cand, ind = self._views[tf]
+        got = cand.read_last_of(market, count)
+        if got is None:
+            return [], []
+        recs, cnt = got
+        cols = _COLUMNS[1:]
+        vals = aligned_indicators(ind, market, recs, cnt, cols)
+        rows = zip(*(vals[c].tolist() for c in cols)) if len(recs) else ()
+        aligned = [{c: (None if x != x else x) for c, x in zip(cols, r)} for r in rows]   # NaN -> None
+        return [candle_dict(r) for r in recs], aligned
 
     def close(self) -> None:
-        for t in (self.trades, self.candles, self.ind, self.symbols):
+        for t in (self.trades, self.candles, self.ind, self.symbols, *(t for v in self._views.values() for t in v)):
             if t is not None:
                 t.close()
 

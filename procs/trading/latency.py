@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice
 
 import numpy as np
 
@@ -21,6 +22,11 @@ class LatencyProbe:
     def __init__(self, keep: int = 100_000):
         self.orders: deque[float] = deque(maxlen=keep)
         self.decisions: deque[float] = deque(maxlen=keep)
+
+    @staticmethod
+    def recent(xs: deque, n: int = 2000) -> list[float]:
+        """The newest ``n`` samples (for the status row, 4 times a second: not the whole window)."""
+        return list(islice(reversed(xs), n))
 
     @staticmethod
     def summary(xs) -> dict:

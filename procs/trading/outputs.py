@@ -16,7 +16,6 @@ from shm.tables import TIMELINE, TIMELINE_ROW
 from shm.trading import ORDER_DTYPE, POSITION_DTYPE, TIMELINE_DTYPE, OrdersTable, PositionsTable, TraderTable, fit
 
 from ..runtime.config import BaseConfig
-from . import risk
 from .engine import Engine
 
 
@@ -59,15 +58,13 @@ class ShmOutputs:
         return True
 
     def _trader(self, e: Engine) -> None:
-        eq = e.equity
         row = np.zeros(1, TraderTable.DTYPE)
         r = row[0]
         r["mode"], r["open_positions"], r["open_orders"], r["risk_flags"] = e.mode, e.open_positions, len(e.orders), \
             e.risk_flags
         r["broker"], r["preset"], r["config_version"] = fit(e.broker.name, 8), fit(e.preset, 16), e.config_version
-        r["cash"], r["equity"], r["realized"], r["unrealized"] = e.cash, eq, e.realized, e.unrealized
-        r["daily_pnl"], r["fees"], r["hwm"] = eq - e.day_start_equity, e.fees, e.hwm
-        r["drawdown_pct"] = risk.drawdown_pct(eq, e.hwm)
+        for k, v in e.money().items():
+            r[k] = v
         r["market_ms"], r["updated_ns"], r["decisions"], r["trades_seen"] = e.market_ms, time.monotonic_ns(), \
             e.decisions, e.trades_seen
         r["reason"] = fit(e.reason, 96)

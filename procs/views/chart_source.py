@@ -21,12 +21,11 @@ from render.text import format_krw
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.seqlock import SeqlockTimeout
 from shm.status import State, StatusTable
-from shm.tables import CANDLE_DTYPE, CANDLES, INDICATORS
+from shm.tables import CANDLE_DTYPE, CANDLES, INDICATORS, aligned_indicators
 
 from ..market.signals import NEEDED, fired
 from ..runtime.config import BaseConfig, IndicatorConfig, MonitorConfig, SignalsConfig
 from ..runtime.roster import STATUS_ROWS
-from .indicators import aligned_indicators
 from .trading_source import ShmTradingSource
 
 #: indicator columns the chart shows
