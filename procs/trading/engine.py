@@ -47,6 +47,7 @@ from shm.trading import (
 )
 
 from ..runtime.config import TraderConfig
+from ..runtime.presets import StrategyParams
 from . import risk, strategy
 from .broker import Broker
 from .controls import Controls, Refused
@@ -96,6 +97,7 @@ class Engine(Recovery, Execution, Controls):
         self.dirty = False
         self.money_dirty = False   # a fill or order change since the last commit
         self._dry_exits: set[tuple[int, str]] = set()
+        self._limits: tuple[StrategyParams, risk.Limits] | None = None
         self._load()
 
     # -- state ----------------------------------------------------------------------------------
@@ -133,9 +135,13 @@ class Engine(Recovery, Execution, Controls):
                 "drawdown_pct": risk.drawdown_pct(eq, self.hwm)}
 
     def limits(self) -> risk.Limits:
-        c = self.cfg
-        return risk.Limits(c.min_order_krw, c.max_order_krw, c.max_market_krw, c.fee_rate, self.params.max_positions,
-                           self.params.daily_loss_pct, c.max_drawdown_pct)
+        """The limits in force (built again only when CONFIG.APPLY replaced the parameters: this runs on
+        every trade)."""
+        if self._limits is None or self._limits[0] is not self.params:
+            c, p = self.cfg, self.params
+            self._limits = (p, risk.Limits(c.min_order_krw, c.max_order_krw, c.max_market_krw, c.fee_rate,
+                                           p.max_positions, p.daily_loss_pct, c.max_drawdown_pct))
+        return self._limits[1]
 
     # -- outputs --------------------------------------------------------------------------------
     def note(self, kind: str, market: str, severity: int, text: str) -> None:
