@@ -18,22 +18,26 @@ import time
 from shm.status import State
 from shm.wake import SpinThenPark, open_semaphore
 
-from .runtime.config import BaseConfig, TraderConfig
+from .runtime.config import BaseConfig, TraderConfig, UpbitConfig
+from .runtime.endpoints import UpbitUrls
 from .runtime.process import Process, start
 from .trading.commands import CommandHandler, timeline_entry
 from .trading.engine import Engine
 from .trading.fills import FillModel
 from .trading.inputs import ShmInputs
-from .trading.latency import LatencyProbe, TimedPaperBroker
+from .trading.latency import LatencyProbe, TimedPaperBroker, TimedUpbitBroker
 from .trading.ledger import Ledger
 from .trading.outputs import ShmOutputs
 from .trading.server import CommandServer
+from .upbit.exchange import Credentials, ExchangeClient
+from .upbit.rest import RateLimiter
 
 
 class TraderProcess(Process):
     name = "trader"
 
-    def __init__(self, base: BaseConfig, cfg: TraderConfig, signal_tf: str, monitor_market: str, **kw):
+    def __init__(self, base: BaseConfig, cfg: TraderConfig, signal_tf: str, monitor_market: str,
+                 upbit: UpbitConfig | None = None, **kw):
         super().__init__(base, **kw)
         self.cfg = cfg
         self.inputs = ShmInputs(base, signal_tf)
@@ -41,7 +45,7 @@ class TraderProcess(Process):
         self.probe = LatencyProbe()
         self.inputs.probe = self.probe
         self.ledger = Ledger(base.run_dir / "ledger.sqlite")
-        broker = TimedPaperBroker(FillModel(cfg.fee_rate, cfg.slippage_pct), self.inputs, self.probe)
+        broker = self._broker(upbit or UpbitConfig())
         self.server: CommandServer | None = None
         self.engine = Engine(cfg, self.ledger, broker, wall_ns=self.clock.time_ns, timeline=self.outputs.timeline,
                              emit=self._emit)
@@ -54,6 +58,20 @@ class TraderProcess(Process):
         self._updated: dict[str, float] = {}
         self._status_at = 0.0
         self._flushed = 0.0
+
+    def _broker(self, upbit: UpbitConfig):
+        """The paper broker, or the Upbit broker (keys from the environment only; the replay exchange's address
+        when ``upbit.rest_url = "auto"``)."""
+        c = self.cfg
+        if c.broker == "paper":
+            return TimedPaperBroker(FillModel(c.fee_rate, c.slippage_pct), self.inputs, self.probe)
+        urls = UpbitUrls(upbit.ws_url, upbit.rest_url, self.base.run_dir)
+        client = ExchangeClient(urls.rest, Credentials.from_env(), RateLimiter(clock=self.clock.monotonic),
+                                connect_timeout_s=c.upbit.connect_timeout_s, timeout_s=c.upbit.order_timeout_s)
+        self.log.info("Upbit broker: %s, keys %s", urls.describe(), "present" if client.creds else "MISSING")
+        return TimedUpbitBroker(client, c.upbit, fee_rate=c.fee_rate, min_order_krw=c.min_order_krw,
+                                markets=self.base.markets, wall_ns=self.clock.time_ns, inputs=self.inputs,
+                                probe=self.probe)
 
     def _emit(self, kind: str, payload: dict, symbol: str | None) -> None:
         """An event to the EVENT.SUBSCRIBE clients (never raises into the engine: a payload that cannot be
@@ -95,6 +113,7 @@ class TraderProcess(Process):
         e = self.engine
         if self.waiter.wait(self.inputs.changed):
             self.row.msgs_in += self.inputs.poll(e)
+        e.poll_broker()
         now = time.monotonic()
         if e.dirty and now - self._flushed >= self.cfg.commit_interval_s:
             with e.lock:   # group commit of evaluations and marks (orders commit at once, before the broker)
@@ -137,7 +156,9 @@ class TraderProcess(Process):
         p = f" p50={lat['p50_us']:.0f}us p99={lat['p99_us']:.0f}us" if lat["n"] else ""
         with e.lock:
             mode, equity, npos, nord, market_ms = e.mode_name, e.equity, e.open_positions, len(e.orders), e.market_ms
-        row.detail = f"{mode} eq={equity:,.0f} pos={npos} ord={nord}{p}"[:88]
+        problems = e.reconcile_problems
+        row.detail = (f"{mode} RECONCILE: {problems[0]}" if problems else f"{mode} eq={equity:,.0f} pos={npos} "
+                                                                          f"ord={nord}{p}")[:88]
         self._emit("EVT.HEARTBEAT", {"mode": mode, "market_ms": market_ms, "equity": equity}, None)
         if self.clock.monotonic() - self._status_at >= 1.0 and self.server is not None and self.server.subscribers:
             self._status_at = self.clock.monotonic()
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = start("trader", "the engine: strategy, risk, orders, ledger, command socket", argv)
     if cfg is None:
         return 2
-    return TraderProcess(cfg.base, cfg.trader, cfg.signal_timeframe, cfg.monitor.market).run()
+    return TraderProcess(cfg.base, cfg.trader, cfg.signal_timeframe, cfg.monitor.market, cfg.upbit).run()
 
 
 if __name__ == "__main__":

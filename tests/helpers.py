@@ -237,3 +237,76 @@ def replay_to_the_trader(env: Env, timeout: float = 240):
     wait_for(lambda: (lambda st: st["trades_seen"] >= trades and not st["uncommitted"])(
         client.request("ENGINE.STATUS")["payload"]), 60, "the trader to see every trade and commit")
     return client, trades, wall
+
+
+REPLAY_KEYS = {"test-access-key-00000000000000000000000": ("test-secret-key-00000000000000000000000", ("view", "order")),
+               "view-access-key-00000000000000000000000": ("view-secret-key-00000000000000000000000", ("view",))}
+
+
+class ExchangeThread:
+    """A replay exchange served on loopback from a thread of this process (its asyncio loop), whose replay is
+    stepped by the test: :meth:`trade` sends one trade of the tape through the exchange (matching orders
+    first, as the replay loop does) and returns when it has. Real HTTP, real JWT: what a broker talks to."""
+
+    def __init__(self, markets: list[str], start_day: str = "2024-11-01", end_day: str = "2024-11-03",
+                 trades_per_candle: int = 6, account_krw: float = 10_000_000.0, fee_rate: float = 0.0005,
+                 slippage_pct: float = 0.05):
+        import asyncio
+        import threading
+        from datetime import UTC, datetime
+
+        from procs.replay.server import ReplayExchange, serve
+        from procs.replay.tape import ReplayTape, load_market_all
+        from procs.trading.fills import FillModel
+
+        def day(s):
+            return int(datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp())
+        self.tape = ReplayTape.build(DATA, markets, trades_per_candle, day(start_day), day(end_day))
+        self.exchange = ReplayExchange(self.tape, load_market_all(DATA), 0.0, 1000, account_krw=account_krw,
+                                       keys=REPLAY_KEYS, fill_model=FillModel(fee_rate, slippage_pct))
+        self.loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        bound = threading.Event()
+        self.port = 0
+
+        def on_listening(host, port):
+            self.port = port
+            bound.set()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(serve(self.exchange, "127.0.0.1", 0, self._stop, on_listening))
+        self.thread = threading.Thread(target=run, name="exchange", daemon=True)
+        self.thread.start()
+        if not bound.wait(30):
+            raise AssertionError("the replay exchange did not start")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.access, (self.secret, _) = next(iter(REPLAY_KEYS.items()))
+        self.i = 0      # next trade of the tape
+
+    def run(self, coro_fn, *args):
+        import asyncio
+        return asyncio.run_coroutine_threadsafe(coro_fn(*args), self.loop).result(30)
+
+    def trade(self):
+        """Send the next trade of the tape through the exchange; returns it (a TRADE_DTYPE record) or None."""
+        if self.i >= len(self.tape.trades):
+            return None
+        rec = self.tape.trades[self.i]
+        self.i += 1
+        self.run(self.exchange.replayer._emit, rec)
+        return rec
+
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` on the exchange's loop (its state is single-threaded)."""
+        async def go():
+            return fn(*args)
+        return self.run(go)
+
+    def client(self, **kw):
+        from procs.upbit.exchange import Credentials, ExchangeClient
+        return ExchangeClient(self.url, Credentials(self.access, self.secret), **kw)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)

@@ -1,6 +1,8 @@
 """``smtm`` — start, stop and look into an SMTM-NG instance (``SMTM_INSTANCE``, default ``default``).
 
-    smtm up [--profile replay|live]   start the instance's supervisord and every program, wait until RUNNING
+    smtm up [--profile replay|live] [--broker paper|upbit]   start the instance's supervisord and every
+                                      program, wait until RUNNING (--broker upbit on replay: the Upbit broker
+                                      against the replay exchange's exchange API, with its replay-only keys)
     smtm down                         stop it, unlink the instance's shared memory
     smtm ctl [ARGS...]                supervisorctl of this instance (status, stop monitor, start monitor, ...)
     smtm status                       programs (state, pid, uptime), heartbeats, counters, top N, rings
@@ -13,7 +15,8 @@
 The trader, over its command socket (``run/<instance>/trader.sock``; exit 1 when refused or not running):
 
     smtm arm | disarm [--reason TEXT]      allow / stop new entries (LIVE.ARM / LIVE.DISARM)
-    smtm kill [--reset] [--reason TEXT]    kill switch: cancel open orders, block new ones (KILL.RESET leaves it)
+    smtm kill [--reset] [--flatten] [--reason TEXT]   kill switch: cancel open orders, block new ones
+                                           (--flatten: then sell every position; KILL.RESET leaves it)
     smtm exit MARKET|all [--reason TEXT]   sell a position (or all) at market
     smtm preset SAFE|BALANCED|AGGRESSIVE   apply a strategy preset (refused while ARMED)
     smtm positions | orders [-n N] | pnl [--by day|market|exit-reason] | timeline [-n N]
@@ -53,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start supervisord and every program")
     up.add_argument("--profile", choices=("replay", "live"), default=None)
+    up.add_argument("--broker", choices=("paper", "upbit"), default=None,
+                    help="the trader's broker (default: trader.broker of the profile)")
     up.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for RUNNING")
     down = sub.add_parser("down", help="stop everything and unlink the instance's shared memory")
     down.add_argument("--timeout", type=float, default=20.0)
@@ -87,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     profile_file = run_base / instance / "profile"
     if profile is None and profile_file.exists():
         profile = profile_file.read_text().strip() or None  # the profile `smtm up` started
+    if getattr(args, "broker", None):
+        os.environ["SMTM_BROKER"] = args.broker    # the loader applies it; supervisord passes it on
     try:
         cfg = load_config(profile)
     except ConfigError as e:

@@ -62,7 +62,10 @@ class Supervisor:
     def env(self, cfg: Config) -> dict:
         env = dict(os.environ)
         env.update(SMTM_PROFILE=cfg.profile, SMTM_INSTANCE=cfg.instance,
-                   SMTM_REPLAY="true" if cfg.exchange.enabled else "false")
+                   SMTM_REPLAY="true" if cfg.exchange.enabled else "false", SMTM_BROKER=cfg.trader.broker)
+        if cfg.trader.broker == "upbit" and cfg.exchange.enabled and cfg.upbit.rest_url == "auto":
+            # the Upbit broker against the replay exchange: its replay-only keys (never real ones)
+            env.update(UPBIT_ACCESS_KEY=cfg.exchange.access_key, UPBIT_SECRET_KEY=cfg.exchange.secret_key)
         return env
 
     def ctl(self, args: list[str]) -> int:
@@ -92,7 +95,7 @@ def cmd_up(args, cfg: Config, sup: Supervisor) -> int:
             print(r.stdout + r.stderr, file=sys.stderr)
             return 1
         (cfg.run_dir / "profile").write_text(cfg.profile + "\n")
-        print(f"supervisord started (profile {cfg.profile}, instance {cfg.instance})")
+        print(f"supervisord started (profile {cfg.profile}, broker {cfg.trader.broker}, instance {cfg.instance})")
     expected = expected_programs(cfg)
     t0 = time.monotonic()
     states = _wait_running(sup, expected, args.timeout)

@@ -106,7 +106,10 @@ MODE_TYPES = {"arm": "LIVE.ARM", "disarm": "LIVE.DISARM", "kill": "KILL.SWITCH"}
 
 def cmd_mode(args, cfg: Config, sup: Supervisor) -> int:
     """``arm`` / ``disarm`` / ``kill [--reset]``: the new mode, and what the kill switch cancelled."""
-    p = _call(cfg, "KILL.RESET" if getattr(args, "reset", False) else MODE_TYPES[args.cmd], _reason(args))
+    payload = _reason(args)
+    if getattr(args, "flatten", False):
+        payload["flatten"] = True
+    p = _call(cfg, "KILL.RESET" if getattr(args, "reset", False) else MODE_TYPES[args.cmd], payload)
     if p is _FAILED:
         return 1
     print(f"mode {p.get('mode', '?')}")
@@ -316,6 +319,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "take-profit / stop-loss exits (LIVE.DISARM)")
     k = reasoned("kill", "kill switch: cancel open orders, block new ones (KILL.SWITCH)")
     k.add_argument("--reset", action="store_true", help="leave KILLED for DISARMED (KILL.RESET)")
+    k.add_argument("--flatten", action="store_true", help="after cancelling, sell every position at market")
     ex = reasoned("exit", "sell a position at market, or at a limit price (POSITION.EXIT)")
     ex.add_argument("market", help="market code, e.g. KRW-BTC, or 'all'")
     ex.add_argument("--limit", type=float, metavar="KRW", help="a limit sell at this price (rounded up to the tick)")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from ..runtime.config import ROOT, BaseConfig, ExchangeConfig
 from ..runtime.endpoints import publish, withdraw
 from ..runtime.process import Process, start
+from ..trading.fills import FillModel
 from .recording import expand, tape_from_recording
 from .server import ReplayExchange, serve
 from .tape import ReplayTape, load_market_all
@@ -29,9 +30,11 @@ class ExchangeProcess(Process):
     name = "exchange"
 
     def __init__(self, base: BaseConfig, cfg: ExchangeConfig, data_path, *, speed: float | None = None,
-                 port: int | None = None, recording: str | None = None, **kw):
+                 port: int | None = None, recording: str | None = None, fee_rate: float = 0.0005,
+                 slippage_pct: float = 0.05, **kw):
         super().__init__(base, **kw)
         self.cfg = cfg
+        self.fee_rate, self.slippage_pct = fee_rate, slippage_pct   # the paper broker's, so both fill alike
         self.data_path = data_path
         self.speed = cfg.speed if speed is None else speed
         self.port = cfg.port if port is None else port
@@ -58,7 +61,11 @@ class ExchangeProcess(Process):
                              f"exchange.start = {self.cfg.start!r} and exchange.end = {self.cfg.end!r}")
         self.log.info("tape built in %.2f s: %s", time.monotonic() - t0,
                       ", ".join(f"{m} {len(c)} candles" for m, c in tape.candles.items()))
-        self.exchange = ReplayExchange(tape, load_market_all(self.data_path), self.speed, self.cfg.rest_per_second)
+        cfg = self.cfg
+        self.exchange = ReplayExchange(tape, load_market_all(self.data_path), self.speed, cfg.rest_per_second,
+                                       account_krw=cfg.account_krw,
+                                       keys={cfg.access_key: (cfg.secret_key, ("view", "order"))},
+                                       fill_model=FillModel(self.fee_rate, self.slippage_pct))
 
     def on_tick(self) -> None:  # the asyncio loop below is the work loop
         self.idle(self.heartbeat_s)
@@ -109,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     return ExchangeProcess(cfg.base, cfg.exchange, cfg.data_path(), speed=args.speed, port=args.port,
-                           recording=args.recording).run()
+                           recording=args.recording, fee_rate=cfg.trader.fee_rate,
+                           slippage_pct=cfg.trader.slippage_pct).run()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ class Replayer:
         self._last_price: list[float | None] = [None] * n
         self._held: list[dict | None] = [None] * n       # trades held back by the reorder fault
         self.subscription_log: deque = deque(maxlen=100)
+        #: every trade, before it is sent: (market, ts ms, price, volume, sequential_id) -> None (order matching)
+        self.on_trade = lambda market, ts, price, volume, seq_id: None
 
     # -- the clock --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -174,6 +176,7 @@ class Replayer:
         code = self.tape.markets[mi]
         ts, price, vol = int(rec["ts"]), float(rec["price"]), float(rec["volume"])
         prev_close = self._track(mi, ts, price, vol)
+        self.on_trade(code, ts, price, vol, int(rec["seq_id"]))   # orders match before anyone hears of the trade
         trade = trade_message(code, ts, price, vol, bool(rec["bid"]), int(rec["seq_id"]), prev_close)
         self.last_trade[mi] = trade
         if self.faults.stalled():

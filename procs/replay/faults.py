@@ -19,6 +19,22 @@ what to do. Faults (``type`` and parameters):
 ``rest_slow``  the next ``count`` REST responses are delayed by ``seconds``
 =============  ==========================================================================
 
+Order faults (the private API, ``POST /v1/orders`` and the fills; each applies to the next ``count``):
+
+==================  =====================================================================
+``order_hold``      hold the request ``seconds`` before placing it; a client that gives up
+                    (or dies) meanwhile never gets the order placed — the window between
+                    the trader's ledger commit and the exchange receiving the order
+``order_drop``      place the order, then drop the connection without an answer
+``order_500``       place the order, then answer 500
+``order_slow``      place the order, then answer after ``seconds`` (past a client timeout)
+``order_429``       answer 429 without placing
+``order_reject``    answer 400 ``create_bid_error`` / ``create_ask_error`` without placing
+``order_partial``   the order's first fill is half of what the trade gives, then it stalls
+                    for ``seconds`` (0: until cancelled)
+``fill_duplicate``  the next fill is listed twice in its order's trades
+==================  =====================================================================
+
 :class:`RestLimits` enforces Upbit's per-group REST budget (``sec`` requests per second per
 group, announced in ``Remaining-Req``): over it a request gets 429; a client that keeps
 sending after ``block_after`` 429s within 10 s is blocked with 418 for ``block_s`` seconds,
@@ -31,7 +47,10 @@ import math
 import time
 from collections import deque
 
-FAULT_TYPES = ("drop", "stall", "malformed", "duplicate", "reorder", "rest_429", "rest_418", "rest_slow")
+ORDER_FAULTS = ("order_hold", "order_drop", "order_500", "order_slow", "order_429", "order_reject", "order_partial",
+                "fill_duplicate")
+FAULT_TYPES = ("drop", "stall", "malformed", "duplicate", "reorder", "rest_429", "rest_418", "rest_slow",
+               *ORDER_FAULTS)
 
 #: The bad frames cycled through by ``malformed`` (bytes as sent on the wire).
 MALFORMED_FRAMES = (
@@ -68,6 +87,9 @@ class FaultInjector:
         self.rest_slow_s = 0.0
         self.refuse_until = 0.0
         self._malformed_i = 0
+        self.order_left: dict[str, int] = dict.fromkeys(ORDER_FAULTS, 0)
+        self.order_seconds: dict[str, float] = dict.fromkeys(ORDER_FAULTS, 0.0)
+        self.in_flight = {"held": 0, "answering": 0}   # order requests inside an order_hold / order_slow now
         self.applied: dict[str, int] = dict.fromkeys(FAULT_TYPES, 0)
 
     def apply(self, req: dict) -> dict:
@@ -100,6 +122,9 @@ class FaultInjector:
         elif ty == "rest_slow":
             self.rest_slow_left += count
             self.rest_slow_s = float(seconds)
+        else:
+            self.order_left[ty] += count
+            self.order_seconds[ty] = float(seconds)
         self.applied[ty] += 1
         return self.state()
 
@@ -109,7 +134,17 @@ class FaultInjector:
                 "malformed_left": self.malformed_left,
                 "duplicate_left": self.duplicate_left, "reorder_left": self.reorder_left,
                 "rest_429_left": self.rest_429_left, "rest_418_s_left": max(0.0, self.rest_418_until - now),
-                "rest_slow_left": self.rest_slow_left, "rest_slow_s": self.rest_slow_s, "applied": dict(self.applied)}
+                "rest_slow_left": self.rest_slow_left, "rest_slow_s": self.rest_slow_s,
+                **{f"{k}_left": v for k, v in self.order_left.items()}, "orders_in_flight": dict(self.in_flight),
+                "applied": dict(self.applied)}
+
+    # -- orders ---------------------------------------------------------------------------------------
+    def take_order(self, kind: str) -> float | None:
+        """If an order fault ``kind`` is pending, use one: its ``seconds``; else None."""
+        if self.order_left[kind] <= 0:
+            return None
+        self.order_left[kind] -= 1
+        return self.order_seconds[kind]
 
     # -- WebSocket side -------------------------------------------------------------------
     def refusing(self) -> bool:
@@ -153,11 +188,18 @@ class FaultInjector:
         return None
 
 
-class RestLimits:
-    """Upbit's per-group REST limit (``sec`` per second), 429 over it, 418 for persistent offenders."""
+#: The exchange API's groups (PROTOCOL.md §3.2): (requests, window in s), per account.
+EXCHANGE_GROUPS = {"default": (30, 1.0), "order": (8, 1.0), "order-cancel-all": (1, 2.0)}
 
-    def __init__(self, per_second: int = 10, block_after: int = 20, block_s: float = 5.0, clock=time.monotonic):
+
+class RestLimits:
+    """Upbit's per-group REST limit (``sec`` per second; the exchange groups of :data:`EXCHANGE_GROUPS`
+    their own), 429 over it, 418 for persistent offenders."""
+
+    def __init__(self, per_second: int = 10, block_after: int = 20, block_s: float = 5.0, clock=time.monotonic,
+                 groups: dict[str, tuple[int, float]] | None = None):
         self.per_second = per_second
+        self.groups = dict(EXCHANGE_GROUPS if groups is None else groups)
         self.block_after = block_after
         self.block_s = block_s
         self.clock = clock
@@ -174,10 +216,11 @@ class RestLimits:
         self.sent_log.append((now, group))
         if now < self.blocked_until:
             return 418, 0, self.blocked_until - now
+        limit, window = self.groups.get(group, (self.per_second, 1.0))
         win = self._windows.setdefault(group, deque())
-        while win and now - win[0] >= 1.0:
+        while win and now - win[0] >= window:
             win.popleft()
-        if len(win) >= self.per_second:
+        if len(win) >= limit:
             self._violations.append(now)
             while self._violations and now - self._violations[0] > 10.0:
                 self._violations.popleft()
@@ -189,7 +232,7 @@ class RestLimits:
             return 429, 0, 0.0
         win.append(now)
         self.accepted_log.append((now, group))
-        return 200, self.per_second - len(win), 0.0
+        return 200, limit - len(win), 0.0
 
     def max_in_any_second(self, group: str, sent: bool = False) -> int:
         """Most accepted (or, ``sent=True``, sent) requests of ``group`` in any 1-second window."""

@@ -7,7 +7,8 @@ One aiohttp application on one port serves
   connection idle for 120 s in both directions is closed, as Upbit does. Types: ``trade``,
   ``ticker`` (from a recording) and ``candle.30m`` / ``candle.60m`` / ``candle.240m``. The
   events come from :mod:`.fanout` (the replay clock).
-* Upbit's REST quotation API (:mod:`.rest`).
+* Upbit's REST quotation API (:mod:`.rest`) and its exchange API (:mod:`.private`: signed requests,
+  the account and its orders, matched on the replayed trades by :mod:`.accounts`).
 * ``GET /replay/status`` — replay position, progress and counters (JSON); ``POST
   /replay/control`` — ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``; ``GET``/``POST
   /faults`` — fault injection (:mod:`.faults`).
@@ -26,9 +27,12 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
+from ..trading.fills import FillModel
 from ..upbit import fields
+from .accounts import ReplayAccount
 from .fanout import Replayer
 from .faults import FaultError, FaultInjector
+from .private import PrivateApi
 from .protocol import Client, SubscriptionError, candle_message, parse_request, utc_str
 from .rest import RestApi
 from .tape import ReplayTape
@@ -41,11 +45,17 @@ IDLE_TIMEOUT_S = 120.0
 class ReplayExchange:
     """The application: the replayer, the REST API, the WebSocket and the admin routes."""
 
-    def __init__(self, tape: ReplayTape, market_all: list[dict], speed: float, rest_per_second: int = 10):
+    def __init__(self, tape: ReplayTape, market_all: list[dict], speed: float, rest_per_second: int = 10, *,
+                 account_krw: float = 10_000_000.0, keys: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+                 fill_model: FillModel | None = None):
         self.tape = tape
         self.faults = FaultInjector()
         self.replayer = Replayer(tape, speed, self.faults)
         self.rest = RestApi(self.replayer, market_all, self.faults, rest_per_second)
+        self.account = ReplayAccount(tape.markets, account_krw, fill_model or FillModel(),
+                                     lambda: max(self.replayer.now_ms, tape.start_ms))
+        self.private = PrivateApi(self.account, keys or {}, self.faults)
+        self.replayer.on_trade = self.account.on_trade
         self.subscriptions_received = 0
 
     # -- WebSocket -------------------------------------------------------------------
@@ -141,7 +151,8 @@ class ReplayExchange:
                 "clients": len(r.clients), "clients_dropped": r.clients_dropped,
                 "subscriptions_received": self.subscriptions_received,
                 "messages_sent": r.messages_sent, "rest_requests": rest.requests,
-                "markets": self.tape.markets}
+                "exchange_requests": self.private.requests, "orders_placed": self.private.placed,
+                "fills": self.account.fills, "markets": self.tape.markets}
 
     def summary(self) -> str:
         """One line for the status row (every heartbeat: only what it shows, not the whole progress,
@@ -179,6 +190,7 @@ class ReplayExchange:
         app = web.Application()
         app.router.add_get("/websocket/v1", self.ws_handler)
         self.rest.routes(app)
+        self.private.routes(app)
         app.router.add_get("/replay/status", self.replay_status)
         app.router.add_post("/replay/control", self.replay_control)
         app.router.add_get("/faults", self.faults_get)

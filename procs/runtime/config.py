@@ -133,6 +133,10 @@ class ExchangeConfig(Section):
     recording: str = ""     #: replay this recording (path or glob) instead of the bundled candles
     start: Day = ""         #: replay only candles from this UTC day (YYYY-MM-DD) ...
     end: Day = ""           #: ... up to (not including) this one
+    #: the replay account (the exchange API): its KRW at start, and its API keys, which exist only for the replay
+    account_krw: Annotated[float, Field(ge=0.0, le=1e13)] = 10_000_000.0
+    access_key: Annotated[str, Field(min_length=8, max_length=64)] = "replay-access-key-0123456789abcdefghijk"
+    secret_key: Annotated[str, Field(min_length=8, max_length=128)] = "replay-secret-key-0123456789abcdefghijk"
 
 
 class IngestConfig(Section):
@@ -234,10 +238,27 @@ class StrategyOverrides(Section):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class UpbitBrokerConfig(Section):
+    """The Upbit broker (``trader.broker = "upbit"``): timeouts and how unknown orders are resolved."""
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0)] = 2.0
+    #: an order request with no answer after this is ``unknown`` (never re-sent: looked up by identifier)
+    order_timeout_s: Annotated[float, Field(gt=0.0, le=60.0)] = 3.0
+    #: an identifier the exchange does not know is "never placed" only once this long has passed since it was sent
+    unknown_grace_s: Annotated[float, Field(ge=0.0, le=600.0)] = 10.0
+    #: open orders are polled on each trade of their market, at most this often (0: on every trade) ...
+    poll_s: Annotated[float, Field(ge=0.0, le=60.0)] = 0.2
+    #: ... and all of them at least this often, trades or not (unknown orders with backoff from 0.5 s)
+    refresh_s: Annotated[float, Field(gt=0.0, le=600.0)] = 2.0
+    #: cash or a coin balance that differs from the ledger by more than this keeps the trader DISARMED
+    balance_tolerance_krw: Annotated[float, Field(ge=0.0, le=1e6)] = 1.0
+
+
 class TraderConfig(Section):
     """The engine (``procs.trading``): broker, preset, the account's risk limits, the command socket.
     Money in KRW, shares as fractions, limits as percent."""
-    broker: Literal["paper"] = "paper"        #: the Upbit broker arrives with the live-orders issue
+    #: "paper" simulates fills on the trade stream; "upbit" sends signed orders to the exchange API (the replay
+    #: exchange in the replay profile, api.upbit.com in live), keys from UPBIT_ACCESS_KEY / UPBIT_SECRET_KEY
+    broker: Literal["paper", "upbit"] = "paper"
     preset: PresetName = "BALANCED"
     strategy: StrategyOverrides = StrategyOverrides()
     arm_on_start: bool = False        #: come back ARMED after a restart that found it ARMED (paper broker only)
@@ -260,6 +281,7 @@ class TraderConfig(Section):
     max_clients: Annotated[int, Field(ge=1, le=1024)] = 128
     #: events queued per EVENT.SUBSCRIBE client before it is dropped
     subscriber_queue: Annotated[int, Field(ge=16, le=1 << 20)] = 4096
+    upbit: UpbitBrokerConfig = UpbitBrokerConfig()
 
     @model_validator(mode="after")
     def _limits(self):

@@ -2,8 +2,9 @@
 :mod:`procs.runtime.config`, every error explained by its key path.
 
 Load order (later wins): ``conf/default.toml`` → ``conf/<profile>.toml`` → the file named by
-``SMTM_CONFIG`` (an overlay, used by tests) → environment (``SMTM_INSTANCE``). The profile comes
-from the argument, else ``SMTM_PROFILE``, else ``replay``.
+``SMTM_CONFIG`` (an overlay, used by tests) → environment (``SMTM_INSTANCE``; ``SMTM_BROKER`` =
+``trader.broker``, set by ``smtm up --broker``). The profile comes from the argument, else
+``SMTM_PROFILE``, else ``replay``.
 """
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def load_config(profile: str | None = None, *, conf_dir: Path | None = None, ove
     raw["profile"] = profile
     if os.environ.get("SMTM_INSTANCE"):
         raw["instance"] = os.environ["SMTM_INSTANCE"]
+    if os.environ.get("SMTM_BROKER"):
+        raw.setdefault("trader", {})["broker"] = os.environ["SMTM_BROKER"]
     try:
         return Config.model_validate(_tuples(raw))
     except ValidationError as e:

@@ -1,19 +1,22 @@
 """The broker interface the engine talks to, and the paper broker.
 
 A broker turns the engine's orders into exchange orders and reports back with :class:`BrokerEvent`s
-(accepted, fill, cancelled, rejected, expired, unknown); the engine applies them through the order
+(accepted, fill, filled, cancelled, rejected, expired, unknown); the engine applies them through the order
 state machine (:mod:`.orders`). Two implementations share this interface: :class:`PaperBroker`
-(simulated fills on the real trade stream, :mod:`.fills`) here, and the Upbit broker (signed REST
-orders) of the live-orders issue. ``real`` says whether money moves: the engine refuses to come back
-ARMED after a restart for a real broker, whatever the configuration says.
+(simulated fills on the real trade stream, :mod:`.fills`) here, and :class:`~procs.trading.upbit_broker.
+UpbitBroker` (signed orders to Upbit's exchange API, or the replay exchange's). ``real`` says whether the
+orders go to an exchange: the engine refuses to come back ARMED after a restart for a real broker, whatever
+the configuration says, and checks the account (:meth:`Broker.check_account`) before every ARM.
 
 Contract: :meth:`Broker.submit` is called only after the order row is committed to the ledger
 (write-ahead); it may raise :class:`BrokerUnavailable` (the engine then marks the order ``unknown``
 and never sends it again); :meth:`Broker.reconcile` is called on start with the ledger's open orders
-and says what became of each.
+and says what became of each; :meth:`Broker.poll` is called every engine loop (unknown orders resolved,
+open orders refreshed); :meth:`Broker.cancel_all` is the kill switch's cancel.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,16 +26,17 @@ from .orders import Order, OrderState
 
 @dataclass(frozen=True)
 class BrokerEvent:
-    """What happened to one order. ``kind``: ``accepted`` | ``fill`` | ``cancelled`` | ``rejected`` |
-    ``expired`` | ``unknown``. Fill events carry ``price`` (KRW), ``volume`` (base), ``fee`` (KRW) and
-    ``trade_id`` (the exchange trade's id: a fill is applied once per (identifier, trade_id))."""
+    """What happened to one order. ``kind``: ``accepted`` | ``fill`` | ``filled`` | ``cancelled`` |
+    ``rejected`` | ``expired`` | ``unknown``. Fill events carry ``price`` (KRW), ``volume`` (base), ``fee``
+    (KRW), ``at_ms`` (the trade's market time) and ``trade_id`` (the exchange trade's id — Upbit's trade
+    uuid, the paper broker's sequential_id as text: a fill is applied once per (identifier, trade_id))."""
     kind: str
     identifier: str
     at_ms: int
     price: float = 0.0
     volume: float = 0.0
     fee: float = 0.0
-    trade_id: int = 0
+    trade_id: str = ""
     reason: str = ""
     broker_id: str = ""
 
@@ -47,8 +51,14 @@ class Broker(Protocol):
 
     def submit(self, order: Order) -> list[BrokerEvent]: ...
     def cancel(self, order: Order, at_ms: int, reason: str) -> list[BrokerEvent]: ...
-    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> list[BrokerEvent]: ...
-    def reconcile(self, open_orders: list[Order], at_ms: int) -> list[BrokerEvent]: ...
+    def cancel_all(self, orders: list[Order], at_ms: int, reason: str) -> list[BrokerEvent]: ...
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> list[BrokerEvent]: ...
+    def poll(self, at_ms: int) -> list[BrokerEvent]: ...
+    def reconcile(self, open_orders: list[Order], at_ms: int, known_fills: dict[str, set[str]]
+                  ) -> list[BrokerEvent]: ...
+    def starting_cash(self) -> float | None: ...
+    def check_account(self, cash: float, holdings: dict[str, float], prices: dict[str, float],
+                      known: Callable[[str], bool]) -> list[str]: ...
 
 
 class PaperBroker:
@@ -75,20 +85,32 @@ class PaperBroker:
             return []
         return [BrokerEvent("cancelled", order.identifier, at_ms, reason=reason)]
 
-    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> list[BrokerEvent]:
+    def cancel_all(self, orders: list[Order], at_ms: int, reason: str) -> list[BrokerEvent]:
+        return [ev for o in orders for ev in self.cancel(o, at_ms, reason)]
+
+    def poll(self, at_ms: int) -> list[BrokerEvent]:
+        return []
+
+    def starting_cash(self) -> float | None:
+        return None     # a new paper ledger starts with trader.starting_cash
+
+    def check_account(self, cash, holdings, prices, known) -> list[str]:
+        return []       # the paper account is the ledger
+
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> list[BrokerEvent]:
         out = []
         for o in [o for o in self.book.values() if o.market == market and t_ms >= o.created_ms]:
             f = self.model.match(o.side, o.ord_type, o.price, o.remaining, price, volume)
             if f is None:
                 continue
-            out.append(BrokerEvent("fill", o.identifier, t_ms, f.price, f.volume, f.fee, trade_id))
+            out.append(BrokerEvent("fill", o.identifier, t_ms, f.price, f.volume, f.fee, str(trade_id)))
             done = (o.filled_krw + f.price * f.volume >= o.price * (1 - 1e-9)) if o.ord_type == "price" \
                 else (o.filled + f.volume >= o.volume * (1 - 1e-9))
             if done:
                 del self.book[o.identifier]
         return out
 
-    def reconcile(self, open_orders: list[Order], at_ms: int) -> list[BrokerEvent]:
+    def reconcile(self, open_orders: list[Order], at_ms: int, known_fills=None) -> list[BrokerEvent]:
         out = []
         for o in open_orders:
             if o.state in (OrderState.ACCEPTED, OrderState.PARTIALLY_FILLED):

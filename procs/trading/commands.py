@@ -12,7 +12,7 @@ ENGINE.STATUS      —                                               mode, broke
 SNAPSHOT.GET       ``{"tf"?, "count"?}`` (symbol: the market)      the seed's snapshot document
 CONFIG.APPLY       ``{"preset"?, "params"?: {key: value}, "why"?}``  ``{"config_version", "preset", "params"}``
 LIVE.ARM / DISARM  ``{"reason"?}``                                 ``{"mode"}``
-KILL.SWITCH        ``{"reason"?}``                                 ``{"mode", "cancelled": [identifiers]}``
+KILL.SWITCH        ``{"reason"?, "flatten"?: bool}``               ``{"mode", "cancelled": [identifiers]}``
 KILL.RESET         ``{"reason"?}``                                 ``{"mode"}``
 ORDER.CANCEL       ``{"identifier"}``                              the order
 POSITION.EXIT      ``{"market": "KRW-BTC" | "all", "reason"?}``     ``{"orders": [identifiers]}``
@@ -106,7 +106,10 @@ class CommandHandler:
         return {"mode": MODE_NAMES[self.engine.mode]}
 
     def kill(self, cmd: Command, who: str) -> dict:
-        cancelled = self.engine.kill(who, _str(cmd.payload, "reason", "operator"))
+        flatten = cmd.payload.get("flatten", False)
+        if not isinstance(flatten, bool):
+            raise CommandError("INVALID", "payload.flatten must be true or false")
+        cancelled = self.engine.kill(who, _str(cmd.payload, "reason", "operator"), flatten=flatten)
         return {"mode": MODE_NAMES[self.engine.mode], "cancelled": cancelled}
 
     def config_apply(self, cmd: Command, who: str) -> dict:
@@ -157,7 +160,10 @@ class CommandHandler:
                     "risk": {"flags": [n for f, n in RISK_FLAG_NAMES.items() if e.risk_flags & f], "reason": e.reason,
                              "day": e.day, "day_start_equity": e.day_start_equity},
                     "market_ms": e.market_ms, "params": e.params.model_dump(), "decisions": e.decisions,
-                    "trades_seen": e.trades_seen, "uncommitted": e.dirty, "health": self.health()}
+                    "trades_seen": e.trades_seen, "uncommitted": e.dirty,
+                    "reconcile": {"problems": list(e.reconcile_problems), "at_ms": e.reconciled_ms,
+                                  "unknown_orders": sum(o.state.value == "unknown" for o in e.orders.values())},
+                    "health": self.health()}
 
     def positions(self) -> list[dict]:
         e = self.engine

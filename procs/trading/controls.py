@@ -32,6 +32,12 @@ class Controls:
                 raise Refused("engine is KILLED: KILL.RESET first")
             if self.risk_flags & RISK_DAILY_LOSS:
                 raise Refused(f"daily loss limit in force until 00:00 KST: {self.trips.get(str(RISK_DAILY_LOSS), '')}")
+            if self.broker.real and self.mode != ARMED:
+                problems = self.account_check("ARM")
+                if problems:
+                    raise Refused(f"reconciliation with the exchange failed: {'; '.join(problems)}"[:500])
+            if any(o.state.value == "unknown" for o in self.orders.values()):
+                raise Refused("an order's outcome is still unknown (being looked up): ARM once it is resolved")
             if self.risk_flags & RISK_DRAWDOWN:
                 self.risk_flags &= ~RISK_DRAWDOWN
                 self.trips.pop(str(RISK_DRAWDOWN), None)
@@ -48,24 +54,26 @@ class Controls:
             if self.mode == ARMED:
                 self.set_mode(DISARMED, who, why)
 
-    def kill(self, who: str, why: str) -> list[str]:
-        """KILL first: the mode changes before anything else, then every open order is cancelled."""
+    def kill(self, who: str, why: str, flatten: bool = False) -> list[str]:
+        """KILL first: the mode changes before anything else, then every open order is cancelled (the
+        broker's batch cancel, verified); with ``flatten`` every position is then sold at market — the only
+        orders a KILLED engine sends."""
         with self.lock:
             if self.mode != KILLED:
                 self.set_mode(KILLED, who, why)
             cancelled = self._cancel_all(f"kill switch ({why})")
+            if flatten:
+                for p in [p for p in self.positions.values() if p.state == "open"]:
+                    self._exit(p, strategy.KILL, "kill", self.last_price.get(p.market, p.avg_price), force=True)
             self.flush()
             return cancelled
 
     def _cancel_all(self, reason: str) -> list[str]:
         """Cancel every open order; returns the identifiers the broker cancelled."""
-        out = []
-        for o in list(self.orders.values()):
-            for ev in self.broker.cancel(o, self.market_ms, reason):
-                self._apply(ev)
-            if not o.is_open:
-                out.append(o.identifier)
-        return out
+        orders = list(self.orders.values())
+        for ev in self.broker.cancel_all(orders, self.market_ms, reason):
+            self._apply(ev)
+        return [o.identifier for o in orders if not o.is_open]
 
     def kill_reset(self, who: str, why: str) -> None:
         with self.lock:

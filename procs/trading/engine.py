@@ -98,6 +98,8 @@ class Engine(Recovery, Execution, Controls):
         self.money_dirty = False   # a fill or order change since the last commit
         self._dry_exits: set[tuple[int, str]] = set()
         self._limits: tuple[StrategyParams, risk.Limits] | None = None
+        self.reconcile_problems: list[str] = []   # what the last account check could not explain (real broker)
+        self.reconciled_ms = 0
         self._load()
 
     # -- state ----------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class Engine(Recovery, Execution, Controls):
         self.dirty = self.money_dirty = False
 
     # -- inputs ---------------------------------------------------------------------------------
-    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id: int) -> None:
+    def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> None:
         """One trade of the tape (market time ``t_ms``): fills first (an order never fills on the trade
         that caused it), then take-profit / stop-loss, then mark-to-market and the risk limits."""
         with self.lock:
@@ -194,6 +196,17 @@ class Engine(Recovery, Execution, Controls):
                     self._exit(p, why, "trade", price)
             self._check_limits()
             if self.money_dirty:      # a fill moved money: committed now (evaluations wait for the group commit)
+                self.flush()
+
+    def poll_broker(self) -> None:
+        """Every loop: the broker's periodic work (unknown orders resolved, open orders refreshed); after a
+        reconnect, the account is checked again."""
+        with self.lock:
+            for ev in self.broker.poll(self.market_ms):
+                self._apply(ev)
+            if getattr(self.broker, "reconnected", False):
+                self.account_check("reconnect")
+            if self.money_dirty or self.dirty:
                 self.flush()
 
     def on_candle_close(self, market: str, t_s: int, close: float, prev: dict, cur: dict) -> None:
@@ -279,11 +292,11 @@ class Engine(Recovery, Execution, Controls):
         return any(o.market == market and o.purpose == "exit" for o in self.orders.values())
 
     def _exit(self, p: Position, why: str, trigger: str, price: float, ind: dict | None = None,
-              manual: bool = False, limit: float | None = None) -> str:
+              manual: bool = False, limit: float | None = None, force: bool = False) -> str:
         """Sell the whole position for ``why`` — at market, or a limit order at ``limit`` rounded up to the
-        tick grid; returns the identifier or ""."""
+        tick grid; returns the identifier or "". ``force``: KILL's flatten (the one sale a KILLED engine makes)."""
         ind = ind or {}
-        if self.mode == KILLED or (self.mode != ARMED and not manual):
+        if not force and (self.mode == KILLED or (self.mode != ARMED and not manual)):
             if (p.id, why) not in self._dry_exits:   # once per position and reason, not on every trade
                 self._dry_exits.add((p.id, why))
                 self._sell_eval(p, trigger, price, ind, why, f"dry_run ({MODE_NAMES[self.mode]})")

@@ -15,6 +15,7 @@ from shm.trading import ALERT, INFO, WARN
 
 from .broker import BrokerEvent, BrokerUnavailable
 from .orders import IllegalTransition, Order, OrderState
+from .portfolio import Position
 
 log = logging.getLogger("smtm.trader")
 
@@ -28,7 +29,8 @@ class Execution:
         o = Order(f"smtm-{self.run_id}-{self._order_seq}", market, side, ord_type, price, volume, purpose, tag,
                   position_id, at, updated_ms=at)
         o.move(OrderState.SUBMITTED, self.market_ms)
-        self.ledger.insert_order(o, self.wall_ns())
+        o.wall_ns = self.wall_ns()
+        self.ledger.insert_order(o, o.wall_ns)
         self.flush()
         self.orders[o.identifier] = o
         self.orders_version += 1
@@ -51,7 +53,10 @@ class Execution:
     def _apply(self, ev: BrokerEvent) -> None:
         o = self.orders.get(ev.identifier)
         if o is None:
-            log.warning("broker event for an order that is not open: %s", ev)
+            if ev.kind == "fill":
+                self._late_fill(ev)
+            elif ev.kind not in ("filled", "cancelled"):   # the end of an order already closed here is no news
+                log.warning("broker event for an order that is not open: %s", ev)
             return
         try:
             if ev.kind == "fill":
@@ -87,7 +92,12 @@ class Execution:
             self.note("duplicate", o.market, WARN, f"fill of {o.identifier} on trade {ev.trade_id} seen twice: ignored")
             return
         o.add_fill(ev.price, ev.volume, ev.fee, ev.at_ms)
+        self._book(o, p, ev)
+
+    def _book(self, o: Order, p, ev: BrokerEvent) -> None:
+        """A fill's money: cash, fees, the position (and its end when the last unit is sold)."""
         self.fees += ev.fee
+        self.dirty = self.money_dirty = True
         if o.side == "bid":
             self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
             text = (f"bought {format_qty_exact(ev.volume)} at {format_krw(ev.price)} (TP {format_krw(p.tp)} / "
@@ -104,6 +114,36 @@ class Execution:
         if p.state == "closed":
             del self.positions[o.market]
             self.note("closed", o.market, INFO, f"position closed on {p.exit_reason}: P&L {p.realized:+,.0f} KRW")
+
+    def _late_fill(self, ev: BrokerEvent) -> None:
+        """A fill the exchange reports for an order already closed here (cancelled while a trade was filling
+        it): booked all the same, to the order's position — reopened if it had been given up as void."""
+        row = self.ledger.order(ev.identifier)
+        if row is None:
+            log.error("fill for an order the ledger does not know: %s", ev)
+            return
+        p = self.positions.get(row["market"])
+        if p is None or p.id != row["position_id"]:
+            prow = self.ledger.position(row["position_id"])
+            if prow is None or (p is not None and p.id != prow["id"]):
+                log.error("late fill %s: its position is gone or another is open in %s", ev, row["market"])
+                return
+            p = Position(**dict(prow))
+            if row["side"] == "ask" and p.state != "open":
+                log.error("late sell fill %s for position %d, which is %s: not booked", ev, p.id, p.state)
+                return
+            self.positions[p.market] = p     # a buy fill opens it again (void: the entry was thought unfilled)
+        o = self._order_from_row(row)
+        if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
+                                       ev.trade_id, o.position_id):
+            self.duplicate_fills += 1
+            return
+        o.filled += ev.volume
+        o.filled_krw += ev.price * ev.volume
+        o.fee += ev.fee
+        self.ledger.update_order(o)
+        self._book(o, p, ev)
+        self.note("late_fill", o.market, WARN, f"fill of {o.identifier} ({o.state.value}) reported late: booked")
 
     def _order_closed(self, o: Order) -> None:
         p = self.positions.get(o.market)

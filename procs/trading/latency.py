@@ -14,6 +14,7 @@ import numpy as np
 from .broker import PaperBroker
 from .fills import FillModel
 from .inputs import ShmInputs
+from .upbit_broker import UpbitBroker
 
 
 class LatencyProbe:
@@ -37,15 +38,25 @@ class LatencyProbe:
                 "max_us": float(a.max())}
 
 
-class TimedPaperBroker(PaperBroker):
-    """The paper broker, timing each order's arrival against the trade that triggered it."""
-
-    def __init__(self, model: FillModel, inputs: ShmInputs, probe: LatencyProbe):
-        super().__init__(model)
-        self.inputs, self.probe = inputs, probe
+class Timed:
+    """A broker that times each order's arrival (the call to ``submit``) against the trade that triggered it."""
+    inputs: ShmInputs
+    probe: LatencyProbe
 
     def submit(self, order):
         trigger = self.inputs.trigger_ns
         if trigger:
             self.probe.orders.append((time.monotonic_ns() - trigger) / 1000)
         return super().submit(order)
+
+
+class TimedPaperBroker(Timed, PaperBroker):
+    def __init__(self, model: FillModel, inputs: ShmInputs, probe: LatencyProbe):
+        super().__init__(model)
+        self.inputs, self.probe = inputs, probe
+
+
+class TimedUpbitBroker(Timed, UpbitBroker):
+    def __init__(self, *args, inputs: ShmInputs, probe: LatencyProbe, **kw):
+        super().__init__(*args, **kw)
+        self.inputs, self.probe = inputs, probe

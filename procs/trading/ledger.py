@@ -13,8 +13,8 @@ Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRA
                  (the last price of each open position's market, so a restart values it as before)
 ``account``      one row: cash, realized P&L, fees (KRW)
 ``orders``       every order ever made (identifier UNIQUE forever) with its state, fills summary, reason
-``fills``        every fill: order identifier, price, volume, fee, market time, trade id
-                 (UNIQUE (identifier, trade_id): a fill is applied once)
+``fills``        every fill: order identifier, price, volume, fee, market time, trade id (text: Upbit's
+                 trade uuid; UNIQUE (identifier, trade_id): a fill is applied once)
 ``positions``    every position, open and closed: quantity, average price, cost, TP / SL, entry tag,
                  exit reason, bought / sold KRW, fees, realized P&L
 ``buy_eval``     every entry evaluation (closed candle, tradable market), taken or not, with its inputs
@@ -28,7 +28,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: (version, statements): applied in order to a ledger older than the version.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
@@ -64,6 +64,17 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
         "CREATE TABLE trade_audit (id INTEGER PRIMARY KEY AUTOINCREMENT, wall_ns INTEGER NOT NULL,"
         " market_ms INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL,"
         " why TEXT NOT NULL)",
+    )),
+    # v2: trade ids are text (Upbit's trade uuid; the paper broker's sequential_id written as text)
+    (2, (
+        "CREATE TABLE fills_v2 (id INTEGER PRIMARY KEY AUTOINCREMENT, identifier TEXT NOT NULL REFERENCES orders,"
+        " market TEXT NOT NULL, side TEXT NOT NULL, price REAL NOT NULL, volume REAL NOT NULL, fee REAL NOT NULL,"
+        " t_ms INTEGER NOT NULL, trade_id TEXT NOT NULL, position_id INTEGER NOT NULL,"
+        " UNIQUE (identifier, trade_id))",
+        "INSERT INTO fills_v2 SELECT id, identifier, market, side, price, volume, fee, t_ms, CAST(trade_id AS TEXT),"
+        " position_id FROM fills",
+        "DROP TABLE fills",
+        "ALTER TABLE fills_v2 RENAME TO fills",
     )),
 )
 assert MIGRATIONS[-1][0] == SCHEMA_VERSION
@@ -156,12 +167,22 @@ class Ledger:
     def orders(self, n: int) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM orders ORDER BY rowid DESC LIMIT ?", (n,)).fetchall()
 
+    def order(self, identifier: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM orders WHERE identifier = ?", (identifier,)).fetchone()
+
+    def fill_ids(self, identifier: str) -> set[str]:
+        """The trade ids of the fills recorded for an order."""
+        return {r[0] for r in self.db.execute("SELECT trade_id FROM fills WHERE identifier = ?", (identifier,))}
+
+    def position(self, pid: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM positions WHERE id = ?", (pid,)).fetchone()
+
     def insert_fill(self, identifier: str, market: str, side: str, price: float, volume: float, fee: float,
-                    t_ms: int, trade_id: int, position_id: int) -> bool:
+                    t_ms: int, trade_id: str, position_id: int) -> bool:
         """False if this (identifier, trade_id) fill was already recorded (a duplicate notification)."""
         cur = self.db.execute("INSERT OR IGNORE INTO fills (identifier, market, side, price, volume, fee, t_ms,"
                               " trade_id, position_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                              (identifier, market, side, price, volume, fee, t_ms, trade_id, position_id))
+                              (identifier, market, side, price, volume, fee, t_ms, str(trade_id), position_id))
         return cur.rowcount == 1
 
     def new_position(self, market: str, tp: float, sl: float, entry_tag: str, opened_ms: int) -> int:

@@ -102,6 +102,7 @@ class Order:
     fee: float = 0.0            #: KRW paid in fees
     reason: str = ""            #: why it was cancelled / rejected / expired, or is unknown
     broker_id: str = ""         #: the broker's order id (Upbit uuid; paper: the identifier)
+    wall_ns: int = 0            #: wall clock (Unix ns) when the row was committed, just before it was sent
     history: list[tuple[str, str]] = field(default_factory=list, repr=False)  #: (from, to) moves this run
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from shm.trading import ARMED, DISARMED, INFO, KILLED, MODE_NAMES
+from shm.trading import ALERT, ARMED, DISARMED, INFO, KILLED, MODE_NAMES
 
 from ..runtime.presets import StrategyParams, resolve
 from .orders import Order, OrderState
@@ -31,9 +31,16 @@ class Recovery:
         acct = lg.account()
         fresh = acct is None
         if fresh:
-            lg.set_account(cfg.starting_cash, 0.0, 0.0)
-            lg.put("starting_cash", cfg.starting_cash)
-            acct = (cfg.starting_cash, 0.0, 0.0)
+            cash = cfg.starting_cash
+            if self.broker.real:    # a new ledger starts from the exchange account's KRW
+                cash = self.broker.starting_cash()
+                if cash is None:
+                    raise RuntimeError(f"a new ledger with the {self.broker.name} broker starts from the exchange "
+                                       f"account's KRW, which cannot be read (see the error above; keys in "
+                                       f"UPBIT_ACCESS_KEY / UPBIT_SECRET_KEY?)")
+            lg.set_account(cash, 0.0, 0.0)
+            lg.put("starting_cash", cash)
+            acct = (cash, 0.0, 0.0)
         self.cash, self.realized, self.fees = acct
         self.starting_cash = lg.get("starting_cash", cfg.starting_cash)
         self.preset = lg.get("preset", cfg.preset)
@@ -63,6 +70,8 @@ class Recovery:
         self._reconcile([self._order_from_row(r) for r in lg.open_orders()])
         if self.mode == KILLED:
             self._cancel_all("KILLED before the restart")   # a kill that died before its cancels
+        if self.broker.real:
+            self.account_check("start")
         self.flush()
 
     def _start_mode(self, stored: str | None, fresh: bool) -> int:
@@ -76,7 +85,7 @@ class Recovery:
     def _order_from_row(self, r) -> Order:
         o = Order(**{k: r[k] for k in ("identifier", "market", "side", "ord_type", "price", "volume", "purpose", "tag",
                                        "position_id", "created_ms", "updated_ms", "filled", "filled_krw", "fee",
-                                       "reason", "broker_id")})
+                                       "reason", "broker_id", "wall_ns")})
         o.state = OrderState(r["state"])
         return o
 
@@ -84,7 +93,8 @@ class Recovery:
         """Restart: the broker says what became of the ledger's open orders (none is sent again)."""
         for o in open_orders:
             self.orders[o.identifier] = o
-        for ev in self.broker.reconcile(open_orders, self.market_ms):
+        known = {o.identifier: self.ledger.fill_ids(o.identifier) for o in open_orders}
+        for ev in self.broker.reconcile(open_orders, self.market_ms, known):
             self._apply(ev)
         for m, p in list(self.positions.items()):
             if p.state == "pending" and not any(o.market == m for o in self.orders.values()):
@@ -94,3 +104,25 @@ class Recovery:
         if open_orders:
             self.note("reconcile", "", INFO, f"{len(open_orders)} open orders in the ledger; "
                                              f"{len(self.orders)} still open at the broker")
+
+    def account_check(self, why: str) -> list[str]:
+        """Reconciliation with a real broker's account (on start, before ARM, after a reconnect): orders the
+        ledger does not know, balances that differ, fees or minimums that differ. Any problem keeps the engine
+        DISARMED (an ARMED one is disarmed) with the reason on the timeline and in ENGINE.STATUS."""
+        holdings = {m: p.qty for m, p in self.positions.items() if p.qty > 0}
+        prices = {m: self.last_price.get(m, p.avg_price) for m, p in self.positions.items()}
+        problems = self.broker.check_account(self.cash, holdings, prices, lambda i: self.ledger.order(i) is not None)
+        self.reconcile_problems = problems
+        self.reconciled_ms = self.market_ms
+        if problems:
+            text = f"reconciliation ({why}) found {len(problems)} problem(s): " + "; ".join(problems)
+            self.note("reconcile", "", ALERT, text[:400])
+            self.audit("trader", "reconcile", "; ".join(problems)[:2000], why)
+            if self.mode == ARMED:
+                self.set_mode(DISARMED, "reconcile", problems[0])
+            else:
+                self.reason = f"reconciliation: {problems[0]}"
+        else:
+            self.note("reconcile", "", INFO, f"reconciliation ({why}): the exchange's orders and balances match "
+                                             f"the ledger")
+        return problems

@@ -20,9 +20,9 @@ from ..market.signals import complete, fired
 from ..runtime.presets import StrategyParams
 
 TAKE_PROFIT, STOP_LOSS, DEAD_CROSS = "take_profit", "stop_loss", "dead_cross"
-LEFT_TOP_N, MANUAL = "left_top_n", "manual"
-#: why a position was sold (the risk trips' are ``daily_loss`` and ``drawdown``)
-EXIT_REASONS = (TAKE_PROFIT, STOP_LOSS, DEAD_CROSS, LEFT_TOP_N, MANUAL, "daily_loss", "drawdown")
+LEFT_TOP_N, MANUAL, KILL = "left_top_n", "manual", "kill"
+#: why a position was sold (the risk trips' are ``daily_loss`` and ``drawdown``; ``kill``: KILL with flatten)
+EXIT_REASONS = (TAKE_PROFIT, STOP_LOSS, DEAD_CROSS, LEFT_TOP_N, MANUAL, "daily_loss", "drawdown", KILL)
 
 
 def entry_rule(p: StrategyParams, prev: dict, cur: dict, close: float) -> str:
