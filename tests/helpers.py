@@ -239,8 +239,8 @@ def replay_to_the_trader(env: Env, timeout: float = 240):
     return client, trades, wall
 
 
-REPLAY_KEYS = {"test-access-key-00000000000000000000000": ("test-secret-key-00000000000000000000000", ("view", "order")),
-               "view-access-key-00000000000000000000000": ("view-secret-key-00000000000000000000000", ("view",))}
+REPLAY_KEYS = {"test-access-key-000000000000000000000": ("test-secret-key-000000000000000000000", ("view", "order")),
+               "view-access-key-000000000000000000000": ("view-secret-key-000000000000000000000", ("view",))}
 
 
 class ExchangeThread:

@@ -7,6 +7,9 @@ A rule looks at the previous and the current *closed* candle's indicators and th
 ``macd_cross_rsi_bb``   (default) the golden cross, with ``RSI < signals.rsi_max`` (not
                         overbought) and ``close > bb_lower`` (not breaking down through the
                         lower Bollinger band)
+``macd_above``          the MACD line is above its signal line (an up-trend) on this close:
+                        fires on every close of the trend, so it trades far more often than
+                        the cross (used by the crash campaign to make orders all the time)
 
 A market's signal turns **on** when any configured rule fires, and stays on (its ``since``
 and rule kept) until the MACD line closes below its signal line (dead cross), which turns it
@@ -35,7 +38,11 @@ def macd_cross_rsi_bb(prev: dict, cur: dict, close, rsi_max: float):
     return _golden(prev, cur) & (cur["rsi"] < rsi_max) & (close > cur["bb_lower"])
 
 
-RULES = {"macd_cross": macd_cross, "macd_cross_rsi_bb": macd_cross_rsi_bb}
+def macd_above(prev: dict, cur: dict, close, rsi_max: float):
+    return cur["macd"] > cur["macd_signal"]
+
+
+RULES = {"macd_cross": macd_cross, "macd_cross_rsi_bb": macd_cross_rsi_bb, "macd_above": macd_above}
 NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")  #: indicator columns the rules read
 
 

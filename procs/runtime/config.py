@@ -40,7 +40,7 @@ Timeframe = Literal["1m", "3m", "5m", "10m", "15m", "30m", "1h", "4h", "1d"]
 assert get_args(Timeframe) == tuple(TIMEFRAMES)
 
 #: Buy rules of ``procs.market.signals`` (its ``RULES`` must have exactly these names).
-SignalRule = Literal["macd_cross", "macd_cross_rsi_bb"]
+SignalRule = Literal["macd_cross", "macd_cross_rsi_bb", "macd_above"]
 
 MarketCode = Annotated[str, StringConstraints(pattern=r"^KRW-[A-Z0-9]{1,12}$")]
 Day = Annotated[str, StringConstraints(pattern=r"^(\d{4}-\d{2}-\d{2})?$")]

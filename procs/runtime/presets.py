@@ -31,7 +31,7 @@ class StrategyParams(BaseModel):
     #: exit when the price is this far above the entry (at least the 0.1 % round-trip fee and some)
     take_profit_pct: Annotated[float, Field(ge=0.2, le=100.0)]
     stop_loss_pct: Annotated[float, Field(ge=0.1, lt=100.0)]  #: exit when the price is this far below it
-    rule: Literal["macd_cross", "macd_cross_rsi_bb"]        #: the buy rule (procs.market.signals)
+    rule: Literal["macd_cross", "macd_cross_rsi_bb", "macd_above"]   #: the buy rule (procs.market.signals)
     rsi_max: Annotated[float, Field(ge=0.0, le=100.0)] = 70.0   #: RSI bound of macd_cross_rsi_bb
     daily_loss_pct: Percent                                 #: disarm after losing this share of the day's start equity
     exit_on_dead_cross: bool = True                         #: sell when MACD closes below its signal line
