@@ -12,7 +12,7 @@ DEBS   := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libfontconfig1 libfreetype
           libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
           libxcb-shape0 libxcb-xkb1
 
-.PHONY: run stop status test lint bench debs venv dev clean
+.PHONY: run stop status test lint bench chaos debs venv dev clean
 
 $(BIN)/smtm: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
@@ -56,6 +56,12 @@ lint: dev
 
 test: dev debs lint
 	$(BIN)/python -m pytest -q tests
+
+# The crash campaign with N trials (kill -9 of the trader at random moments and inside the order windows,
+# with every order fault), against the replay exchange: prints its figures as JSON.
+CHAOS_N ?= 100
+chaos: dev
+	SMTM_CHAOS_N=$(CHAOS_N) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_crash_campaign.py
 
 bench: dev debs
 	$(BIN)/python -m pytest -q bench --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name

@@ -10,7 +10,8 @@
     smtm signals                      the buyable set (markets whose buy signal is on)
     smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
     smtm replay status | speed X | pause | resume   the replay exchange's clock
-    smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange
+    smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange (market data,
+                                                   REST, or orders: order_hold, order_drop, order_500, ...)
 
 The trader, over its command socket (``run/<instance>/trader.sock``; exit 1 when refused or not running):
 
@@ -76,9 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("action", choices=("status", "speed", "pause", "resume"))
     rp.add_argument("value", nargs="?", type=float, help="speed: replay seconds per wall second (0 = max)")
     fl = sub.add_parser("fault", help="inject a fault into the replay exchange (it lists the types it knows)")
-    fl.add_argument("type", help="drop, stall, malformed, duplicate, reorder, rest_429, rest_418, rest_slow")
+    fl.add_argument("type", help="drop, stall, malformed, duplicate, reorder, rest_429, rest_418, rest_slow; orders: "
+                                 "order_hold, order_drop, order_500, order_slow, order_429, order_reject, "
+                                 "order_partial, fill_duplicate; clear")
     fl.add_argument("--count", type=int, default=1, help="frames/trades/requests affected (default 1)")
-    fl.add_argument("--seconds", type=float, default=0.0, help="duration (stall, rest_418, rest_slow, drop outage)")
+    fl.add_argument("--seconds", type=float, default=0.0,
+                    help="duration (stall, rest_418, rest_slow, drop outage, order_hold, order_slow, order_partial)")
     add_parsers(sub)
     return ap
 

@@ -35,6 +35,8 @@ Order faults (the private API, ``POST /v1/orders`` and the fills; each applies t
 ``fill_duplicate``  the next fill is listed twice in its order's trades
 ==================  =====================================================================
 
+``clear`` switches every pending fault off (counts to 0, outages and stalls ended).
+
 :class:`RestLimits` enforces Upbit's per-group REST budget (``sec`` requests per second per
 group, announced in ``Remaining-Req``): over it a request gets 429; a client that keeps
 sending after ``block_after`` 429s within 10 s is blocked with 418 for ``block_s`` seconds,
@@ -50,7 +52,7 @@ from collections import deque
 ORDER_FAULTS = ("order_hold", "order_drop", "order_500", "order_slow", "order_429", "order_reject", "order_partial",
                 "fill_duplicate")
 FAULT_TYPES = ("drop", "stall", "malformed", "duplicate", "reorder", "rest_429", "rest_418", "rest_slow",
-               *ORDER_FAULTS)
+               *ORDER_FAULTS, "clear")
 
 #: The bad frames cycled through by ``malformed`` (bytes as sent on the wire).
 MALFORMED_FRAMES = (
@@ -105,7 +107,12 @@ class FaultInjector:
                 or not 0 <= seconds <= 3600:
             raise FaultError("seconds must be a number in 0..3600")
         now = self.clock()
-        if ty == "drop":
+        if ty == "clear":
+            self.refuse_until = self.stall_until = self.rest_418_until = 0.0
+            self.malformed_left = self.duplicate_left = self.reorder_left = self.rest_429_left = 0
+            self.rest_slow_left = 0
+            self.order_left = dict.fromkeys(ORDER_FAULTS, 0)
+        elif ty == "drop":
             self.refuse_until = now + float(seconds)
         elif ty == "stall":
             self.stall_until = now + float(seconds)
