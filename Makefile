@@ -61,7 +61,7 @@ test: dev debs lint
 # with every order fault), against the replay exchange: prints its figures as JSON.
 CHAOS_N ?= 100
 chaos: dev
-	SMTM_CHAOS_N=$(CHAOS_N) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/e2e/test_crash_campaign.py
+	SMTM_CHAOS_N=$(CHAOS_N) $(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout 3600 tests/e2e/test_crash_campaign.py
 
 bench: dev debs
 	$(BIN)/python -m pytest -q bench --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name

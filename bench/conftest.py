@@ -46,7 +46,7 @@ def pytest_terminal_summary(terminalreporter):
     end = os.getloadavg()
     w(f"  machine: {_cpu()}, {os.cpu_count()} cores; load average at start "
       f"{' '.join(f'{x:.2f}' for x in LOAD.get('start', end))}, at end {' '.join(f'{x:.2f}' for x in end)}")
-    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v and "trades_per_s" not in v]
+    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v and "trades_per_s" not in v and "rtt" not in v]
     if lat:
         w(f"  {'one-way wake latency, writer -> reader process':<52} {'p50 us':>8} {'p99 us':>8} {'msgs':>7}")
         for k, v in lat:
@@ -76,6 +76,16 @@ def pytest_terminal_summary(terminalreporter):
           f"  {'trades/s':>9}")
         for k, v in eng:
             w(f"  {k:<52} {v['p50_us']:>8.0f} {v['p99_us']:>8.0f} {v['n']:>7}  {v['trades_per_s']:>9,.0f}")
+    rtt = [(k, v) for k, v in RESULTS.items() if "rtt" in v]
+    if rtt:
+        w(f"  {'exchange API round trip, loopback':<52} {'p50 us':>8} {'p99 us':>8} {'count':>7}")
+        for k, v in rtt:
+            w(f"  {k:<52} {v['p50_us']:>8.0f} {v['p99_us']:>8.0f} {v['n']:>7}")
+        post, floor = RESULTS.get("POST /v1/orders round trip (replay exchange)"), \
+            RESULTS.get("GET /faults unsigned (HTTP floor, peer)")
+        if post and floor:
+            w(f"  ratio order round trip / HTTP floor: p50 {post['p50_us'] / floor['p50_us']:.1f}x, "
+              f"p99 {post['p99_us'] / floor['p99_us']:.1f}x")
     for k, v in RESULTS.items():
         if "cpu_pct" in v:
             w(f"  idle consumer CPU, {k:<34} {v['cpu_pct']:>6.1f} % of a core")

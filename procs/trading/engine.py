@@ -204,8 +204,9 @@ class Engine(Recovery, Execution, Controls):
         with self.lock:
             for ev in self.broker.poll(self.market_ms):
                 self._apply(ev)
-            if getattr(self.broker, "reconnected", False):
-                self.account_check("reconnect")
+            if getattr(self.broker, "reconnected", False) and not any(o.state.value in ("unknown", "submitted")
+                                                                      for o in self.orders.values()):
+                self.account_check("reconnect")   # once no order is unknown: until then balances cannot agree
             if self.money_dirty or self.dirty:
                 self.flush()
 

@@ -81,11 +81,11 @@ class Execution:
             self._order_closed(o)
 
     def _fill(self, o: Order, ev: BrokerEvent) -> None:
-        p = self.positions.get(o.market)
-        if p is None or p.id != o.position_id:
-            raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} is not open")
         if not o.is_open:
             raise IllegalTransition(f"fill for {o.identifier}, which is {o.state.value}")
+        p = self._position_for(o.market, o.position_id, o.side)
+        if p is None:
+            raise IllegalTransition(f"fill for {o.identifier} but its position {o.position_id} cannot take it")
         if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
                                        ev.trade_id, o.position_id):
             self.duplicate_fills += 1
@@ -122,17 +122,9 @@ class Execution:
         if row is None:
             log.error("fill for an order the ledger does not know: %s", ev)
             return
-        p = self.positions.get(row["market"])
-        if p is None or p.id != row["position_id"]:
-            prow = self.ledger.position(row["position_id"])
-            if prow is None or (p is not None and p.id != prow["id"]):
-                log.error("late fill %s: its position is gone or another is open in %s", ev, row["market"])
-                return
-            p = Position(**dict(prow))
-            if row["side"] == "ask" and p.state != "open":
-                log.error("late sell fill %s for position %d, which is %s: not booked", ev, p.id, p.state)
-                return
-            self.positions[p.market] = p     # a buy fill opens it again (void: the entry was thought unfilled)
+        p = self._position_for(row["market"], row["position_id"], row["side"])
+        if p is None:
+            return
         o = self._order_from_row(row)
         if not self.ledger.insert_fill(o.identifier, o.market, o.side, ev.price, ev.volume, ev.fee, ev.at_ms,
                                        ev.trade_id, o.position_id):
@@ -144,6 +136,27 @@ class Execution:
         self.ledger.update_order(o)
         self._book(o, p, ev)
         self.note("late_fill", o.market, WARN, f"fill of {o.identifier} ({o.state.value}) reported late: booked")
+
+    def _position_for(self, market: str, position_id: int, side: str) -> Position | None:
+        """The position a fill belongs to: the open one, or its ledger row brought back — a buy fill for a
+        position given up as void, or closed by an exit while the rest of its entry was still filling,
+        opens it again. None (logged) if it cannot take the fill."""
+        p = self.positions.get(market)
+        if p is not None:
+            if p.id == position_id:
+                return p
+            log.error("fill for position %d in %s while position %d is open there: not booked", position_id,
+                      market, p.id)
+            return None
+        row = self.ledger.position(position_id)
+        if row is None or (side == "ask" and row["state"] != "open"):
+            log.error("fill for position %d in %s, which is %s: not booked", position_id, market,
+                      row["state"] if row is not None else "unknown")
+            return None
+        p = Position(**dict(row))
+        p.last_price = self.last_price.get(market, p.avg_price)
+        self.positions[market] = p
+        return p
 
     def _order_closed(self, o: Order) -> None:
         p = self.positions.get(o.market)

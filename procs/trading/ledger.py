@@ -111,15 +111,22 @@ class Ledger:
         found = row[0] if row else 0
         if found > SCHEMA_VERSION:
             raise LedgerError(f"{self.path}: schema version {found} is newer than this code's {SCHEMA_VERSION}")
-        with db:
+        if found == SCHEMA_VERSION:
+            return found
+        db.execute("BEGIN IMMEDIATE")   # DDL included: all the migrations, or none of them
+        try:
             for version, statements in MIGRATIONS:
                 if version > found:
                     for sql in statements:
                         db.execute(sql)
             if found == 0:
                 db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif found < SCHEMA_VERSION:
+            else:
                 db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
         return found
 
     def commit(self) -> None:

@@ -67,6 +67,9 @@ class Recovery:
                           f"mode {MODE_NAMES[self.mode]} (ledger: {stored or 'new'}), broker {self.broker.name}, "
                           f"run {self.run_id}", "process start")
         lg.put("mode", MODE_NAMES[self.mode])
+        if cfg.arm_on_start and self.broker.real and self.mode != KILLED:
+            self.note("mode", "", INFO, f"trader.arm_on_start is ignored: the {self.broker.name} broker sends real "
+                                        f"orders, so the trader starts DISARMED (smtm arm once reconciled)")
         self._reconcile([self._order_from_row(r) for r in lg.open_orders()])
         if self.mode == KILLED:
             self._cancel_all("KILLED before the restart")   # a kill that died before its cancels
@@ -105,13 +108,22 @@ class Recovery:
             self.note("reconcile", "", INFO, f"{len(open_orders)} open orders in the ledger; "
                                              f"{len(self.orders)} still open at the broker")
 
+    def _ledger_state(self, identifier: str) -> str | None:
+        row = self.ledger.order(identifier)
+        return row["state"] if row is not None else None
+
     def account_check(self, why: str) -> list[str]:
         """Reconciliation with a real broker's account (on start, before ARM, after a reconnect): orders the
         ledger does not know, balances that differ, fees or minimums that differ. Any problem keeps the engine
         DISARMED (an ARMED one is disarmed) with the reason on the timeline and in ENGINE.STATUS."""
-        holdings = {m: p.qty for m, p in self.positions.items() if p.qty > 0}
-        prices = {m: self.last_price.get(m, p.avg_price) for m, p in self.positions.items()}
-        problems = self.broker.check_account(self.cash, holdings, prices, lambda i: self.ledger.order(i) is not None)
+        for _ in range(3):   # open orders may fill between our reads: only a difference that stays counts
+            for ev in self.broker.refresh_all(self.market_ms):
+                self._apply(ev)
+            holdings = {m: p.qty for m, p in self.positions.items() if p.qty > 0}
+            prices = {m: self.last_price.get(m, p.avg_price) for m, p in self.positions.items()}
+            problems = self.broker.check_account(self.cash, holdings, prices, self._ledger_state)
+            if not problems or not self.orders:
+                break
         self.reconcile_problems = problems
         self.reconciled_ms = self.market_ms
         if problems:

@@ -51,6 +51,9 @@ class Tracked:
     unknown_since_ns: int = 0         #: wall ns the request was sent (unknown orders)
     lookups: int = 0
     next_lookup: float = 0.0          #: monotonic s
+    accepted_sent: bool = False       #: the engine has had its ``accepted`` (never twice)
+    cancel_requested: bool = False    #: cancel it as soon as it is found (a cancel or KILL while unknown)
+    cancel_sent: float = 0.0          #: monotonic s of the last DELETE (not repeated within a second)
 
 
 class UpbitBroker:
@@ -68,13 +71,16 @@ class UpbitBroker:
         self.fees: dict[str, tuple[float, float]] = {}   # market -> (bid fee, ask fee) from orders/chance
         self._polled: dict[str, float] = {}          # market -> last poll (monotonic)
         self._refreshed = 0.0
-        self.failing = False        # the last call found the exchange unreachable
+        self.failing = False        # the last call found the exchange unreachable ...
+        self._probe_at = 0.0        # ... so only one probe call goes out per backoff period (monotonic s)
+        self._failures = 0
         self.reconnected = False    # calls succeed again after failures: the engine checks the account
         self.round_trips_us: list[float] = []        # POST /v1/orders round trips (latency figures)
         self.lookups = self.adopted = self.not_found = 0
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _ok(self) -> None:
+        self._failures = 0
         if self.failing:
             self.failing, self.reconnected = False, True
             log.warning("the exchange answers again")
@@ -83,6 +89,13 @@ class UpbitBroker:
         if not self.failing:
             log.warning("the exchange is unreachable: %s", e)
         self.failing = True
+        self._probe_at = self.clock() + BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
+        self._failures += 1
+
+    def _may_poll(self) -> bool:
+        """While the exchange is unreachable, reads wait for the next probe (no timeout per trade under the
+        engine's lock)."""
+        return not self.failing or self.clock() >= self._probe_at
 
     def _fee(self, market: str, side: str) -> float:
         if market not in self.fees:
@@ -119,18 +132,28 @@ class UpbitBroker:
             return [BrokerEvent("rejected", order.identifier, order.updated_ms, reason=f"{e.name}: {e.message}")]
         except ExchangeUnreachable as e:
             self._down(e)
-            self.tracked[order.identifier] = Tracked(order, unknown_since_ns=order.wall_ns or self.wall_ns(),
-                                                     next_lookup=self.clock() + BACKOFF_S[0])
+            self._unknown(order)     # the grace period runs from now: the request may still be travelling
             raise BrokerUnavailable(str(e)) from None
         self.round_trips_us.append((time.perf_counter_ns() - t0) / 1000)
         self._ok()
-        t = self.tracked[order.identifier] = Tracked(order, uuid=str(r.get("uuid", "")))
+        uuid = r.get("uuid") if isinstance(r, dict) else None
+        if not isinstance(uuid, str) or not uuid:
+            self._unknown(order)
+            raise BrokerUnavailable(f"POST /v1/orders answered without an order uuid: {str(r)[:120]}")
+        t = self.tracked[order.identifier] = Tracked(order, uuid=uuid)
+        if r.get("state") in ("done", "cancel"):   # already over: its trades are read back, never guessed
+            return self._refresh(t, order.updated_ms)
         return self._events(t, r, order.updated_ms)
+
+    def _unknown(self, order: Order) -> Tracked:
+        t = self.tracked[order.identifier] = Tracked(order, unknown_since_ns=self.wall_ns(),
+                                                     next_lookup=self.clock() + BACKOFF_S[0])
+        return t
 
     def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> list[BrokerEvent]:
         """Poll the open orders of ``market`` (at most every ``poll_s``): fills of this trade are read now."""
         mine = [t for t in self.tracked.values() if t.order.market == market and t.uuid]
-        if not mine:
+        if not mine or not self._may_poll():
             return []
         now = self.clock()
         if self.cfg.poll_s and now - self._polled.get(market, 0.0) < self.cfg.poll_s:
@@ -146,12 +169,22 @@ class UpbitBroker:
         refreshed every ``refresh_s``."""
         now = self.clock()
         out: list[BrokerEvent] = []
-        for t in [t for t in self.tracked.values() if not t.uuid and now >= t.next_lookup]:
+        if not self._may_poll():
+            return out
+        looked = [t for t in self.tracked.values() if not t.uuid and now >= t.next_lookup]
+        for t in looked:
             out += self._resolve(t, at_ms)
         if now - self._refreshed >= self.cfg.refresh_s:
             self._refreshed = now
-            for t in [t for t in self.tracked.values() if t.uuid]:
+            for t in [t for t in self.tracked.values() if t.uuid and t not in looked]:
                 out += self._refresh(t, at_ms)
+        return out
+
+    def refresh_all(self, at_ms: int) -> list[BrokerEvent]:
+        """Every open order read back now (before the account is compared with the ledger)."""
+        out: list[BrokerEvent] = []
+        for t in [t for t in self.tracked.values() if t.uuid]:
+            out += self._refresh(t, at_ms)
         return out
 
     def cancel(self, order: Order, at_ms: int, reason: str) -> list[BrokerEvent]:
@@ -160,6 +193,10 @@ class UpbitBroker:
         t = self.tracked.get(order.identifier)
         if t is None:
             return []
+        t.cancel_requested = True       # an unknown order found later is cancelled at once
+        if self.clock() - t.cancel_sent < 1.0:
+            return []                   # asked a moment ago: Upbit completes cancels asynchronously
+        t.cancel_sent = self.clock()
         try:
             self.client.cancel(uuid=t.uuid) if t.uuid else self.client.cancel(identifier=order.identifier)
         except ExchangeRejected as e:
@@ -173,11 +210,16 @@ class UpbitBroker:
     def cancel_all(self, orders: list[Order], at_ms: int, reason: str) -> list[BrokerEvent]:
         """The kill switch: ``DELETE /v1/orders/open``, verified by ``GET /v1/orders/open`` (each order still
         open is cancelled on its own), then every order of ours read back."""
+        for t in self.tracked.values():
+            t.cancel_requested = True
         try:
             self.client.cancel_open()
-            left = self.client.open_orders()
+            left = [r for r in self.client.open_orders() if r.get("state") == "wait"]
             for r in left:
-                self.client.cancel(uuid=r["uuid"])
+                try:
+                    self.client.cancel(uuid=r["uuid"])
+                except ExchangeRejected as e:       # already done or cancelled meanwhile
+                    log.info("kill: cancel %s: %s", r.get("uuid"), e)
             if left:
                 log.warning("kill: %d orders still open after the batch cancel were cancelled one by one", len(left))
             self._ok()
@@ -224,9 +266,15 @@ class UpbitBroker:
             self.adopted += 1
             t.uuid = str(r.get("uuid", ""))
             log.warning("unknown order %s found at the exchange (%s): adopted", o.identifier, r.get("state"))
+            if t.cancel_requested and r.get("state") == "wait":    # a cancel or KILL came while it was unknown
+                try:
+                    self.client.cancel(uuid=t.uuid)
+                    r = self.client.order(uuid=t.uuid) or r
+                except (ExchangeRejected, ExchangeUnreachable) as e:
+                    log.error("cancel of adopted order %s: %s", o.identifier, e)
             return self._events(t, r, at_ms, reason)
         age_s = (self.wall_ns() - t.unknown_since_ns) / 1e9
-        if age_s >= self.cfg.unknown_grace_s:
+        if age_s >= self.cfg.unknown_grace_s and t.lookups >= 1:   # not found twice, the grace period apart
             self.not_found += 1
             del self.tracked[o.identifier]
             return [BrokerEvent("rejected", o.identifier, at_ms,
@@ -243,23 +291,35 @@ class UpbitBroker:
         and its end (filled / cancelled)."""
         o = t.order
         out: list[BrokerEvent] = []
-        if o.state in (OrderState.SUBMITTED, OrderState.UNKNOWN):
+        if o.state in (OrderState.SUBMITTED, OrderState.UNKNOWN) and not t.accepted_sent:
+            t.accepted_sent = True
             out.append(BrokerEvent("accepted", o.identifier, at_ms, broker_id=t.uuid))
         fee = self._fee(o.market, o.side)
+        booked = 0.0
         for tr in r.get("trades") or ():
             tid = str(tr.get("uuid", ""))
-            if not tid or tid in t.seen:
-                continue
-            t.seen.add(tid)
             try:
                 price, volume, funds = float(tr["price"]), float(tr["volume"]), float(tr["funds"])
                 when = parse_time_ms(tr["created_at"])
             except (KeyError, TypeError, ValueError) as e:
                 log.error("order %s: unreadable trade %r (%s)", o.identifier, tr, e)
                 continue
+            if not tid or tid in t.seen:
+                continue
+            t.seen.add(tid)
+            booked += volume
             out.append(BrokerEvent("fill", o.identifier, when, price, volume, funds * fee, tid))
         state = r.get("state")
-        if state in ("done", "cancel"):
+        if state in ("done", "cancel") and "trades" in r:
+            try:
+                executed = float(r.get("executed_volume") or 0.0)
+            except (TypeError, ValueError):
+                executed = -1.0
+            have = o.filled + booked
+            if abs(have - executed) > 1e-9 * max(executed, 1e-12) + 1e-12:
+                log.error("order %s is %s at the exchange with %s executed, %s read from its trades: kept open "
+                          "until they agree", o.identifier, state, r.get("executed_volume"), have)
+                return out
             self.tracked.pop(o.identifier, None)
             out.append(BrokerEvent("filled" if state == "done" else "cancelled", o.identifier, at_ms,
                                    reason=reason or ("done" if state == "done" else "cancelled at the exchange")))
@@ -273,8 +333,10 @@ class UpbitBroker:
             if o.state is OrderState.NEW:
                 out.append(BrokerEvent("cancelled", o.identifier, at_ms, reason="never sent (restart)"))
                 continue
+            # the grace period of an order without an answer runs from this start: whatever the dead process sent
+            # could still be travelling when it died
             t = self.tracked[o.identifier] = Tracked(o, uuid=o.broker_id, seen=set(known_fills.get(o.identifier, ())),
-                                                     unknown_since_ns=o.wall_ns)
+                                                     unknown_since_ns=self.wall_ns())
             out += self._refresh(t, at_ms) if t.uuid else self._resolve(t, at_ms)
         return out
 
@@ -290,9 +352,11 @@ class UpbitBroker:
         return None
 
     def check_account(self, cash: float, holdings: dict[str, float], prices: dict[str, float],
-                      known: Callable[[str], bool]) -> list[str]:
+                      known: Callable[[str], str | None]) -> list[str]:
         """Everything the ledger cannot explain (empty: the account matches). ``holdings``: base units per
-        market; ``prices``: KRW per unit (to weigh a coin difference); ``known(identifier)``: in the ledger."""
+        market; ``prices``: KRW per unit (to weigh a coin difference); ``known(identifier)``: the ledger's
+        state of that order, or None."""
+        self.reconnected = False
         try:
             problems = self._orders_unknown_to(known)
             problems += self._balances_against(cash, holdings, prices)
@@ -306,13 +370,17 @@ class UpbitBroker:
         self.reconnected = False
         return problems
 
-    def _orders_unknown_to(self, known: Callable[[str], bool]) -> list[str]:
+    def _orders_unknown_to(self, known: Callable[[str], str | None]) -> list[str]:
         out = []
         for r in self.client.open_orders() + self.client.closed_orders(limit=200):
             ident = r.get("identifier")
-            if not ident or not known(ident):
-                out.append(f"{r.get('state')} order {r.get('uuid')} ({r.get('market')} {r.get('side')}"
-                           f"{', identifier ' + ident if ident else ''}) is not in the ledger")
+            state = known(ident) if ident else None
+            what = f"{r.get('state')} order {r.get('uuid')} ({r.get('market')} {r.get('side')}" \
+                   f"{', identifier ' + ident if ident else ''})"
+            if state is None:
+                out.append(f"{what} is not in the ledger")
+            elif state == "rejected":     # the exchange never lists an order it refused
+                out.append(f"{what} is at the exchange, but the ledger has it rejected (as never placed)")
         return out
 
     def _balances_against(self, cash: float, holdings: dict[str, float], prices: dict[str, float]) -> list[str]:
@@ -325,7 +393,8 @@ class UpbitBroker:
         for cur in sorted(set(coins) | {c for c in have if c != "KRW"}):
             m = coins.get(cur, f"KRW-{cur}")
             ex, led = have.get(cur, 0.0), holdings.get(m, 0.0)
-            if abs(ex - led) * prices.get(m, 0.0) > tol or (m not in prices and abs(ex - led) > 1e-8):
+            price = prices.get(m) or 0.0
+            if abs(ex - led) * price > tol or (not price and abs(ex - led) > 1e-8):
                 out.append(f"{cur}: the exchange holds {decimal(ex)}, the ledger {decimal(led)}")
         return out
 

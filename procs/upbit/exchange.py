@@ -163,10 +163,11 @@ class ExchangeClient:
         """Done and cancelled orders of the last 7 days, newest first (at most ``limit``)."""
         return self.call("GET", "/v1/orders/closed", {"limit": limit})
 
-    def cancel_open(self, pairs: list[str] | None = None) -> dict:
-        """``DELETE /v1/orders/open`` (group ``order-cancel-all``, 1 per 2 s): every open order, or ``pairs``'."""
-        return self.call("DELETE", "/v1/orders/open", {"pairs": ",".join(pairs)} if pairs else None,
-                         group="order-cancel-all")
+    def cancel_open(self, pairs: list[str] | None = None, count: int = 300) -> dict:
+        """``DELETE /v1/orders/open`` (group ``order-cancel-all``, 1 per 2 s): up to ``count`` (Upbit: 20 by
+        default, 300 at most) open orders, of ``pairs`` if given."""
+        params: dict = {"pairs": ",".join(pairs)} if pairs else {}
+        return self.call("DELETE", "/v1/orders/open", {**params, "count": count}, group="order-cancel-all")
 
 
 def _name(body) -> str:

@@ -242,6 +242,14 @@ def test_restart_reconciles_and_refuses_arm_on_what_it_cannot_explain(tmp_path, 
     s2.i, s2.bucket, s2.prev, s2.ind = s.i, s.bucket, s.prev, s.ind
     e2 = s2.engine
     assert e2.mode == DISARMED and e2.reconcile_problems == []
+    state = rows(e2, f"SELECT state FROM orders WHERE identifier = '{lost.identifier}'")
+    assert state == [("unknown",)]            # not found once: asked again (a request could still be travelling)
+    with pytest.raises(Refused, match="unknown"):
+        e2.arm("test", "t")
+    deadline = time.monotonic() + 10
+    while e2.orders and time.monotonic() < deadline:
+        e2.poll_broker()
+        time.sleep(0.05)
     assert rows(e2, f"SELECT state FROM orders WHERE identifier = '{lost.identifier}'") == [("rejected",)]
     assert not any(o.identifier == lost.identifier for o in ex.exchange.account.orders.values())
     assert_account_matches(e2, ex)
