@@ -89,6 +89,7 @@ class TraderProcess(Process):
         return {"trader": self.state.name, "trades_missed": self.inputs.missed,
                 "latency_order": LatencyProbe.summary(self.probe.orders),
                 "latency_decision": LatencyProbe.summary(self.probe.decisions),
+                "order_round_trip": LatencyProbe.summary(getattr(self.engine.broker, "round_trips_us", ())),
                 "subscribers": self.server.subscribers if self.server else 0}
 
     # -- lifecycle --------------------------------------------------------------------------------

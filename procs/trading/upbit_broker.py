@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,7 +76,7 @@ class UpbitBroker:
         self._probe_at = 0.0        # ... so only one probe call goes out per backoff period (monotonic s)
         self._failures = 0
         self.reconnected = False    # calls succeed again after failures: the engine checks the account
-        self.round_trips_us: list[float] = []        # POST /v1/orders round trips (latency figures)
+        self.round_trips_us: deque[float] = deque(maxlen=100_000)   # POST /v1/orders round trips, us
         self.lookups = self.adopted = self.not_found = 0
 
     # -- plumbing ---------------------------------------------------------------------------------------
