@@ -2,8 +2,9 @@
 
 Domain code lives in :mod:`procs.trading`: the engine (:mod:`~procs.trading.engine`) is fed from shared
 memory by :class:`~procs.trading.inputs.ShmInputs` (trades, closed candles with indicators, the
-tradable top N), keeps its state in the SQLite ledger (``run/<instance>/ledger.sqlite``), sends orders
-to the broker (the paper broker, :mod:`~procs.trading.broker`), writes the ``trader`` / ``positions`` /
+tradable top N), keeps its state in the SQLite ledger (``run/<instance>/ledger.sqlite``; ``ledger-upbit.sqlite``
+for the Upbit broker), sends orders to the broker (the paper broker, :mod:`~procs.trading.broker`, or the Upbit
+broker, :mod:`~procs.trading.upbit_broker`), writes the ``trader`` / ``positions`` /
 ``orders`` / ``timeline.trader`` tables (:class:`~procs.trading.outputs.ShmOutputs`) and answers
 commands on ``run/<instance>/trader.sock`` (:mod:`~procs.trading.server`, :mod:`~procs.trading.commands`).
 
@@ -26,7 +27,7 @@ from .trading.engine import Engine
 from .trading.fills import FillModel
 from .trading.inputs import ShmInputs
 from .trading.latency import LatencyProbe, TimedPaperBroker, TimedUpbitBroker
-from .trading.ledger import Ledger
+from .trading.ledger import Ledger, ledger_path
 from .trading.outputs import ShmOutputs
 from .trading.server import CommandServer
 from .upbit.exchange import Credentials, ExchangeClient
@@ -44,7 +45,7 @@ class TraderProcess(Process):
         self.outputs = ShmOutputs(base)
         self.probe = LatencyProbe()
         self.inputs.probe = self.probe
-        self.ledger = Ledger(base.run_dir / "ledger.sqlite")
+        self.ledger = Ledger(ledger_path(base.run_dir, cfg.broker))
         broker = self._broker(upbit or UpbitConfig())
         self.server: CommandServer | None = None
         self.engine = Engine(cfg, self.ledger, broker, wall_ns=self.clock.time_ns, timeline=self.outputs.timeline,

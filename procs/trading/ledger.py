@@ -1,5 +1,6 @@
-"""The ledger: the engine's state in SQLite (stdlib sqlite3), one file per instance,
-``run/<instance>/ledger.sqlite``, one writer (the trader).
+"""The ledger: the engine's state in SQLite (stdlib sqlite3), one file per instance and broker —
+``run/<instance>/ledger.sqlite`` (paper), ``run/<instance>/ledger-upbit.sqlite`` (the Upbit broker: the
+book of a real account, never mixed with the paper one) — one writer (the trader).
 
 WAL journal, ``synchronous=FULL``: a committed transaction survives a power cut. The rule that
 matters (write-ahead): an order row is committed **before** the broker is called
@@ -83,6 +84,11 @@ ORDER_COLUMNS = ("identifier", "market", "side", "ord_type", "price", "volume", 
                  "state", "reason", "filled", "filled_krw", "fee", "broker_id", "created_ms", "updated_ms")
 POSITION_COLUMNS = ("id", "market", "state", "qty", "avg_price", "cost", "tp", "sl", "entry_tag", "exit_reason",
                     "opened_ms", "closed_ms", "bought_qty", "buy_krw", "sell_krw", "fees", "realized")
+
+
+def ledger_path(run_dir: Path, broker: str) -> Path:
+    """Where the trader of ``run_dir`` keeps the book of ``broker`` (``paper`` | ``upbit``)."""
+    return Path(run_dir) / ("ledger.sqlite" if broker == "paper" else f"ledger-{broker}.sqlite")
 
 
 class LedgerError(RuntimeError):

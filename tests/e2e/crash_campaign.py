@@ -36,6 +36,7 @@ import requests
 
 from procs.runtime.config import ExchangeConfig
 from procs.trading.client import TraderClient, TraderUnavailable
+from procs.trading.ledger import ledger_path
 from shm.segment import list_instance_objects, unlink_instance
 from tests.helpers import Env, start_supervisord, stop_supervisord, wait_for
 
@@ -176,7 +177,7 @@ class Campaign:
         return self.compare(dump, status)
 
     def compare(self, dump: dict, status: dict) -> dict:
-        db = sqlite3.connect(f"file:{self.env.run_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{ledger_path(self.env.run_dir, 'upbit')}?mode=ro", uri=True)
         db.row_factory = sqlite3.Row
         ledger = {r["identifier"]: r for r in db.execute("SELECT * FROM orders")}
         ex_orders = dump["orders"]
