@@ -69,11 +69,11 @@ class Controls:
             return cancelled
 
     def _cancel_all(self, reason: str) -> list[str]:
-        """Cancel every open order; returns the identifiers the broker cancelled."""
+        """Cancel every open order; returns the identifiers of those that ended cancelled."""
         orders = list(self.orders.values())
         for ev in self.broker.cancel_all(orders, self.market_ms, reason):
             self._apply(ev)
-        return [o.identifier for o in orders if not o.is_open]
+        return [o.identifier for o in orders if o.state.value == "cancelled"]   # not those that filled meanwhile
 
     def kill_reset(self, who: str, why: str) -> None:
         with self.lock:

@@ -62,8 +62,12 @@ class Execution:
             if ev.kind == "fill":
                 self._fill(o, ev)
             elif ev.kind == "accepted":
+                adopted = o.state is OrderState.UNKNOWN
                 o.move(OrderState.ACCEPTED, ev.at_ms)
                 o.broker_id = ev.broker_id or o.broker_id
+                if adopted:
+                    self.note("adopted", o.market, WARN, f"{o.identifier} found at the exchange ({o.broker_id}): "
+                                                         f"adopted, not re-sent")
             else:
                 o.move(OrderState(ev.kind), ev.at_ms, ev.reason)
                 self.note(ev.kind, o.market, WARN, f"{o.identifier} {ev.kind}: {ev.reason}")

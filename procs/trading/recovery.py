@@ -67,6 +67,9 @@ class Recovery:
                           f"mode {MODE_NAMES[self.mode]} (ledger: {stored or 'new'}), broker {self.broker.name}, "
                           f"run {self.run_id}", "process start")
         lg.put("mode", MODE_NAMES[self.mode])
+        if stored == "ARMED" and self.mode == DISARMED:
+            self.reason = ("DISARMED at start: a real broker is never ARMED at start" if self.broker.real
+                           else "DISARMED at start (trader.arm_on_start = false)")
         if cfg.arm_on_start and self.broker.real and self.mode != KILLED:
             self.note("mode", "", INFO, f"trader.arm_on_start is ignored: the {self.broker.name} broker sends real "
                                         f"orders, so the trader starts DISARMED (smtm arm once reconciled)")
