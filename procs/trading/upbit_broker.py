@@ -342,14 +342,22 @@ class UpbitBroker:
         return out
 
     # -- the account ----------------------------------------------------------------------------------------
-    def starting_cash(self) -> float | None:
-        """The exchange's KRW (free + locked), for a new ledger; None if it cannot be read."""
-        try:
-            for a in self.client.accounts():
-                if a.get("currency") == "KRW":
-                    return float(a["balance"]) + float(a["locked"])
-        except (ExchangeRejected, ExchangeUnreachable, KeyError, TypeError, ValueError) as e:
-            log.error("accounts: %s", e)
+    def starting_cash(self, attempts: int = 20, sleep: Callable[[float], None] = time.sleep) -> float | None:
+        """The exchange's KRW (free + locked), for a new ledger; None if it cannot be read (asked ``attempts``
+        times, 0.5 s apart: at start the replay exchange may not have published its address yet)."""
+        for k in range(attempts):
+            try:
+                for a in self.client.accounts():
+                    if a.get("currency") == "KRW":
+                        return float(a["balance"]) + float(a["locked"])
+                return 0.0
+            except ExchangeUnreachable as e:
+                if k == 0 or k == attempts - 1:
+                    log.warning("accounts: %s%s", e, " (asking again)" if k == 0 else "")
+                sleep(0.5)
+            except (ExchangeRejected, KeyError, TypeError, ValueError) as e:
+                log.error("accounts: %s", e)
+                return None
         return None
 
     def check_account(self, cash: float, holdings: dict[str, float], prices: dict[str, float],

@@ -95,8 +95,9 @@ class Campaign:
             return c.request(kind, payload or {})
 
     def trader_pid(self) -> int:
+        """The trader's pid while supervisord says RUNNING, else 0."""
         info = self.sup.rpc().supervisor.getProcessInfo("trader")
-        return info["pid"] if info["statename"] == "RUNNING" else 0
+        return int(info["pid"]) if info["statename"] == "RUNNING" and info["pid"] > 0 else 0
 
     def start(self) -> None:
         self.sup, _ = start_supervisord(self.env)
@@ -131,7 +132,6 @@ class Campaign:
         window = WINDOWS[k % len(WINDOWS)]      # 3 windows x 8 faults: every pair once in 24 trials
         fault = FAULTS[k % len(FAULTS)]
         self.arm()
-        pid = self.trader_pid()
         self.admin("/faults", {"type": "clear"})
         if fault != "none":
             self.admin("/faults", {"type": fault, "count": 1, "seconds": 1.0 if fault == "order_partial" else 6.0})
@@ -150,6 +150,8 @@ class Campaign:
                     time.sleep(0.01)
             if hit:
                 time.sleep(self.rng.uniform(0.0, 0.3))     # somewhere inside the window
+        pid = wait_for(self.trader_pid, 60, "the trader RUNNING under supervisord")
+        assert pid > 0          # never kill(0): that is this process group
         os.kill(pid, signal.SIGKILL)
         self.kills[window] += 1
         self.in_window[window] += hit
