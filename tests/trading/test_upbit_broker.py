@@ -261,3 +261,15 @@ def test_restart_reconciles_and_refuses_arm_on_what_it_cannot_explain(tmp_path, 
     with pytest.raises(Refused, match="manual-1.*not in the ledger"):
         e2.arm("test", "t")
     assert e2.mode == DISARMED and "reconcile" in [n["kind"] for n in e2.recent]
+
+
+def test_no_keys_no_arm(tmp_path, ex):
+    cfg = config()
+    broker = upbit_broker(ex, cfg)
+    s = Session(tmp_path / "l.sqlite", broker, cfg, ex)
+    broker.client.creds = None            # the keys gone (UPBIT_ACCESS_KEY / UPBIT_SECRET_KEY unset at a restart)
+    with pytest.raises(Refused, match="UPBIT_ACCESS_KEY"):
+        s.engine.arm("test", "t")
+    assert s.engine.mode == DISARMED
+    from procs.trading.upbit_broker import UpbitBroker as B
+    assert B(broker.client, cfg.upbit, fee_rate=0.0005, min_order_krw=5000).starting_cash() is None   # at once
