@@ -125,7 +125,6 @@ class UpbitBroker:
     # -- the broker interface ---------------------------------------------------------------------------
     def submit(self, order: Order) -> list[BrokerEvent]:
         self._fee(order.market, order.side)     # known before the first fill (cached after the first order)
-        t0 = time.perf_counter_ns()
         try:
             r = self.client.place(self.body(order))
         except ExchangeRejected as e:
@@ -135,7 +134,7 @@ class UpbitBroker:
             self._down(e)
             self._unknown(order)     # the grace period runs from now: the request may still be travelling
             raise BrokerUnavailable(str(e)) from None
-        self.round_trips_us.append((time.perf_counter_ns() - t0) / 1000)
+        self.round_trips_us.append(self.client.last_rtt_us)
         self._ok()
         uuid = r.get("uuid") if isinstance(r, dict) else None
         if not isinstance(uuid, str) or not uuid:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +88,7 @@ class ExchangeClient:
         self.timeouts = (connect_timeout_s, timeout_s)
         self.session = requests.Session()
         self.requests = 0
+        self.last_rtt_us = 0.0      #: the last answered request's round trip (after the limiter's wait)
 
     def call(self, method: str, path: str, params: dict | None = None, group: str = "default"):
         """One signed request; the JSON answer. Raises ExchangeRejected or ExchangeUnreachable (also when no
@@ -98,6 +100,7 @@ class ExchangeClient:
         try:
             url = self._base() + path
             self.limiter.acquire(group, path)
+            t0 = time.perf_counter_ns()     # the round trip, without the rate limiter's wait
             if method == "POST":
                 # the body's fields in the order hashed; json.dumps keeps the dict's order
                 headers["Content-Type"] = "application/json; charset=utf-8"
@@ -111,6 +114,7 @@ class ExchangeClient:
             raise ExchangeUnreachable(f"{method} {path}: {type(e).__name__}: {str(e)[:160]}") from None
         finally:
             self.requests += 1
+        self.last_rtt_us = (time.perf_counter_ns() - t0) / 1000
         self.limiter.on_response(group, r.status_code, r.headers, r.text if r.status_code >= 400 else "")
         try:
             body = r.json()
