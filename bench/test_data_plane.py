@@ -170,7 +170,7 @@ def test_wake_latency_zmq_ipc(benchmark):
 
 # -- snapshot copy vs JSON -----------------------------------------------------------------------
 def _candles_200(instance):
-    from procs.replay.tape import load_dataset
+    from procs.market.tape import load_dataset
     from tests.helpers import ROOT
     src = load_dataset(ROOT / "data" / "upbit", ["KRW-BTC"])["KRW-BTC"][-200:]
     ring = CANDLES.create(instance, "30m", 2, 1024)

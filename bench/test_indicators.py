@@ -6,7 +6,7 @@ import talib
 
 from bench.conftest import RESULTS
 from procs.market.indicators import IndicatorSet
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from tests.helpers import ROOT
 
 CLOSES = load_dataset(ROOT / "data" / "upbit", ["KRW-BTC"])["KRW-BTC"]["c"]

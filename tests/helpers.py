@@ -255,8 +255,8 @@ class ExchangeThread:
         import threading
         from datetime import UTC, datetime
 
+        from procs.market.tape import ReplayTape, load_market_all
         from procs.replay.server import ReplayExchange, serve
-        from procs.replay.tape import ReplayTape, load_market_all
         from procs.trading.fills import FillModel
 
         def day(s):

@@ -4,6 +4,6 @@ imports it (an import-linter contract); it runs as ``python -m procs.replay``.
 
 :mod:`.server` (the application and its routes), :mod:`.fanout` (the replay clock and the
 fan-out to subscribers), :mod:`.protocol` (Upbit's WebSocket protocol), :mod:`.rest` (Upbit's
-REST quotation API), :mod:`.tape` (trades synthesized from real candles), :mod:`.recording`
+REST quotation API), :mod:`procs.market.tape` (trades synthesized from real candles), :mod:`.recording`
 (recordings read back), :mod:`.faults` (fault injection and Upbit's REST limits).
 """

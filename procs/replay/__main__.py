@@ -12,13 +12,13 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+from ..market.tape import ReplayTape, load_market_all
 from ..runtime.config import ROOT, BaseConfig, ExchangeConfig
 from ..runtime.endpoints import publish, withdraw
 from ..runtime.process import Process, start
 from ..trading.fills import FillModel
 from .recording import expand, tape_from_recording
 from .server import ReplayExchange, serve
-from .tape import ReplayTape, load_market_all
 
 
 def _day(s: str) -> int | None:

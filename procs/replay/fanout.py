@@ -19,10 +19,10 @@ from collections import deque
 
 import numpy as np
 
+from ..market.tape import ReplayTape
 from ..upbit import fields
 from .faults import FaultInjector
 from .protocol import CANDLE_UNITS, SEND_ERRORS, Client, candle_message, trade_message
-from .tape import ReplayTape
 
 log = logging.getLogger("smtm.exchange")
 

@@ -2,7 +2,7 @@
 
 A recording of ingest's frame recorder (:mod:`procs.upbit.recorder` documents the format) — or
 a plain JSONL file of Upbit messages such as the real ticker recording in ``data/upbit/ws/``
-(time axis: each message's ``timestamp``) — is turned into a :class:`~procs.replay.tape.ReplayTape`
+(time axis: each message's ``timestamp``) — is turned into a :class:`~procs.market.tape.ReplayTape`
 whose replay clock is the **receive time**: replayed at ``speed`` 10 it runs ten times faster than
 it was recorded, in the original arrival order. Trades keep their own ``trade_timestamp``;
 tickers are replayed as recorded.
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..market.candles import group_ohlcv
+from ..market.tape import SOURCE_DTYPE, SOURCE_UNIT_S, TRADE_DTYPE, ReplayTape
 from ..upbit.fields import to_default
-from .tape import SOURCE_DTYPE, SOURCE_UNIT_S, TRADE_DTYPE, ReplayTape
 
 
 def iter_recorded(paths: list[Path]):

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 import numpy as np
 from aiohttp import web
 
+from ..market.tape import rollup
 from .fanout import Replayer
 from .faults import FaultInjector, RestLimits
 from .protocol import CANDLE_UNITS, KST, utc_str
-from .tape import rollup
 
 
 class RestApi:

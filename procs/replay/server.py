@@ -13,7 +13,7 @@ One aiohttp application on one port serves
   /replay/control`` — ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``; ``GET``/``POST
   /faults`` — fault injection (:mod:`.faults`).
 
-Trades are synthesized from the real 30-minute candles (:mod:`.tape`) or read from a recording
+Trades are synthesized from the real 30-minute candles (:mod:`procs.market.tape`) or read from a recording
 (:mod:`.recording`). Not served (no order book in the data): ``best_ask_*`` / ``best_bid_*``
 trade fields, orderbook streams. The process around it is :mod:`procs.replay.__main__`.
 """
@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from aiohttp import WSMsgType, web
 
+from ..market.tape import ReplayTape
 from ..trading.fills import FillModel
 from ..upbit import fields
 from .accounts import ReplayAccount
@@ -35,7 +36,6 @@ from .faults import FaultError, FaultInjector
 from .private import PrivateApi
 from .protocol import Client, SubscriptionError, candle_message, parse_request, utc_str
 from .rest import RestApi
-from .tape import ReplayTape
 
 log = logging.getLogger("smtm.exchange")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import requests
 
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import State, StatusTable
 from shm.tables import BACKFILLED, CANDLES

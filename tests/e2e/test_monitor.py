@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from procs.market.indicators import IndicatorSet
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.loader import load_config
 from procs.runtime.roster import STATUS_ROWS
 from procs.views.chart_source import ShmChartSource

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import requests
 
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import StatusTable
 from shm.tables import CANDLES, CLOSED, INDICATORS

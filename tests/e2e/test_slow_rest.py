@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import StatusTable
 from shm.tables import CANDLES

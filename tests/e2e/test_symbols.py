@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import requests
 
+from procs.market.tape import ReplayTape, load_market_all
 from procs.market.universe import safety_flags
-from procs.replay.tape import ReplayTape, load_market_all
 from shm.symbols import CAUTION, TRADABLE, WARNING, SymbolsTable
 from tests.helpers import ALL_MARKETS, ROOT, attach, get_json, wait_for
 

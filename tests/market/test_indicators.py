@@ -6,7 +6,7 @@ import pytest
 import talib
 
 from procs.market.indicators import IndicatorSet, bbands, ema, macd, rsi
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from tests.helpers import ALL_MARKETS, ROOT
 from tests.oracles import COLUMNS, rel_err, talib_reference
 

@@ -4,7 +4,7 @@ import pytest
 
 from procs.market.indicators import IndicatorSet
 from procs.market.signals import SignalState, evaluate
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.config import ConfigError
 from procs.runtime.loader import load_config
 from tests.helpers import ALL_MARKETS, ROOT

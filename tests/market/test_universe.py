@@ -1,8 +1,8 @@
 """The symbol manager's domain: the safety filter on the recorded market/all response, and top-N
 hysteresis."""
 
+from procs.market.tape import load_market_all
 from procs.market.universe import SymbolManager, TopN, safety_flags
-from procs.replay.tape import load_market_all
 from shm.symbols import CAUTION, WARNING
 from tests.helpers import ROOT
 

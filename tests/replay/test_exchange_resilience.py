@@ -9,8 +9,8 @@ import struct
 import pytest
 import websocket
 
+from procs.market.tape import ReplayTape, load_market_all
 from procs.replay.server import ReplayExchange, serve
-from procs.replay.tape import ReplayTape, load_market_all
 from procs.runtime.roster import STATUS_ROWS
 from shm.status import State, StatusTable
 from tests.helpers import ALL_MARKETS, DATA, attach, get_json, wait_for

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import requests
 
-from procs.replay.tape import ReplayTape
+from procs.market.tape import ReplayTape
 from tests.helpers import ALL_MARKETS, ROOT, get_json, wait_for
 
 

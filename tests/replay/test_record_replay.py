@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import websocket
 
-from procs.replay.tape import load_dataset
+from procs.market.tape import load_dataset
 from procs.runtime.roster import STATUS_ROWS
 from procs.upbit.parsing import parse_ticker
 from shm.segment import unlink_instance

@@ -1,4 +1,6 @@
-"""Recorded real Upbit candles, and the trades the replay exchange synthesizes from them (the tape).
+"""Recorded real Upbit candles, and the trades synthesized from them (the tape): what the replay exchange
+serves and what a backtest runs on — one module, so a backtest and a full replay see the same trades. (It
+reads the bundled data files; no network.)
 
 Source: raw ``GET /v1/candles/minutes/30`` rows (CSV, Upbit field names, newest first) in
 ``data/upbit/minute30/`` (see ``data/upbit/PROVENANCE.md``).
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..market.candles import group_ohlcv
+from .candles import group_ohlcv
 
 SOURCE_UNIT_S = 1800  # the bundled data is 30-minute candles
 
