@@ -10,6 +10,8 @@
     smtm signals                      the buyable set (markets whose buy signal is on)
     smtm universe set KRW-BTC,KRW-ETH | show   the market universe (ingest resubscribes)
     smtm replay status | speed X | pause | resume   the replay exchange's clock
+    smtm backtest [--preset P] [--set K=V] [--markets A,B] [--from D] [--to D] [--data DIR] [--timeframe TF]
+                                      the trader's engine over recorded data in one process (no instance needed)
     smtm fault TYPE [--count N] [--seconds S]      inject a fault into the replay exchange (market data,
                                                    REST, or orders: order_hold, order_drop, order_500, ...)
 
@@ -39,6 +41,8 @@ from pathlib import Path
 
 from ..runtime.config import ROOT, ConfigError
 from ..runtime.loader import load_config
+from .backtest import add_parser as add_backtest_parser
+from .backtest import cmd_backtest
 from .inspect import cmd_signals, cmd_status, cmd_tail, cmd_universe
 from .replay_admin import cmd_fault, cmd_replay
 from .supervisor import Supervisor, cmd_ctl, cmd_down, cmd_up
@@ -47,7 +51,7 @@ from .trader import TRADER_COMMANDS, add_parsers
 DEFAULT_CONF = ROOT / "supervisord.conf"
 COMMANDS = {"up": cmd_up, "down": cmd_down, "ctl": cmd_ctl, "status": cmd_status, "tail": cmd_tail,
             "signals": cmd_signals, "universe": cmd_universe, "replay": cmd_replay, "fault": cmd_fault,
-            **TRADER_COMMANDS}
+            "backtest": cmd_backtest, **TRADER_COMMANDS}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     fl.add_argument("--seconds", type=float, default=0.0,
                     help="duration (stall, rest_418, rest_slow, drop outage, order_hold, order_slow, order_partial)")
     add_parsers(sub)
+    add_backtest_parser(sub)
     return ap
 
 

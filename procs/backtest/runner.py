@@ -1,0 +1,203 @@
+"""A backtest: the trader's own engine (:class:`~procs.trading.engine.Engine`: strategy, risk checks, order
+state machine, ledger) with the paper broker and its fill model, fed in one process — no supervisord, no
+shared memory — with the trade tape the replay exchange serves (:mod:`procs.market.tape`), as fast as the
+engine goes.
+
+What the engine is fed, and in which order (the order the trader sees them in):
+
+* every trade of the tape, all markets merged in time order (ties: market order), as
+  :meth:`~procs.trading.engine.Engine.on_trade`;
+* a market's signal-timeframe candle closes when the first trade of a later candle of that market arrives:
+  right after that trade, :meth:`~procs.trading.engine.Engine.on_candle_close` with the candle's close and
+  the indicators of it and of the candle before (:class:`~procs.market.indicators.IndicatorSet`, the
+  indicator process's code and parameters); a candle interval without trades has no candle, as ingest
+  builds them;
+* the tradable top N (:class:`~procs.market.universe.TopN`): the markets without a WARNING / CAUTION flag,
+  ranked by traded value over the trailing 24 h of market time, every ``symbols.rank_interval_s`` of market
+  time, with ``symbols.min_stable_s`` — the symbol manager's rule, on the tape's trades.
+
+The ledger (``ledger.sqlite``) and the equity curve go to the backtest's own directory; a running instance's
+ledger and shared memory are never touched. Market time drives everything (the ledger's wall-clock columns
+get market time too), so two runs of the same backtest write the same ledger.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from shm.tables import INDICATOR_DTYPE
+from shm.trading import ARMED
+
+from ..market.indicators import IndicatorSet
+from ..market.tape import ReplayTape, load_market_all
+from ..market.universe import TopN, safety_flags
+from ..runtime.config import IndicatorConfig, SymbolsConfig, TraderConfig, tf_seconds
+from ..trading.broker import PaperBroker
+from ..trading.engine import Engine
+from ..trading.fills import FillModel
+from ..trading.ledger import Ledger
+
+COLUMNS = INDICATOR_DTYPE.names[1:]
+
+
+@dataclass(frozen=True)
+class BacktestSpec:
+    """What to run: ``markets`` over candles starting in ``[start_s, end_s)`` (Unix s UTC; None = all the
+    data), ``data_dir`` (a directory with ``minute30/*.csv.gz``, Upbit's minute-candle rows), the signal
+    ``timeframe`` (a multiple of the data's 30 minutes), ``trades_per_candle`` (the tape's synthesis)."""
+    markets: tuple[str, ...]
+    data_dir: Path
+    start_s: int | None = None
+    end_s: int | None = None
+    timeframe: str = "30m"
+    trades_per_candle: int = 6
+
+
+@dataclass
+class BacktestResult:
+    """Where the run wrote its ledger, the equity curve sampled at every signal-timeframe boundary
+    (``equity`` rows: market time s, equity KRW, cash KRW, invested KRW), first and last prices of each market
+    (the buy-and-hold benchmark), and how long it took."""
+    out_dir: Path
+    ledger_path: Path
+    equity: np.ndarray
+    first_price: dict[str, float]
+    last_price: dict[str, float]
+    trades: int
+    wall_s: float
+    starting_cash: float
+    fee_rate: float
+    markets: tuple[str, ...] = field(default=())
+
+
+EQUITY_DTYPE = np.dtype([("t", "<i8"), ("equity", "<f8"), ("cash", "<f8"), ("invested", "<f8")])
+
+
+class _Universe:
+    """The symbol manager's ranking on the tape: trailing 24 h traded value per market, every
+    ``rank_interval_s`` of market time, :class:`TopN` with its minimum stable time."""
+
+    def __init__(self, markets: list[str], cfg: SymbolsConfig, flags: dict[str, int]):
+        self.markets = [m for m in markets if not flags.get(m, 0)]   # flagged markets are never bought
+        self.cfg = cfg
+        self.top = TopN(cfg.top_n, cfg.min_stable_s)
+        self.next_rank_s: float | None = None
+        self._first_s: float | None = None
+        self.window: dict[str, list[tuple[int, float]]] = {m: [] for m in markets}
+        self.value: dict[str, float] = dict.fromkeys(markets, 0.0)
+        self._head: dict[str, int] = dict.fromkeys(markets, 0)
+
+    def on_trade(self, market: str, t_ms: int, value: float) -> None:
+        self.window[market].append((t_ms, value))
+        self.value[market] += value
+
+    def due(self, t_ms: int) -> set[str] | None:
+        """The tradable set if a ranking is due at market time ``t_ms``, else None. The first ranking waits
+        until every market has traded or one rank interval has passed (the symbol manager's rule)."""
+        now_s = t_ms / 1000
+        if self.next_rank_s is None:
+            self._first_s = now_s if self._first_s is None else self._first_s
+            if any(not self.window[m] for m in self.markets) and now_s - self._first_s < self.cfg.rank_interval_s:
+                return None
+        elif now_s < self.next_rank_s:
+            return None
+        self.next_rank_s = now_s + self.cfg.rank_interval_s
+        for m, w in self.window.items():      # drop what left the trailing 24 h
+            h = self._head[m]
+            while h < len(w) and w[h][0] <= t_ms - 86_400_000:
+                self.value[m] -= w[h][1]
+                h += 1
+            self._head[m] = h
+        ranked = sorted((m for m in self.markets if self._head[m] < len(self.window[m])),
+                        key=lambda m: -self.value[m])
+        return set(self.top.update(ranked, now_s))
+
+
+def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, indicators: IndicatorConfig | None = None,
+                 symbols: SymbolsConfig | None = None, progress=None) -> BacktestResult:
+    """Run one backtest into ``out_dir`` (created; a ledger already there is an error: a backtest never
+    continues another). ``progress(done, total)`` is called now and then. Raises FileNotFoundError for
+    data that is not there, ValueError for a timeframe the data cannot make."""
+    t0 = time.perf_counter()
+    tf_s = tf_seconds(spec.timeframe)
+    if tf_s % 1800:
+        raise ValueError(f"timeframe {spec.timeframe}: the data is 30-minute candles; use 30m, 1h, 4h or 1d")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "ledger.sqlite"
+    if path.exists():
+        raise FileExistsError(f"{path} exists: a backtest writes a new directory")
+    tape = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+    ind_cfg = indicators or IndicatorConfig()
+    try:
+        flags = safety_flags(load_market_all(spec.data_dir))
+    except FileNotFoundError:
+        flags = {}
+    universe = _Universe(list(spec.markets), symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
+    clock = [0]
+    ledger = Ledger(path)
+    engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)),
+                    wall_ns=lambda: clock[0] * 1_000_000, run_id="backtest")
+    if engine.mode != ARMED:   # a backtest trades (a new ledger starts DISARMED without arm_on_start)
+        engine.arm("backtest", "backtest")
+    sets = {m: IndicatorSet(ind_cfg.ema_fast, ind_cfg.ema_slow, ind_cfg.rsi_period, ind_cfg.macd_fast,
+                            ind_cfg.macd_slow, ind_cfg.macd_signal, ind_cfg.bb_period, ind_cfg.bb_k)
+            for m in spec.markets}
+    prev: dict[str, dict | None] = dict.fromkeys(spec.markets)
+    open_bucket: dict[str, tuple[int, float]] = {}
+    first: dict[str, float] = {}
+    equity: list[tuple] = []
+    tf_ms = tf_s * 1000
+    next_mark = None
+    tr = tape.trades
+    ts_all, price_all, vol_all = tr["ts"].tolist(), tr["price"].tolist(), tr["volume"].tolist()
+    mk_all, seq_all = tr["market"].tolist(), tr["seq_id"].tolist()
+    names = tape.markets
+    n = len(ts_all)
+    for i in range(n):
+        ts, price, m = ts_all[i], price_all[i], names[mk_all[i]]
+        clock[0] = ts
+        if next_mark is None or ts >= next_mark:        # an equity sample at each timeframe boundary
+            if next_mark is not None:
+                equity.append((next_mark // 1000, engine.equity, engine.cash, engine.equity - engine.cash))
+            next_mark = ts - ts % tf_ms + tf_ms
+        universe.on_trade(m, ts, price * vol_all[i])
+        ranked = universe.due(ts)
+        if ranked is not None and ranked != engine.tradable:
+            engine.on_universe(ranked)
+        first.setdefault(m, price)
+        engine.on_trade(m, ts, price, vol_all[i], seq_all[i])
+        b = ts - ts % tf_ms
+        last = open_bucket.get(m)
+        if last is not None and last[0] != b:      # this trade closed the candle before it
+            cur = dict(zip(COLUMNS, sets[m].update(last[1]), strict=True))
+            if prev[m] is not None:
+                engine.on_candle_close(m, last[0] // 1000, last[1], prev[m], cur)
+            prev[m] = cur
+        open_bucket[m] = (b, price)
+        if progress is not None and not i % 50_000:
+            progress(i, n)
+    if next_mark is not None:
+        equity.append((next_mark // 1000, engine.equity, engine.cash, engine.equity - engine.cash))
+    engine.flush()
+    starting = engine.starting_cash
+    ledger.close()
+    if progress is not None:
+        progress(n, n)
+    return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), first,
+                          {m: p for m, (_, p) in open_bucket.items()}, n, time.perf_counter() - t0, starting,
+                          trader.fee_rate, tuple(spec.markets))
+
+
+def day_s(s: str) -> int | None:
+    """``YYYY-MM-DD`` (UTC) → Unix s; "" → None. Raises ValueError naming the value."""
+    if not s:
+        return None
+    try:
+        return int(datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        raise ValueError(f"{s!r} is not a day (YYYY-MM-DD)") from None
