@@ -42,10 +42,10 @@ LEDGER = ("SELECT market, side, ord_type, price, volume, purpose, tag, state, fi
 def test_the_backtest_books_what_the_engine_books_trade_by_trade(tmp_path):
     """The lockstep session of the broker tests feeds the same engine the same way (every trade, then the
     close it makes): the backtest's ledger is that ledger, and two runs are the same."""
-    from tests.trading.test_upbit_broker import Session, config
     from procs.trading.broker import PaperBroker
     from procs.trading.fills import FillModel
     from tests.helpers import ExchangeThread
+    from tests.trading.test_upbit_broker import Session, config
     cfg = config()
     ex = ExchangeThread(list(MARKETS), "2024-11-01", "2024-11-04")
     try:
