@@ -78,43 +78,52 @@ EQUITY_DTYPE = np.dtype([("t", "<i8"), ("equity", "<f8"), ("cash", "<f8"), ("inv
 
 
 class _Universe:
-    """The symbol manager's ranking on the tape: trailing 24 h traded value per market, every
-    ``rank_interval_s`` of market time, :class:`TopN` with its minimum stable time."""
+    """The symbol manager's ranking on the tape: traded value over the trailing 24 h of market time per market,
+    every ``rank_interval_s`` of market time, :class:`TopN` with its minimum stable time; the first ranking
+    waits until every market has traded or one rank interval has passed (the symbol manager's rule). Markets
+    with a WARNING / CAUTION flag are never ranked. The ranking times and values depend on the tape only, so
+    they are computed up front (prefix sums, one ``searchsorted`` per market)."""
 
-    def __init__(self, markets: list[str], cfg: SymbolsConfig, flags: dict[str, int]):
-        self.markets = [m for m in markets if not flags.get(m, 0)]   # flagged markets are never bought
+    def __init__(self, tape: ReplayTape, cfg: SymbolsConfig, flags: dict[str, int]):
         self.cfg = cfg
         self.top = TopN(cfg.top_n, cfg.min_stable_s)
-        self.next_rank_s: float | None = None
-        self._first_s: float | None = None
-        self.window: dict[str, list[tuple[int, float]]] = {m: [] for m in markets}
-        self.value: dict[str, float] = dict.fromkeys(markets, 0.0)
-        self._head: dict[str, int] = dict.fromkeys(markets, 0)
+        tr = tape.trades
+        all_ts = np.ascontiguousarray(tr["ts"])
+        self.names = [m for m in tape.markets if not flags.get(m, 0)]
+        firsts = []
+        for m in self.names:
+            hit = np.flatnonzero(tr["market"] == tape.markets.index(m))
+            firsts.append(int(all_ts[hit[0]]) if len(hit) else None)
+        known = [f for f in firsts if f is not None]
+        interval = int(cfg.rank_interval_s * 1000)
+        first = min(max(known) if len(known) == len(firsts) and known else 2**62,
+                    (min(known) if known else 0) + interval)
+        times, i = [], int(np.searchsorted(all_ts, first))
+        while i < len(all_ts):                          # the first trade at or after each due time
+            times.append(int(all_ts[i]))
+            i = int(np.searchsorted(all_ts, all_ts[i] + max(interval, 1)))
+        self.times = np.array(times, dtype=np.int64)
+        self.value = np.zeros((len(times), len(self.names)))
+        self.traded = np.zeros((len(times), len(self.names)), bool)
+        for j, m in enumerate(self.names):
+            mine = tr[tr["market"] == tape.markets.index(m)]
+            ts = np.ascontiguousarray(mine["ts"])
+            cum = np.r_[0.0, np.cumsum(mine["price"] * mine["volume"])]
+            hi = np.searchsorted(ts, self.times, side="right")
+            lo = np.searchsorted(ts, self.times - 86_400_000, side="right")
+            self.value[:, j] = cum[hi] - cum[lo]
+            self.traded[:, j] = hi > 0
+        self.k = 0
+        self.next_ms = int(self.times[0]) if len(times) else 2**62
 
-    def on_trade(self, market: str, t_ms: int, value: float) -> None:
-        self.window[market].append((t_ms, value))
-        self.value[market] += value
-
-    def due(self, t_ms: int) -> set[str] | None:
-        """The tradable set if a ranking is due at market time ``t_ms``, else None. The first ranking waits
-        until every market has traded or one rank interval has passed (the symbol manager's rule)."""
-        now_s = t_ms / 1000
-        if self.next_rank_s is None:
-            self._first_s = now_s if self._first_s is None else self._first_s
-            if any(not self.window[m] for m in self.markets) and now_s - self._first_s < self.cfg.rank_interval_s:
-                return None
-        elif now_s < self.next_rank_s:
-            return None
-        self.next_rank_s = now_s + self.cfg.rank_interval_s
-        for m, w in self.window.items():      # drop what left the trailing 24 h
-            h = self._head[m]
-            while h < len(w) and w[h][0] <= t_ms - 86_400_000:
-                self.value[m] -= w[h][1]
-                h += 1
-            self._head[m] = h
-        ranked = sorted((m for m in self.markets if self._head[m] < len(self.window[m])),
-                        key=lambda m: -self.value[m])
-        return set(self.top.update(ranked, now_s))
+    def rank(self, t_ms: int) -> set[str]:
+        """The tradable set at ranking time ``t_ms`` (the trade at ``t_ms`` included)."""
+        k = self.k
+        self.k += 1
+        self.next_ms = int(self.times[self.k]) if self.k < len(self.times) else 2**62
+        row, ok = self.value[k], self.traded[k]
+        ranked = [self.names[j] for j in sorted(np.flatnonzero(ok).tolist(), key=lambda j: -row[j])]
+        return set(self.top.update(ranked, t_ms / 1000))
 
 
 def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, indicators: IndicatorConfig | None = None,
@@ -137,7 +146,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         flags = safety_flags(load_market_all(spec.data_dir))
     except FileNotFoundError:
         flags = {}
-    universe = _Universe(list(spec.markets), symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
+    universe = _Universe(tape, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
     clock = [0]
     ledger = Ledger(path)
     engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)),
@@ -165,10 +174,10 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
             if next_mark is not None:
                 equity.append((next_mark // 1000, engine.equity, engine.cash, engine.equity - engine.cash))
             next_mark = ts - ts % tf_ms + tf_ms
-        universe.on_trade(m, ts, price * vol_all[i])
-        ranked = universe.due(ts)
-        if ranked is not None and ranked != engine.tradable:
-            engine.on_universe(ranked)
+        if ts >= universe.next_ms:
+            ranked = universe.rank(ts)
+            if ranked != engine.tradable:
+                engine.on_universe(ranked)
         first.setdefault(m, price)
         engine.on_trade(m, ts, price, vol_all[i], seq_all[i])
         b = ts - ts % tf_ms

@@ -63,10 +63,16 @@ def trader_config(cfg: Config, preset: str | None, sets: list[str]) -> TraderCon
 def cmd_backtest(args, cfg: Config, sup) -> int:
     try:
         trader = trader_config(cfg, args.preset, args.set or [])
-        markets = tuple(m.strip().upper() for m in args.markets.split(",") if m.strip()) if args.markets \
-            else cfg.markets.codes
-        spec = BacktestSpec(markets, Path(args.data) if args.data else cfg.data_path(), day_s(args.start),
-                            day_s(args.end), args.timeframe or cfg.signal_timeframe)
+        data = Path(args.data) if args.data else cfg.data_path()
+        if args.markets == "all":
+            markets = tuple(sorted({f.name.split("_")[0] for f in (data / "minute30").glob("KRW-*.csv*")}))
+        elif args.markets:
+            markets = tuple(m.strip().upper() for m in args.markets.split(",") if m.strip())
+        else:
+            markets = cfg.markets.codes
+        if not markets:
+            raise ValueError(f"no market: {data / 'minute30'} has no KRW-*.csv(.gz)")
+        spec = BacktestSpec(markets, data, day_s(args.start), day_s(args.end), args.timeframe or cfg.signal_timeframe)
     except ValueError as e:
         print(f"smtm backtest: {e}", file=sys.stderr)
         return 2
@@ -126,7 +132,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--preset", choices=sorted(PRESETS), type=str.upper, help="default: the profile's trader.preset")
     b.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a strategy key (take_profit_pct=3) or trader key (max_order_krw=1e6); repeatable")
-    b.add_argument("--markets", help="comma-separated market codes (default: markets.codes)")
+    b.add_argument("--markets", help="comma-separated market codes, or all (every market in --data; default: "
+                                     "markets.codes)")
     b.add_argument("--from", dest="start", default="", help="first day, YYYY-MM-DD (UTC)")
     b.add_argument("--to", dest="end", default="", help="day after the last, YYYY-MM-DD (UTC)")
     b.add_argument("--data", help="a directory with minute30/*.csv(.gz) Upbit candles (default: the bundled data)")

@@ -48,6 +48,8 @@ NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")  #: indicator columns the ru
 
 def complete(prev: dict, cur: dict):
     """Elementwise: every column a rule reads is known (not NaN) on both candles."""
+    if all(type(d[k]) is float for d in (prev, cur) for k in NEEDED):   # one candle (the engine): no numpy
+        return not any(math.isnan(d[k]) for d in (prev, cur) for k in NEEDED)
     ok = True
     for k in NEEDED:
         ok = ok & ~np.isnan(prev[k]) & ~np.isnan(cur[k])

@@ -102,6 +102,8 @@ class PaperBroker:
         return []       # the paper account is the ledger
 
     def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> list[BrokerEvent]:
+        if not self.book:
+            return []
         out = []
         for o in [o for o in self.book.values() if o.market == market and t_ms >= o.created_ms]:
             f = self.model.match(o.side, o.ord_type, o.price, o.remaining, price, volume)

@@ -17,6 +17,7 @@ class Refused(Exception):
 
 class Controls:
     def set_mode(self, mode: int, who: str, why: str) -> None:
+        self._limits_stale = True
         old, self.mode = self.mode, mode
         self.reason = f"{MODE_NAMES[mode]} by {who.split(' run ')[0]}: {why}"
         self.ledger.put("mode", MODE_NAMES[mode])
@@ -39,6 +40,7 @@ class Controls:
             if any(o.state.value in ("unknown", "submitted") for o in self.orders.values()):
                 raise Refused("an order's outcome is still unknown (being looked up): ARM once it is resolved")
             if self.risk_flags & RISK_DRAWDOWN:
+                self._limits_stale = True
                 self.risk_flags &= ~RISK_DRAWDOWN
                 self.trips.pop(str(RISK_DRAWDOWN), None)
                 self.hwm = self.equity
@@ -91,6 +93,7 @@ class Controls:
             merged = {**base, **(overrides or {})}
             params = resolve(name, merged)
             self.preset, self.params = name, params
+            self._limits_stale = True
             self.config_version += 1
             for k, v in (("preset", name), ("params_overrides", merged), ("config_version", self.config_version)):
                 self.ledger.put(k, v)

@@ -98,6 +98,8 @@ class Engine(Recovery, Execution, Controls):
         self.money_dirty = False   # a fill or order change since the last commit
         self._dry_exits: set[tuple[int, str]] = set()
         self._limits: tuple[StrategyParams, risk.Limits] | None = None
+        self._day_ends_ms = 0         # market ms of the next 00:00 KST (the day is rolled when it is reached)
+        self._limits_stale = True     # the risk limits must be checked on the next trade whatever it is
         self.reconcile_problems: list[str] = []   # what the last account check could not explain (real broker)
         self.reconciled_ms = 0
         self._load()
@@ -176,12 +178,16 @@ class Engine(Recovery, Execution, Controls):
         that caused it), then take-profit / stop-loss, then mark-to-market and the risk limits."""
         with self.lock:
             self.trades_seen += 1
+            rolled = False
             if t_ms > self.market_ms or t_ms < self.market_ms - REWIND_MS:
                 if t_ms < self.market_ms:    # a replay started over under an old ledger
                     self.note("clock", market, WARN, f"market time went back {(self.market_ms - t_ms) / 3.6e6:,.1f} h "
                                                      f"(a replay restarted): following it")
+                    self._day_ends_ms = 0
                 self.market_ms = t_ms
-                self._roll_day()
+                if t_ms >= self._day_ends_ms:
+                    self._roll_day()
+                    rolled = True
             self.last_price[market] = price
             self.trade_ms[market] = t_ms
             for ev in self.broker.on_trade(market, t_ms, price, volume, trade_id):
@@ -194,7 +200,8 @@ class Engine(Recovery, Execution, Controls):
                     self._sell_now(p, why, "trade", price)   # the stop-loss overrides a resting limit exit
                 elif why and not self._exit_open(market):
                     self._exit(p, why, "trade", price)
-            self._check_limits()
+            if p is not None or rolled or self.money_dirty or self._limits_stale:
+                self._check_limits()   # else nothing it reads has changed since the last check (same answer)
             if self.money_dirty:      # a fill moved money: committed now (evaluations wait for the group commit)
                 self.flush()
 
@@ -347,6 +354,7 @@ class Engine(Recovery, Execution, Controls):
 
     # -- risk ---------------------------------------------------------------------------------------
     def _roll_day(self) -> None:
+        self._day_ends_ms = risk.kst_day_end_ms(self.market_ms)
         day = risk.kst_day(self.market_ms)
         if day != self.day:
             if self.day and self.risk_flags & RISK_DAILY_LOSS:
@@ -360,6 +368,7 @@ class Engine(Recovery, Execution, Controls):
             self.dirty = True
 
     def _check_limits(self) -> None:
+        self._limits_stale = False
         eq = self.equity
         if eq > self.hwm:
             self.hwm = eq

@@ -51,6 +51,7 @@ class Execution:
         return o
 
     def _apply(self, ev: BrokerEvent) -> None:
+        self._limits_stale = True      # orders, cash or positions may change: the next trade checks the limits
         o = self.orders.get(ev.identifier)
         if o is None:
             if ev.kind == "fill":
@@ -101,7 +102,7 @@ class Execution:
     def _book(self, o: Order, p, ev: BrokerEvent) -> None:
         """A fill's money: cash, fees, the position (and its end when the last unit is sold)."""
         self.fees += ev.fee
-        self.dirty = self.money_dirty = True
+        self.dirty = self.money_dirty = self._limits_stale = True
         if o.side == "bid":
             self.cash -= p.buy(ev.price, ev.volume, ev.fee, self.params.take_profit_pct, self.params.stop_loss_pct)
             text = (f"bought {format_qty_exact(ev.volume)} at {format_krw(ev.price)} (TP {format_krw(p.tp)} / "

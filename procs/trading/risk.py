@@ -20,6 +20,7 @@ TICKS: tuple[tuple[float, float], ...] = (
     (100, 1.0), (10, 0.01), (1, 0.001), (0.1, 0.0001), (0.01, 0.00001), (0.001, 1e-6), (0.0001, 1e-7), (0.0, 1e-8),
 )
 KST = timedelta(hours=9)
+KST_MS = 9 * 3_600_000
 
 
 def tick_size(price: float) -> float:
@@ -47,6 +48,12 @@ def round_to_tick(price: float, side: str) -> float:
 def on_tick(price: float) -> bool:
     """True if ``price`` is on Upbit's grid."""
     return abs(round_to_tick(price, "bid") - price) <= 1e-9 * max(price, 1.0)
+
+
+def kst_day_end_ms(market_ms: int) -> int:
+    """Market ms (Unix ms UTC) of the next 00:00 KST after ``market_ms``."""
+    k = KST_MS
+    return (market_ms + k) // 86_400_000 * 86_400_000 + 86_400_000 - k
 
 
 def kst_day(market_ms: int) -> str:
