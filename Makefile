@@ -6,11 +6,12 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Mesa/EGL for off-screen rendering; Xvfb and the xcb libraries for a PyQt6 window.
+# Mesa/EGL for off-screen rendering; Xvfb and the xcb libraries for a PyQt6 window; chromium and its driver
+# for the browser test of the backtest report.
 DEBS   := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libfontconfig1 libfreetype6 \
           libglib2.0-0 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0 xvfb xauth \
           libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
-          libxcb-shape0 libxcb-xkb1
+          libxcb-shape0 libxcb-xkb1 chromium chromium-driver
 
 .PHONY: run stop status test lint bench chaos debs venv dev clean
 

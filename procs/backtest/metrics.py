@@ -31,6 +31,41 @@ import numpy as np
 
 from .runner import BacktestResult
 
+#: metric -> (label, definition), in the order shown
+DEFINITIONS: dict[str, tuple[str, str]] = {
+    "net_pnl": ("net P&L", "final equity − starting cash, KRW; fees paid are in it, positions still open valued at "
+                           "their last price less the sell fee"),
+    "return_pct": ("return", "net P&L / starting cash"),
+    "buy_and_hold_pct": ("buy and hold", "the starting cash split equally over the markets, bought at each "
+                                         "market's first trade, valued at its last, a fee on each side"),
+    "max_drawdown_pct": ("max drawdown", "largest fall of the equity curve from a running peak, % of that peak "
+                                         "(sampled at every signal-timeframe boundary)"),
+    "sharpe": ("Sharpe", "mean / standard deviation (ddof 1) of daily returns (equity at each UTC day's last "
+                         "sample) × √365; risk-free rate 0"),
+    "sortino": ("Sortino", "mean daily return / downside deviation (RMS of the negative daily returns over all "
+                           "days) × √365"),
+    "trades": ("trades", "closed positions (entry, every fill, exit)"),
+    "win_rate_pct": ("win rate", "trades with realized P&L > 0, % of trades"),
+    "profit_factor": ("profit factor", "gross profit / gross loss of the trades"),
+    "exposure_pct": ("exposure", "share of the equity samples with at least one position held"),
+    "avg_hold_h": ("average hold", "mean time from entry to exit of the trades, hours"),
+    "fees": ("fees", "every fee paid, KRW (0.05 % a side on Upbit KRW)"),
+}
+
+
+def shown(key: str, v: float) -> str:
+    """A metric as the report shows it."""
+    if key in ("net_pnl", "fees"):
+        return f"{v:+,.0f} KRW" if key == "net_pnl" else f"{v:,.0f} KRW"
+    if key.endswith("_pct"):
+        return f"{v:+.2f} %" if key in ("return_pct", "buy_and_hold_pct") else f"{v:.2f} %"
+    if key == "trades":
+        return f"{int(v):,}"
+    if key == "avg_hold_h":
+        return f"{v:.1f} h"
+    return "inf" if math.isinf(v) else f"{v:.2f}"
+
+
 TRADE_COLUMNS = ("id", "market", "entry_tag", "exit_reason", "opened_ms", "closed_ms", "bought_qty", "buy_krw",
                  "sell_krw", "fees", "realized")
 
@@ -49,6 +84,15 @@ def account(ledger_path: Path) -> tuple[float, float, float]:
     cash, realized, fees = db.execute("SELECT cash, realized, fees FROM account").fetchone()
     db.close()
     return cash, realized, fees
+
+
+def risk_events(ledger_path: Path) -> list[tuple[int, str, str]]:
+    """(market ms, action, detail) of every risk trip and mode change of the run, oldest first."""
+    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    rows = db.execute("SELECT market_ms, action, CASE WHEN detail = '' THEN why ELSE detail END FROM trade_audit"
+                      " WHERE action LIKE 'trip %' OR action LIKE 'mode %' ORDER BY id").fetchall()
+    db.close()
+    return [tuple(r) for r in rows]
 
 
 def daily_returns(equity: np.ndarray) -> np.ndarray:

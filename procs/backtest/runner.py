@@ -22,6 +22,7 @@ get market time too), so two runs of the same backtest write the same ledger.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from shm.tables import INDICATOR_DTYPE
-from shm.trading import ARMED
+from shm.trading import ARMED, DISARMED
 
 from ..market.indicators import IndicatorSet
 from ..market.tape import ReplayTape, load_market_all
 from ..market.universe import TopN, safety_flags
 from ..runtime.config import IndicatorConfig, SymbolsConfig, TraderConfig, tf_seconds
 from ..trading.broker import PaperBroker
-from ..trading.engine import Engine
+from ..trading.engine import Engine, Refused
 from ..trading.fills import FillModel
 from ..trading.ledger import Ledger
 
@@ -55,6 +56,9 @@ class BacktestSpec:
     end_s: int | None = None
     timeframe: str = "30m"
     trades_per_candle: int = 6
+    #: ARM the engine again at each new KST day after a risk limit disarmed it (an operator's ARM); without it
+    #: the engine stays DISARMED after a trip, as the trader does until someone ARMs it
+    rearm: bool = False
 
 
 @dataclass
@@ -72,6 +76,7 @@ class BacktestResult:
     starting_cash: float
     fee_rate: float
     markets: tuple[str, ...] = field(default=())
+    candles: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   #: the source candles (the report)
 
 
 EQUITY_DTYPE = np.dtype([("t", "<i8"), ("equity", "<f8"), ("cash", "<f8"), ("invested", "<f8")])
@@ -162,6 +167,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     equity: list[tuple] = []
     tf_ms = tf_s * 1000
     next_mark = None
+    day = engine.day
     tr = tape.trades
     ts_all, price_all, vol_all = tr["ts"].tolist(), tr["price"].tolist(), tr["volume"].tolist()
     mk_all, seq_all = tr["market"].tolist(), tr["seq_id"].tolist()
@@ -180,6 +186,10 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
                 engine.on_universe(ranked)
         first.setdefault(m, price)
         engine.on_trade(m, ts, price, vol_all[i], seq_all[i])
+        if spec.rearm and engine.mode == DISARMED and engine.day != day:
+            with contextlib.suppress(Refused):
+                engine.arm("backtest", f"--rearm: a new KST day ({engine.day})")
+        day = engine.day
         b = ts - ts % tf_ms
         last = open_bucket.get(m)
         if last is not None and last[0] != b:      # this trade closed the candle before it
@@ -199,7 +209,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         progress(n, n)
     return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), first,
                           {m: p for m, (_, p) in open_bucket.items()}, n, time.perf_counter() - t0, starting,
-                          trader.fee_rate, tuple(spec.markets))
+                          trader.fee_rate, tuple(spec.markets), tape.candles)
 
 
 def day_s(s: str) -> int | None:

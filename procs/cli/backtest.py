@@ -1,6 +1,7 @@
 """``smtm backtest``: the trader's engine over recorded data in one process (:mod:`procs.backtest`), no running
 instance needed or touched. Prints the totals and the trades per market, per exit reason and per month, and
-writes ``run/backtests/<id>/`` (ledger.sqlite, trades.csv, equity.csv, metrics.json).
+writes ``run/backtests/<id>/`` (ledger.sqlite, trades.csv, equity.csv, metrics.json, and the report:
+report.html with its PNGs).
 
 Exit status: 0 done; 2 bad arguments (a bad ``--set`` names the key and the allowed values).
 """
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..backtest import metrics as M
+from ..backtest import report
 from ..backtest.runner import BacktestSpec, day_s, run_backtest
 from ..runtime.config import ROOT, Config, TraderConfig
 from ..runtime.presets import PRESETS
@@ -72,7 +74,8 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
             markets = cfg.markets.codes
         if not markets:
             raise ValueError(f"no market: {data / 'minute30'} has no KRW-*.csv(.gz)")
-        spec = BacktestSpec(markets, data, day_s(args.start), day_s(args.end), args.timeframe or cfg.signal_timeframe)
+        spec = BacktestSpec(markets, data, day_s(args.start), day_s(args.end), args.timeframe or cfg.signal_timeframe,
+                            rearm=args.rearm)
     except ValueError as e:
         print(f"smtm backtest: {e}", file=sys.stderr)
         return 2
@@ -92,7 +95,21 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
     m = M.compute(result)
     M.write_files(result, m)
     print_report(console, trader, spec, m, M.closed_trades(result.ledger_path))
-    console.print(f"written to {out}")
+    events = M.risk_events(result.ledger_path)
+    for t_ms, action, detail in events:
+        console.print(f"{_day(t_ms // 1000)} {action}: {detail}")
+    if any(a.endswith("-> DISARMED") for _, a, _ in events) and not spec.rearm:
+        console.print("the engine stayed DISARMED after that (as the trader does until an operator ARMs it); "
+                      "--rearm ARMs it again at each new KST day")
+    span = f"{_day(spec.start_s)} .. {_day(spec.end_s)}" if spec.start_s or spec.end_s else "all the data"
+    kinds = [a.removeprefix("trip ") for _, a, _ in events if a.startswith("trip ")]
+    trips = (f"{len(kinds)} risk trip(s): " + ", ".join(f"{k} x{kinds.count(k)}" for k in sorted(set(kinds)))
+             if kinds else "no risk trip")
+    page = report.write(result, m, f"Backtest: preset {trader.preset}",
+                        f"{len(spec.markets)} markets, {span}, signal timeframe {spec.timeframe}; "
+                        f"{m['ticks']:,} trades through the trader's engine in {m['wall_s']:.2f} s; {trips}"
+                        + ("; re-armed each new KST day (--rearm)" if spec.rearm else ""), args.chart)
+    console.print(f"written to {out} (report: {page})")
     return 0
 
 
@@ -139,4 +156,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--data", help="a directory with minute30/*.csv(.gz) Upbit candles (default: the bundled data)")
     b.add_argument("--timeframe", help="signal timeframe: 30m, 1h, 4h or 1d (default: the profile's)")
     b.add_argument("--out", help="output directory (default: run/backtests/<time>-<preset>)")
+    b.add_argument("--chart", type=str.upper, help="the market of the report's price chart (default: most traded)")
+    b.add_argument("--rearm", action="store_true",
+                   help="ARM again at each new KST day after a risk limit disarmed the engine (an operator's ARM)")
 

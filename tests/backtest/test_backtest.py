@@ -108,3 +108,37 @@ def test_smtm_backtest_prints_the_report_and_refuses_a_bad_key(tmp_path):
     nokey = subprocess.run(run[:-2] + ["--set", "bogus=1", "--out", str(tmp_path / "q")], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert nokey.returncode == 2 and "bogus" in nokey.stderr
+
+
+def test_the_html_report_renders_in_a_headless_browser(tmp_path):
+    """The report opens in Debian's chromium (selenium, headless) with every plot drawn and the metric table."""
+    import shutil
+
+    from procs.backtest import report
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or shutil.which("chromium") is None:
+        pytest.fail("chromium and chromium-driver are needed (make debs installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    cfg = TraderConfig.model_validate(CHURN)
+    r = run_backtest(_spec(), cfg, tmp_path / "bt")
+    m = M.compute(r)
+    page = report.write(r, m, "Backtest: test", "4 markets, 3 days")
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,2000"):
+        opts.add_argument(a)
+    opts.binary_location = shutil.which("chromium")
+    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        browser.get(page.as_uri())
+        assert browser.title == "Backtest: test"
+        drawn = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.id, i.complete && i.naturalWidth, i.naturalHeight])")
+        assert {d[0] for d in drawn} == {"equity", "drawdown", "monthly", "markets", "chart"}
+        assert all(w > 500 and h > 150 for _, w, h in drawn), drawn
+        text = browser.find_element("tag name", "body").text
+        for label in ("net P&L", "max drawdown", "Sharpe", "profit factor", "Per market", "Per exit reason"):
+            assert label in text
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
