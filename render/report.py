@@ -185,3 +185,51 @@ def write_report(d: ReportData, out_dir: Path) -> Path:
     path = out_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def heatmap_png(xs: list[float], ys: list[float], z: np.ndarray, xlabel: str, ylabel: str, title: str) -> bytes:
+    """A heat map of ``z[len(ys), len(xs)]`` (% values, NaN = not run), each cell labelled, diverging at 0."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.62 * len(xs) + 2.2), max(3.0, 0.42 * len(ys) + 1.4)), dpi=110)
+    lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    im = ax.imshow(z, cmap="RdYlGn", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
+    ax.set_yticks(range(len(ys)), [f"{y:g}" for y in ys])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left", fontsize=11)
+    for (r, c), v in np.ndenumerate(z):
+        ax.text(c, r, "–" if not np.isfinite(v) else f"{v:+.1f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax, label="%")
+    return _png(fig)
+
+
+def overlay_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+    """Several equity curves (name -> (Unix s, KRW)) on one plot."""
+    fig, ax = _fig(height=3.6)
+    for i, (name, (t, eq)) in enumerate(curves.items()):
+        ax.plot(_dates(t), eq, linewidth=1.4 if name != "buy and hold" else 1.1,
+                color=GREY if name == "buy and hold" else plt.get_cmap("tab10")(i), label=name)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.legend(frameon=False, loc="best")
+    _time_axis(ax)
+    _krw(ax)
+    return _png(fig)
+
+
+def write_page(out_dir: Path, name: str, title: str, subtitle: str, images: dict[str, bytes],
+               table_head: list[str], table_rows: list[list[str]]) -> Path:
+    """A self-contained page: the images (also written as PNG files) and one table."""
+    out_dir = Path(out_dir)
+    imgs = ""
+    for fname, data in images.items():
+        (out_dir / fname).write_bytes(data)
+        imgs += (f"<img id='{fname.split('.')[0]}' alt='{html.escape(fname)}' "
+                 f"src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table_head)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in table_rows)
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='sub'>{html.escape(subtitle)}"
+            f"</p>{imgs}<table class='num'><tr>{head}</tr>{rows}</table></body></html>")
+    path = out_dir / name
+    path.write_text(page, encoding="utf-8")
+    return path

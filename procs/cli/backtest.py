@@ -11,10 +11,13 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -79,10 +82,20 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
     except ValueError as e:
         print(f"smtm backtest: {e}", file=sys.stderr)
         return 2
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{trader.preset.lower()}"
+    kind = "compare" if args.compare else "sweep" if args.sweep else trader.preset.lower()
+    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{kind}"
     out = Path(args.out) if args.out else ROOT / "run" / "backtests" / run_id
     logging.getLogger("smtm.trader").setLevel(logging.ERROR)   # the timeline is in the ledger, not the console
     console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    if args.split is not None and (not args.sweep or not 0.05 <= args.split <= 0.95):
+        print("smtm backtest: --split F goes with --sweep, F between 0.05 and 0.95", file=sys.stderr)
+        return 2
+    if args.compare or args.sweep:
+        try:
+            return many(args, cfg, spec, trader, out, console)
+        except ValueError as e:
+            print(f"smtm backtest: {e}", file=sys.stderr)
+            return 2
     try:
         with Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} trades"),
                       TimeElapsedColumn(), console=console, transient=True, disable=not sys.stdout.isatty()) as bar:
@@ -94,6 +107,7 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
         return 2
     m = M.compute(result)
     M.write_files(result, m)
+    write_params(out, trader, out.name)
     print_report(console, trader, spec, m, M.closed_trades(result.ledger_path))
     events = M.risk_events(result.ledger_path)
     for t_ms, action, detail in events:
@@ -111,6 +125,121 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
                         + ("; re-armed each new KST day (--rearm)" if spec.rearm else ""), args.chart)
     console.print(f"written to {out} (report: {page})")
     return 0
+
+
+def write_params(out: Path, trader: TraderConfig, run_id: str) -> Path:
+    """``params.json``: what ``smtm preset apply <dir>`` sends to the trader (the preset and its strategy
+    overrides; trader keys set with --set are listed but are configuration, not sent)."""
+    path = out / "params.json"
+    path.write_text(json.dumps({"preset": trader.preset, "params": trader.strategy.overrides(), "backtest": run_id},
+                               indent=2))
+    return path
+
+
+def _progress(console: Console, what: str):
+    return Progress(TextColumn(what), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                    console=console, transient=True, auto_refresh=False, disable=not sys.stdout.isatty())
+
+
+def many(args, cfg: Config, spec: BacktestSpec, base: TraderConfig, out: Path, console: Console) -> int:
+    """``--compare`` / ``--sweep``: every run on every core, one table, one page (``compare.html`` /
+    ``sweep.html``) with the equity curves or the heat maps."""
+    from render.report import heatmap_png, overlay_png, write_page
+
+    from ..backtest import sweep as S
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.compare:
+        names = [n.strip().upper() for n in args.compare.split(",") if n.strip()]
+        bad = [n for n in names if n not in PRESETS]
+        if bad:
+            raise ValueError(f"--compare {','.join(bad)}: allowed presets are {', '.join(sorted(PRESETS))}")
+        jobs = []
+        for n in names:
+            trader = trader_config(cfg, n, args.set or [])
+            (out / n).mkdir(parents=True, exist_ok=True)
+            write_params(out / n, trader, f"{out.name}/{n}")
+            jobs.append(((n, "all"), spec, trader, out / n, cfg.indicator, cfg.symbols))
+        refused: list = []
+    else:
+        grid = S.parse_grid(args.sweep)
+        pts = S.points(grid)
+        jobs, refused = S.sweep_jobs(spec, base, pts, out, args.split, cfg.indicator, cfg.symbols)
+    with _progress(console, "backtests") as bar:
+        task = bar.add_task("runs", total=len(jobs))
+        results = S.run_many(jobs, args.processes,
+                             lambda done, total: (bar.update(task, completed=done), bar.refresh()))
+    wall = time.perf_counter() - t0
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        console.print(f"[red]{r['key']}: {r['error']}[/red]")
+    cols = ("return_pct", "max_drawdown_pct", "sharpe", "trades", "win_rate_pct", "profit_factor")
+    if args.compare:
+        t = Table(title=f"compare: {len(spec.markets)} markets, {wall:.1f} s", title_justify="left")
+        t.add_column("")
+        for r in results:
+            t.add_column(r["key"][0], justify="right")
+        for k in (*cols, "exposure_pct", "fees", "buy_and_hold_pct"):
+            t.add_row(M.DEFINITIONS[k][0], *(M.shown(k, r[k]) if "error" not in r else "-" for r in results))
+        console.print(t)
+        ok = [r for r in results if "error" not in r]
+        page = write_page(out, "compare.html", "Backtest: presets compared",
+                          f"{len(spec.markets)} markets, signal timeframe {spec.timeframe}",
+                          {"equity.png": overlay_png({r["key"][0]: (r["equity_t"], r["equity"]) for r in ok},
+                                                     "Equity (KRW, fees paid)")},
+                          ["", *(r["key"][0] for r in ok)],
+                          [[M.DEFINITIONS[k][0], *(M.shown(k, r[k]) for r in ok)]
+                           for k in (*cols, "exposure_pct", "fees", "buy_and_hold_pct")])
+    else:
+        keys = list(grid)
+        by = {}
+        for r in results:
+            if "error" not in r:
+                by.setdefault(r["key"][0], {})[r["key"][1]] = r
+        halves = ("in", "out") if args.split is not None else ("all",)
+        t = Table(title=f"sweep: {len(pts)} points ({len(refused)} refused), {len(jobs)} backtests on "
+                        f"{args.processes or os.cpu_count()} cores in {wall:.1f} s", title_justify="left")
+        for k in keys:
+            t.add_column(k, justify="right")
+        for h in halves:
+            t.add_column(f"return {h}" if h != "all" else "return", justify="right")
+        t.add_column("max DD" + (" in" if args.split is not None else ""), justify="right")
+        t.add_column("trades", justify="right")
+        first = halves[0]
+        order = sorted(by, key=lambda i: -by[i].get(first, {}).get("return_pct", -1e9))
+        rows = []
+        for i in order:
+            r = by[i]
+            row = [f"{pts[i][k]:g}" for k in keys] + [f"{r[h]['return_pct']:+.2f} %" if h in r else "-" for h in halves]
+            row += [f"{r[first]['max_drawdown_pct']:.2f} %", f"{r[first]['trades']:,}"]
+            rows.append(row)
+        for row in rows[:25]:
+            t.add_row(*row)
+        console.print(t)
+        for i, why in refused[:5]:
+            console.print(f"point {pts[i]}: refused: {why}")
+        images = {}
+        if 1 <= len(keys) <= 2:
+            xs = grid[keys[0]]
+            ys = grid[keys[1]] if len(keys) == 2 else [0.0]
+            for h in halves:
+                z = np.full((len(ys), len(xs)), np.nan)
+                for i, p in enumerate(pts):
+                    if h in by.get(i, {}):
+                        z[ys.index(p[keys[1]]) if len(keys) == 2 else 0, xs.index(p[keys[0]])] = by[i][h]["return_pct"]
+                label = {"in": "in-sample", "out": "out-of-sample", "all": "whole window"}[h]
+                images[f"heatmap-{h}.png"] = heatmap_png(xs, ys, z, keys[0], keys[1] if len(keys) == 2 else "",
+                                                         f"Return, {label} (%)")
+        for i in by:
+            write_params(out / f"point-{i:03d}-{first}", base.model_copy(update={"strategy": base.strategy.model_copy(
+                update=pts[i])}), f"{out.name}/point-{i:03d}")
+        page = write_page(out, "sweep.html", "Backtest: parameter sweep",
+                          f"{len(spec.markets)} markets; " + (f"in-sample the first {args.split:.0%} of the window, "
+                                                              f"out-of-sample the rest" if args.split is not None
+                                                              else "the whole window"),
+                          images, [*keys, *(f"return {h}" for h in halves), "max DD", "trades"], rows)
+    console.print(f"written to {out} (report: {page})")
+    return 1 if errors and len(errors) == len(results) else 0
 
 
 def print_report(console: Console, trader: TraderConfig, spec: BacktestSpec, m: dict, trades: list[dict]) -> None:
@@ -157,6 +286,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--timeframe", help="signal timeframe: 30m, 1h, 4h or 1d (default: the profile's)")
     b.add_argument("--out", help="output directory (default: run/backtests/<time>-<preset>)")
     b.add_argument("--chart", type=str.upper, help="the market of the report's price chart (default: most traded)")
+    b.add_argument("--compare", metavar="P1,P2,...", help="run these presets side by side (SAFE,BALANCED,AGGRESSIVE)")
+    b.add_argument("--sweep", action="append", metavar="KEY=START:STOP:STEP",
+                   help="a grid axis over a strategy key (tp, sl, share, positions, rsi or the full name); repeatable")
+    b.add_argument("--split", type=float, metavar="F",
+                   help="with --sweep: in-sample = the first F of the window, out-of-sample = the rest (e.g. 0.7)")
+    b.add_argument("--processes", type=int, help="worker processes for --compare / --sweep (default: every core)")
     b.add_argument("--rearm", action="store_true",
                    help="ARM again at each new KST day after a risk limit disarmed the engine (an operator's ARM)")
 

@@ -8,8 +8,10 @@ clock), P&L green/red; ``pnl --by day`` groups by KST day, as the engine's daily
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, get_args
 
 import orjson
@@ -120,8 +122,38 @@ def cmd_mode(args, cfg: Config, sup: Supervisor) -> int:
     return 0
 
 
+def preset_payload(what: str, source: str | None) -> dict:
+    """CONFIG.APPLY's payload for ``smtm preset NAME`` or ``smtm preset apply NAME|FILE``: FILE is a backtest's
+    directory (its ``params.json``) or such a JSON file; the audit records which backtest it came from.
+    Raises ValueError."""
+    names = get_args(PresetName)
+    if what.lower() != "apply":
+        if what.upper() not in names:
+            raise ValueError(f"preset {what!r}: allowed are {', '.join(names)}, or apply NAME|FILE")
+        return {"preset": what.upper()}
+    if not source:
+        raise ValueError("preset apply needs a preset name or a backtest's params.json (or its directory)")
+    if source.upper() in names:
+        return {"preset": source.upper(), "why": "smtm preset apply"}
+    path = Path(source)
+    path = path / "params.json" if path.is_dir() else path
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable params.json ({e})") from None
+    if not isinstance(doc, dict) or doc.get("preset") not in names or not isinstance(doc.get("params", {}), dict):
+        raise ValueError(f"{path}: expected {{\"preset\": one of {', '.join(names)}, \"params\": {{...}}}}")
+    return {"preset": doc["preset"], "params": doc.get("params", {}),
+            "why": f"from backtest {doc.get('backtest', path.parent.name)} ({path})"[:200]}
+
+
 def cmd_preset(args, cfg: Config, sup: Supervisor) -> int:
-    p = _call(cfg, "CONFIG.APPLY", {"preset": args.name})
+    try:
+        payload = preset_payload(args.name, args.source)
+    except ValueError as e:
+        print(f"smtm preset: {e}", file=sys.stderr)
+        return 2
+    p = _call(cfg, "CONFIG.APPLY", payload)
     if p is _FAILED:
         return 1
     params = p.get("params") or {}
@@ -335,5 +367,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("events", help="print the trader's events as they happen, until Ctrl-C")
     ev.add_argument("--types", help="comma-separated type prefixes, e.g. ORDER.,FILL,MODE.")
     ev.add_argument("-n", "--count", type=int, default=0, help="stop after this many events (default: never)")
-    pr = sub.add_parser("preset", help="apply a strategy preset (CONFIG.APPLY; refused while ARMED)")
-    pr.add_argument("name", type=str.upper, choices=get_args(PresetName))
+    pr = sub.add_parser("preset", help="apply a strategy preset, or a backtest's parameters (CONFIG.APPLY; refused "
+                                       "while ARMED): preset SAFE | preset apply run/backtests/<id>")
+    pr.add_argument("name", help="SAFE, BALANCED, AGGRESSIVE, or apply")
+    pr.add_argument("source", nargs="?", help="with apply: a preset name, or a backtest's directory / params.json")

@@ -142,3 +142,35 @@ def test_the_html_report_renders_in_a_headless_browser(tmp_path):
         browser.save_screenshot(str(tmp_path / "report.png"))
     finally:
         browser.quit()
+
+
+def test_compare_sweep_and_a_backtest_applied_to_the_engine(tmp_path):
+    """--compare and --sweep (with an out-of-sample split) write their pages; a point's params.json applied with
+    CONFIG.APPLY lands in the engine and its trade_audit names the backtest."""
+    base = [sys.executable, "-m", "procs.cli", "backtest", "--markets", "KRW-BTC,KRW-ETH", "--from", "2024-11-01",
+            "--to", "2024-11-15", "--processes", "2"]
+    p = subprocess.run(base + ["--compare", "SAFE,AGGRESSIVE", "--out", str(tmp_path / "c")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    assert "SAFE" in p.stdout and "AGGRESSIVE" in p.stdout and (tmp_path / "c" / "compare.html").exists()
+    p = subprocess.run(base + ["--sweep", "tp=1:2:1", "--sweep", "sl=0.5:1:0.5", "--split", "0.5", "--out",
+                               str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "4 points" in p.stdout and "return out" in p.stdout
+    page = (tmp_path / "s" / "sweep.html").read_text()
+    assert "heatmap-in" in page and "heatmap-out" in page
+    params = sorted((tmp_path / "s").glob("point-*-in/params.json"))
+    assert len(params) == 4
+    from procs.cli.trader import preset_payload
+    from procs.trading.broker import PaperBroker
+    from procs.trading.engine import Engine
+    from procs.trading.fills import FillModel
+    from procs.trading.ledger import Ledger
+    payload = preset_payload("apply", str(params[0].parent))
+    lg = Ledger(tmp_path / "engine.sqlite")
+    e = Engine(TraderConfig(), lg, PaperBroker(FillModel()), wall_ns=lambda: 0)
+    got = e.apply_config("smtm", payload["preset"], payload["params"], payload["why"])
+    assert got.take_profit_pct == json.loads(params[0].read_text())["params"]["take_profit_pct"]
+    [(why,)] = [tuple(r) for r in lg.query("SELECT why FROM trade_audit WHERE action = 'config.apply'")]
+    assert why.startswith("from backtest s/point-000")
+    lg.close()

@@ -172,9 +172,7 @@ def test_orders_timeline_snapshot_preset_exit(engine, capsys):
     rc, out, _ = run(capsys, "exit", "all", "--reason", "end of day")
     assert rc == 0 and engine.seen[-1].payload == {"market": "all", "reason": "end of day"}
     assert "1 exit order(s): run1-000003" in out
-    with pytest.raises(SystemExit) as e:
-        main(["preset", "YOLO"])
-    assert e.value.code == 2
+    assert main(["preset", "YOLO"]) == 2
 
 
 def test_events_prints_one_line_per_event(engine, capsys):
@@ -218,3 +216,17 @@ def test_status_prints_the_engine_line(trader_env, instance, capsys):
     line = next(line for line in out.splitlines() if line.startswith("engine:"))
     assert line == ("engine: ARMED  preset BALANCED v3  equity 10,123,456 KRW  daily -12,345  drawdown 0.4 %  "
                     "risk daily_loss  (daily loss limit)")
+
+
+def test_preset_apply_sends_a_backtests_parameters(engine, capsys, tmp_path):
+    (tmp_path / "params.json").write_text(json.dumps({"preset": "SAFE", "params": {"take_profit_pct": 4.0},
+                                                      "backtest": "20261123-sweep/point-007"}))
+    rc, out, _ = run(capsys, "preset", "apply", str(tmp_path))
+    assert rc == 0 and engine.seen[-1].payload == {
+        "preset": "SAFE", "params": {"take_profit_pct": 4.0},
+        "why": f"from backtest 20261123-sweep/point-007 ({tmp_path / 'params.json'})"}
+    rc, _, _ = run(capsys, "preset", "apply", "aggressive")
+    assert rc == 0 and engine.seen[-1].payload == {"preset": "AGGRESSIVE", "why": "smtm preset apply"}
+    (tmp_path / "bad.json").write_text('{"preset": "YOLO"}')
+    rc, _, err = run(capsys, "preset", "apply", str(tmp_path / "bad.json"))
+    assert rc == 2 and "expected" in err
