@@ -162,53 +162,67 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
                             ind_cfg.macd_slow, ind_cfg.macd_signal, ind_cfg.bb_period, ind_cfg.bb_k)
             for m in spec.markets}
     prev: dict[str, dict | None] = dict.fromkeys(spec.markets)
-    open_bucket: dict[str, tuple[int, float]] = {}
-    first: dict[str, float] = {}
-    equity: list[tuple] = []
     tf_ms = tf_s * 1000
-    next_mark = None
-    day = engine.day
     tr = tape.trades
-    ts_all, price_all, vol_all = tr["ts"].tolist(), tr["price"].tolist(), tr["volume"].tolist()
-    mk_all, seq_all = tr["market"].tolist(), tr["seq_id"].tolist()
-    names = tape.markets
-    n = len(ts_all)
-    for i in range(n):
-        ts, price, m = ts_all[i], price_all[i], names[mk_all[i]]
-        clock[0] = ts
-        if next_mark is None or ts >= next_mark:        # an equity sample at each timeframe boundary
-            if next_mark is not None:
-                equity.append((next_mark // 1000, engine.equity, engine.cash, engine.equity - engine.cash))
-            next_mark = ts - ts % tf_ms + tf_ms
-        if ts >= universe.next_ms:
-            ranked = universe.rank(ts)
-            if ranked != engine.tradable:
-                engine.on_universe(ranked)
-        first.setdefault(m, price)
-        engine.on_trade(m, ts, price, vol_all[i], seq_all[i])
-        if spec.rearm and engine.mode == DISARMED and engine.day != day:
-            with contextlib.suppress(Refused):
-                engine.arm("backtest", f"--rearm: a new KST day ({engine.day})")
-        day = engine.day
-        b = ts - ts % tf_ms
-        last = open_bucket.get(m)
-        if last is not None and last[0] != b:      # this trade closed the candle before it
-            cur = dict(zip(COLUMNS, sets[m].update(last[1]), strict=True))
-            if prev[m] is not None:
-                engine.on_candle_close(m, last[0] // 1000, last[1], prev[m], cur)
-            prev[m] = cur
-        open_bucket[m] = (b, price)
-        if progress is not None and not i % 50_000:
-            progress(i, n)
-    if next_mark is not None:
-        equity.append((next_mark // 1000, engine.equity, engine.cash, engine.equity - engine.cash))
+    n = len(tr)
+    ts_np = tr["ts"].astype(np.int64)
+    bucket = ts_np - ts_np % tf_ms
+    # what happens at each trade, worked out from the tape at once (it depends on the tape only):
+    # an equity sample before trade i when its bucket is past the previous trade's (any market) ...
+    mark = np.zeros(n, bool)
+    mark[1:] = bucket[1:] != bucket[:-1]
+    # ... and, after trade i, the close of its market's previous candle when i is the first trade of a new one
+    close_at: dict[int, tuple[int, float]] = {}
+    first: dict[str, float] = {}
+    last_price: dict[str, float] = {}
+    for j, m in enumerate(tape.markets):
+        idx = np.flatnonzero(tr["market"] == j)
+        if not len(idx):
+            continue
+        first[m], last_price[m] = float(tr["price"][idx[0]]), float(tr["price"][idx[-1]])
+        new = np.flatnonzero(bucket[idx[1:]] != bucket[idx[:-1]]) + 1
+        for i, before in zip(idx[new].tolist(), idx[new - 1].tolist(), strict=True):
+            close_at[i] = (int(bucket[before]), float(tr["price"][before]))
+    equity: list[tuple] = []
+    day = engine.day
+    ts_all, price_all, vol_all = ts_np.tolist(), tr["price"].tolist(), tr["volume"].tolist()
+    names_all = [tape.markets[j] for j in tr["market"].tolist()]
+    seq_all, mark_all, b_all = tr["seq_id"].tolist(), mark.tolist(), bucket.tolist()
+    on_trade, on_close, rearm = engine.on_trade, engine.on_candle_close, spec.rearm
+    for lo in range(0, n, 50_000):
+        for i in range(lo, min(n, lo + 50_000)):
+            ts = ts_all[i]
+            clock[0] = ts
+            if mark_all[i]:       # an equity sample at the timeframe boundary just passed
+                eq = engine.equity
+                equity.append(((b_all[i - 1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))
+            if ts >= universe.next_ms:
+                ranked = universe.rank(ts)
+                if ranked != engine.tradable:
+                    engine.on_universe(ranked)
+            m = names_all[i]
+            on_trade(m, ts, price_all[i], vol_all[i], seq_all[i])
+            if rearm:
+                if engine.mode == DISARMED and engine.day != day:
+                    with contextlib.suppress(Refused):
+                        engine.arm("backtest", f"--rearm: a new KST day ({engine.day})")
+                day = engine.day
+            c = close_at.get(i)
+            if c is not None:     # this trade closed its market's candle before it
+                cur = dict(zip(COLUMNS, sets[m].update(c[1]), strict=True))
+                if prev[m] is not None:
+                    on_close(m, c[0] // 1000, c[1], prev[m], cur)
+                prev[m] = cur
+        if progress is not None:
+            progress(min(n, lo + 50_000), n)
+    if n:
+        eq = engine.equity
+        equity.append(((b_all[-1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))
     engine.flush()
     starting = engine.starting_cash
     ledger.close()
-    if progress is not None:
-        progress(n, n)
-    return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), first,
-                          {m: p for m, (_, p) in open_bucket.items()}, n, time.perf_counter() - t0, starting,
+    return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), first, last_price, n,
+                          time.perf_counter() - t0, starting,
                           trader.fee_rate, tuple(spec.markets), tape.candles)
 
 

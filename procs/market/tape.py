@@ -63,17 +63,31 @@ def load_source_candles(path: Path) -> tuple[str, np.ndarray]:
     """
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    if not rows or header is None:
         raise ValueError(f"{path}: no candles")
-    markets = {r["market"] for r in rows}
-    if len(markets) != 1:
-        raise ValueError(f"{path}: expected one market, found {sorted(markets)}")
-    out = np.empty(len(rows), dtype=SOURCE_DTYPE)
-    for i, r in enumerate(reversed(rows)):
-        out[i] = (parse_utc(r["candle_date_time_utc"]), float(r["opening_price"]), float(r["high_price"]),
-                  float(r["low_price"]), float(r["trade_price"]), float(r["candle_acc_trade_volume"]),
-                  float(r["candle_acc_trade_price"]), int(r["timestamp"]))
+    col = {name: i for i, name in enumerate(header)}
+    try:
+        cols = list(zip(*rows, strict=True))
+        markets = set(cols[col["market"]])
+        if len(markets) != 1:
+            raise ValueError(f"{path}: expected one market, found {sorted(markets)}")
+        out = np.empty(len(rows), dtype=SOURCE_DTYPE)
+        times = cols[col["candle_date_time_utc"]][::-1]
+        if any("+" in t[10:] or t.endswith("Z") for t in times):
+            out["t"] = [parse_utc(t) for t in times]
+        else:   # naive ISO-8601 = UTC, parsed by numpy at once
+            out["t"] = np.array(times, dtype="datetime64[s]").astype(np.int64)
+        for field, name in (("o", "opening_price"), ("h", "high_price"), ("l", "low_price"), ("c", "trade_price"),
+                            ("v", "candle_acc_trade_volume"), ("value", "candle_acc_trade_price")):
+            out[field] = np.array(cols[col[name]][::-1], dtype=np.float64)
+        out["ts_last"] = np.array(cols[col["timestamp"]][::-1], dtype=np.int64)
+    except (KeyError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not Upbit minute candles ({type(e).__name__}: {e})") from None
     bad = (out["l"] > np.minimum(out["o"], out["c"])) | (out["h"] < np.maximum(out["o"], out["c"])) | (out["v"] <= 0)
     if bad.any():
         raise ValueError(f"{path}: {int(bad.sum())} rows fail OHLC order or have no volume")
