@@ -76,6 +76,15 @@ def pytest_terminal_summary(terminalreporter):
           f"  {'trades/s':>9}")
         for k, v in eng:
             w(f"  {k:<52} {v['p50_us']:>8.0f} {v['p99_us']:>8.0f} {v['n']:>7}  {v['trades_per_s']:>9,.0f}")
+    bts = [(k, v) for k, v in RESULTS.items() if "wall_s" in v]
+    if bts:
+        w(f"  {'backtest':<64} {'wall s':>7} {'work':>18}")
+        for k, v in bts:
+            w(f"  {k:<64} {v['wall_s']:>7.2f} {v['units']:>10,} {v['unit']}")
+        ours = next((v for k, v in bts if "ours" in k), None)
+        peer = next((v for k, v in bts if "peer" in k), None)
+        if ours and peer:
+            w(f"  ratio ours / backtesting.py: {ours['wall_s'] / peer['wall_s']:.2f}x the wall time")
     rtt = [(k, v) for k, v in RESULTS.items() if "rtt" in v]
     if rtt:
         w(f"  {'exchange API round trip, loopback':<52} {'p50 us':>8} {'p99 us':>8} {'count':>7}")
