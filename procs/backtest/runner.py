@@ -153,7 +153,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         flags = {}
     universe = _Universe(tape, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
     clock = [0]
-    ledger = Ledger(path)
+    ledger = Ledger(path, durable=False)    # a result, not an account: no fsync per commit
     engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)),
                     wall_ns=lambda: clock[0] * 1_000_000, run_id="backtest")
     if engine.mode != ARMED:   # a backtest trades (a new ledger starts DISARMED without arm_on_start)

@@ -23,9 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..backtest import metrics as M
-from ..backtest import report
-from ..backtest.runner import BacktestSpec, day_s, run_backtest
+from ..backtest.runner import BacktestSpec, day_s
 from ..runtime.config import ROOT, Config, TraderConfig
 from ..runtime.presets import PRESETS
 
@@ -66,6 +64,10 @@ def trader_config(cfg: Config, preset: str | None, sets: list[str]) -> TraderCon
 
 
 def cmd_backtest(args, cfg: Config, sup) -> int:
+    # the engine, numpy's work and matplotlib are imported by this command only, not by every `smtm`
+    from ..backtest import metrics as M
+    from ..backtest import report
+    from ..backtest.runner import run_backtest
     try:
         trader = trader_config(cfg, args.preset, args.set or [])
         data = Path(args.data) if args.data else cfg.data_path()
@@ -146,6 +148,7 @@ def many(args, cfg: Config, spec: BacktestSpec, base: TraderConfig, out: Path, c
     ``sweep.html``) with the equity curves or the heat maps."""
     from render.report import heatmap_png, overlay_png, write_page
 
+    from ..backtest import metrics as M
     from ..backtest import sweep as S
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -243,6 +246,7 @@ def many(args, cfg: Config, spec: BacktestSpec, base: TraderConfig, out: Path, c
 
 
 def print_report(console: Console, trader: TraderConfig, spec: BacktestSpec, m: dict, trades: list[dict]) -> None:
+    from ..backtest import metrics as M
     span = (f"{_day(spec.start_s)} .. {_day(spec.end_s)}" if spec.start_s or spec.end_s else "all the data")
     t = Table(title=f"backtest: preset {trader.preset}, {len(spec.markets)} markets, {span}, {spec.timeframe}",
               title_justify="left", show_header=False)

@@ -99,13 +99,14 @@ class Ledger:
     """One SQLite connection (the trader's engine thread only). Writes join the open transaction
     until :meth:`commit`."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, durable: bool = True):
+        """``durable=False`` (a backtest's scratch ledger only): commits are not fsync'd."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.migrated_from = self._migrate()
 
