@@ -48,9 +48,7 @@ def pytest_terminal_summary(terminalreporter):
       f"{' '.join(f'{x:.2f}' for x in LOAD.get('start', end))}, at end {' '.join(f'{x:.2f}' for x in end)}")
     lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v and "trades_per_s" not in v and "rtt" not in v]
     if lat:
-        w(f"  {'one-way wake latency, writer -> reader process':<52} {'p50 us':>8} {'p99 us':>8} {'msgs':>7}")
-        for k, v in lat:
-            w(f"  {k:<52} {v['p50_us']:>8.1f} {v['p99_us']:>8.1f} {v['n']:>7}")
+        _percentiles(w, "one-way wake latency, writer -> reader process", "msgs", lat, ".1f")
         base = RESULTS.get("ring, spin-then-park")
         zmq = RESULTS.get("pyzmq PUB/SUB ipc://")
         sem = RESULTS.get("ring, semaphore wake")
@@ -87,9 +85,7 @@ def pytest_terminal_summary(terminalreporter):
             w(f"  ratio ours / backtesting.py: {ours['wall_s'] / peer['wall_s']:.2f}x the wall time")
     rtt = [(k, v) for k, v in RESULTS.items() if "rtt" in v]
     if rtt:
-        w(f"  {'exchange API round trip, loopback':<52} {'p50 us':>8} {'p99 us':>8} {'count':>7}")
-        for k, v in rtt:
-            w(f"  {k:<52} {v['p50_us']:>8.0f} {v['p99_us']:>8.0f} {v['n']:>7}")
+        _percentiles(w, "exchange API round trip, loopback", "count", rtt, ".0f")
         post, floor = RESULTS.get("POST /v1/orders round trip (replay exchange)"), \
             RESULTS.get("GET /faults unsigned (HTTP floor, peer)")
         if post and floor:
@@ -98,3 +94,10 @@ def pytest_terminal_summary(terminalreporter):
     for k, v in RESULTS.items():
         if "cpu_pct" in v:
             w(f"  idle consumer CPU, {k:<34} {v['cpu_pct']:>6.1f} % of a core")
+
+
+def _percentiles(w, title: str, count: str, rows: list[tuple[str, dict]], fmt: str) -> None:
+    """A table of p50 / p99 (µs) and sample counts."""
+    w(f"  {title:<52} {'p50 us':>8} {'p99 us':>8} {count:>7}")
+    for k, v in rows:
+        w(f"  {k:<52} {v['p50_us']:>8{fmt}} {v['p99_us']:>8{fmt}} {v['n']:>7}")

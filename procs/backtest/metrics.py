@@ -21,15 +21,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
-import sqlite3
-from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from .runner import BacktestResult
+from render.text import format_market_ms
+
+from ..market.tape import SOURCE_UNIT_S
+from ..runtime.config import TraderConfig
+from ..trading.portfolio import group_closed
+from .runner import TRADE_COLUMNS, BacktestResult
 
 #: metric -> (label, definition), in the order shown
 DEFINITIONS: dict[str, tuple[str, str]] = {
@@ -66,43 +69,43 @@ def shown(key: str, v: float) -> str:
     return "inf" if math.isinf(v) else f"{v:.2f}"
 
 
-TRADE_COLUMNS = ("id", "market", "entry_tag", "exit_reason", "opened_ms", "closed_ms", "bought_qty", "buy_krw",
-                 "sell_krw", "fees", "realized")
-
-
-def closed_trades(ledger_path: Path) -> list[dict]:
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    rows = [dict(r) for r in db.execute(f"SELECT {', '.join(TRADE_COLUMNS)} FROM positions WHERE state = 'closed'"
-                                        " ORDER BY closed_ms, id")]
-    db.close()
-    return rows
-
-
-def account(ledger_path: Path) -> tuple[float, float, float]:
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    cash, realized, fees = db.execute("SELECT cash, realized, fees FROM account").fetchone()
-    db.close()
-    return cash, realized, fees
-
-
-def risk_events(ledger_path: Path) -> list[tuple[int, str, str]]:
-    """(market ms, action, detail) of every risk trip and mode change of the run, oldest first."""
-    db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    rows = db.execute("SELECT market_ms, action, CASE WHEN detail = '' THEN why ELSE detail END FROM trade_audit"
-                      " WHERE action LIKE 'trip %' OR action LIKE 'mode %' ORDER BY id").fetchall()
-    db.close()
-    return [tuple(r) for r in rows]
+def period_ends(keys: np.ndarray) -> np.ndarray:
+    """Indices of the last sample of each run of equal ``keys`` (a day, a month)."""
+    return np.flatnonzero(np.r_[keys[1:] != keys[:-1], True]) if len(keys) else np.zeros(0, int)
 
 
 def daily_returns(equity: np.ndarray) -> np.ndarray:
     """Returns of the equity at each UTC day's last sample (the first day against the starting sample)."""
     if not len(equity):
         return np.zeros(0)
-    days = equity["t"] // 86_400
-    last = np.flatnonzero(np.r_[days[1:] != days[:-1], True])
-    closes = np.r_[equity["equity"][0], equity["equity"][last]]
+    closes = np.r_[equity["equity"][0], equity["equity"][period_ends(equity["t"] // 86_400)]]
     return closes[1:] / closes[:-1] - 1.0
+
+
+def monthly_returns(equity: np.ndarray, starting_cash: float) -> list[tuple[str, float]]:
+    """Return per calendar month (UTC), %: the month's last equity against the previous month's last (the first
+    month against the starting cash)."""
+    months = np.array([format_market_ms(t * 1000, "%Y-%m") for t in equity["t"].tolist()])
+    ends = period_ends(months)
+    closes = np.r_[starting_cash, equity["equity"][ends]]
+    return [(str(months[i]), float((b / a - 1) * 100)) for i, a, b in zip(ends, closes[:-1], closes[1:], strict=True)]
+
+
+def benchmark_curve(result: BacktestResult) -> np.ndarray:
+    """Equity of the buy-and-hold benchmark at each equity sample: the starting cash split equally over the
+    markets, each share bought at its first candle's open (the tape's first trade) and valued at the last close
+    by then (the last trade), a fee on each side."""
+    t = result.equity["t"]
+    total = np.zeros(len(t))
+    held = {m: c for m, c in result.candles.items() if len(c)}
+    if not held:
+        return np.full(len(t), result.starting_cash)
+    share, keep = result.starting_cash / len(held), (1 - result.fee_rate) ** 2
+    for c in held.values():
+        idx = np.searchsorted(c["t"] + SOURCE_UNIT_S, t, side="right") - 1
+        first = c["o"][0]
+        total += share / first * np.where(idx >= 0, c["c"][np.maximum(idx, 0)], first) * keep
+    return total
 
 
 def max_drawdown_pct(eq: np.ndarray) -> float:
@@ -114,8 +117,7 @@ def max_drawdown_pct(eq: np.ndarray) -> float:
 
 def compute(result: BacktestResult) -> dict:
     """Every metric of the module docstring, as a dict of Python numbers."""
-    trades = closed_trades(result.ledger_path)
-    _, _, fees = account(result.ledger_path)
+    trades = result.closed
     eq = result.equity
     start = result.starting_cash
     final = float(eq["equity"][-1]) if len(eq) else start
@@ -125,8 +127,7 @@ def compute(result: BacktestResult) -> dict:
     realized = [t["realized"] for t in trades]
     gross_win = sum(x for x in realized if x > 0)
     gross_loss = -sum(x for x in realized if x < 0)
-    fee = result.fee_rate
-    bh = [result.last_price[m] / result.first_price[m] * (1 - fee) ** 2 - 1 for m in result.first_price]
+    bench = benchmark_curve(result)
     return {
         "starting_cash": start, "final_equity": final, "net_pnl": final - start,
         "return_pct": (final - start) / start * 100.0,
@@ -138,39 +139,41 @@ def compute(result: BacktestResult) -> dict:
         "profit_factor": gross_win / gross_loss if gross_loss > 0 else (math.inf if gross_win > 0 else 0.0),
         "exposure_pct": 100.0 * float(np.mean(eq["invested"] > 0)) if len(eq) else 0.0,
         "avg_hold_h": float(np.mean([(t["closed_ms"] - t["opened_ms"]) / 3.6e6 for t in trades])) if trades else 0.0,
-        "fees": fees,
-        "buy_and_hold_pct": float(np.mean(bh)) * 100.0 if bh else 0.0,
-        "ticks": result.trades, "wall_s": result.wall_s,
+        "fees": result.fees,
+        "buy_and_hold_pct": float(bench[-1] / start - 1) * 100.0 if len(bench) else 0.0,
+        "ticks": result.ticks, "wall_s": result.wall_s,
     }
 
 
 def breakdown(trades: list[dict], key) -> list[tuple[str, int, int, float, float]]:
-    """(group, trades, wins, realized KRW, fees KRW) per group, by ``key(trade)``, sorted by group."""
-    acc: dict[str, list] = defaultdict(lambda: [0, 0, 0.0, 0.0])
-    for t in trades:
-        a = acc[key(t)]
-        a[0] += 1
-        a[1] += t["realized"] > 0
-        a[2] += t["realized"]
-        a[3] += t["fees"]
-    return [(k, *acc[k]) for k in sorted(acc)]
+    """(group, trades, wins, realized KRW, fees KRW) per group, by ``key(trade)``, sorted by group
+    (:func:`procs.trading.portfolio.group_closed`, as ``smtm pnl --by``)."""
+    return [(g["key"], g["trades"], g["wins"], g["realized"], g["fees"]) for g in group_closed(trades, key)]
 
 
 def month(t: dict) -> str:
-    return datetime.fromtimestamp(t["closed_ms"] / 1000, UTC).strftime("%Y-%m")
+    """A closed position's exit month (UTC), ``YYYY-MM``."""
+    return format_market_ms(t["closed_ms"], "%Y-%m")
 
 
 def write_files(result: BacktestResult, metrics: dict) -> None:
     """``trades.csv`` (one row per closed position), ``equity.csv`` and ``metrics.json`` beside the ledger."""
-    import json
-    trades = closed_trades(result.ledger_path)
     with open(result.out_dir / "trades.csv", "w", newline="") as f:
         w = csv.DictWriter(f, TRADE_COLUMNS)
         w.writeheader()
-        w.writerows(trades)
+        w.writerows(result.closed)
     with open(result.out_dir / "equity.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(result.equity.dtype.names)
         w.writerows(result.equity.tolist())
     (result.out_dir / "metrics.json").write_text(json.dumps(
         {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}, indent=2))
+
+
+def write_params(out: Path, trader: TraderConfig, run_id: str) -> Path:
+    """``params.json``: what ``smtm preset apply <dir>`` sends to the trader — the preset and its strategy
+    overrides (trader keys set with ``--set`` are configuration, not sent) — and the run it came from."""
+    path = Path(out) / "params.json"
+    path.write_text(json.dumps({"preset": trader.preset, "params": trader.strategy.overrides(), "backtest": run_id},
+                               indent=2))
+    return path

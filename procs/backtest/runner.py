@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from shm.tables import INDICATOR_DTYPE
 from shm.trading import ARMED, DISARMED
 
 from ..market.indicators import IndicatorSet
-from ..market.tape import ReplayTape, load_market_all
+from ..market.tape import ReplayTape, load_market_all, parse_utc
 from ..market.universe import TopN, safety_flags
 from ..runtime.config import IndicatorConfig, SymbolsConfig, TraderConfig, tf_seconds
 from ..trading.broker import PaperBroker
@@ -61,22 +60,30 @@ class BacktestSpec:
     rearm: bool = False
 
 
+#: the columns of a closed position a backtest reports (``trades.csv``)
+TRADE_COLUMNS = ("id", "market", "entry_tag", "exit_reason", "opened_ms", "closed_ms", "bought_qty", "buy_krw",
+                 "sell_krw", "fees", "realized")
+
+
 @dataclass
 class BacktestResult:
-    """Where the run wrote its ledger, the equity curve sampled at every signal-timeframe boundary
-    (``equity`` rows: market time s, equity KRW, cash KRW, invested KRW), first and last prices of each market
-    (the buy-and-hold benchmark), and how long it took."""
+    """What a run produced, read from its ledger once at the end: where the ledger is, the equity curve sampled
+    at every signal-timeframe boundary (``equity`` rows: market time s, equity KRW, cash KRW, invested KRW), the
+    closed positions (dicts of :data:`TRADE_COLUMNS`), every fill ``(market, side, t_ms, price)``, the risk trips
+    and mode changes ``(market ms, action, detail)``, the fees paid, the source candles (the benchmark and the
+    report's chart) and how long it took."""
     out_dir: Path
     ledger_path: Path
     equity: np.ndarray
-    first_price: dict[str, float]
-    last_price: dict[str, float]
-    trades: int
+    ticks: int                  #: trades of the tape fed to the engine
     wall_s: float
     starting_cash: float
     fee_rate: float
-    markets: tuple[str, ...] = field(default=())
-    candles: dict[str, np.ndarray] = field(default_factory=dict, repr=False)   #: the source candles (the report)
+    fees: float
+    closed: list[dict] = field(default_factory=list, repr=False)
+    fills: list[tuple] = field(default_factory=list, repr=False)
+    events: list[tuple] = field(default_factory=list, repr=False)
+    candles: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 EQUITY_DTYPE = np.dtype([("t", "<i8"), ("equity", "<f8"), ("cash", "<f8"), ("invested", "<f8")])
@@ -89,16 +96,13 @@ class _Universe:
     with a WARNING / CAUTION flag are never ranked. The ranking times and values depend on the tape only, so
     they are computed up front (prefix sums, one ``searchsorted`` per market)."""
 
-    def __init__(self, tape: ReplayTape, cfg: SymbolsConfig, flags: dict[str, int]):
-        self.cfg = cfg
+    def __init__(self, tape: ReplayTape, rows: dict[str, np.ndarray], cfg: SymbolsConfig, flags: dict[str, int]):
+        """``rows``: each market's trade indices in the tape, in time order."""
         self.top = TopN(cfg.top_n, cfg.min_stable_s)
         tr = tape.trades
         all_ts = np.ascontiguousarray(tr["ts"])
         self.names = [m for m in tape.markets if not flags.get(m, 0)]
-        firsts = []
-        for m in self.names:
-            hit = np.flatnonzero(tr["market"] == tape.markets.index(m))
-            firsts.append(int(all_ts[hit[0]]) if len(hit) else None)
+        firsts = [int(all_ts[rows[m][0]]) if len(rows[m]) else None for m in self.names]
         known = [f for f in firsts if f is not None]
         interval = int(cfg.rank_interval_s * 1000)
         first = min(max(known) if len(known) == len(firsts) and known else 2**62,
@@ -111,7 +115,7 @@ class _Universe:
         self.value = np.zeros((len(times), len(self.names)))
         self.traded = np.zeros((len(times), len(self.names)), bool)
         for j, m in enumerate(self.names):
-            mine = tr[tr["market"] == tape.markets.index(m)]
+            mine = tr[rows[m]]
             ts = np.ascontiguousarray(mine["ts"])
             cum = np.r_[0.0, np.cumsum(mine["price"] * mine["volume"])]
             hi = np.searchsorted(ts, self.times, side="right")
@@ -132,10 +136,12 @@ class _Universe:
 
 
 def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, indicators: IndicatorConfig | None = None,
-                 symbols: SymbolsConfig | None = None, progress=None) -> BacktestResult:
+                 symbols: SymbolsConfig | None = None, progress=None, tape: ReplayTape | None = None
+                 ) -> BacktestResult:
     """Run one backtest into ``out_dir`` (created; a ledger already there is an error: a backtest never
-    continues another). ``progress(done, total)`` is called now and then. Raises FileNotFoundError for
-    data that is not there, ValueError for a timeframe the data cannot make."""
+    continues another). ``progress(done, total)`` is called now and then; ``tape``: the spec's tape, already
+    built (a sweep builds it once for all its runs). Raises FileNotFoundError for data that is not there,
+    ValueError for a timeframe the data cannot make."""
     t0 = time.perf_counter()
     tf_s = tf_seconds(spec.timeframe)
     if tf_s % 1800:
@@ -145,13 +151,18 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     path = out_dir / "ledger.sqlite"
     if path.exists():
         raise FileExistsError(f"{path} exists: a backtest writes a new directory")
-    tape = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+    if tape is None:
+        tape = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+    tr = tape.trades
+    by_market = np.argsort(tr["market"], kind="stable")      # each market's trades, in time order
+    cuts = np.searchsorted(tr["market"][by_market], np.arange(len(tape.markets) + 1))
+    rows = {m: by_market[cuts[j]:cuts[j + 1]] for j, m in enumerate(tape.markets)}
     ind_cfg = indicators or IndicatorConfig()
     try:
         flags = safety_flags(load_market_all(spec.data_dir))
     except FileNotFoundError:
         flags = {}
-    universe = _Universe(tape, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
+    universe = _Universe(tape, rows, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
     clock = [0]
     ledger = Ledger(path, durable=False)    # a result, not an account: no fsync per commit
     engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)),
@@ -163,7 +174,6 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
             for m in spec.markets}
     prev: dict[str, dict | None] = dict.fromkeys(spec.markets)
     tf_ms = tf_s * 1000
-    tr = tape.trades
     n = len(tr)
     ts_np = tr["ts"].astype(np.int64)
     bucket = ts_np - ts_np % tf_ms
@@ -173,13 +183,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     mark[1:] = bucket[1:] != bucket[:-1]
     # ... and, after trade i, the close of its market's previous candle when i is the first trade of a new one
     close_at: dict[int, tuple[int, float]] = {}
-    first: dict[str, float] = {}
-    last_price: dict[str, float] = {}
-    for j, m in enumerate(tape.markets):
-        idx = np.flatnonzero(tr["market"] == j)
-        if not len(idx):
-            continue
-        first[m], last_price[m] = float(tr["price"][idx[0]]), float(tr["price"][idx[-1]])
+    for idx in rows.values():
         new = np.flatnonzero(bucket[idx[1:]] != bucket[idx[:-1]]) + 1
         for i, before in zip(idx[new].tolist(), idx[new - 1].tolist(), strict=True):
             close_at[i] = (int(bucket[before]), float(tr["price"][before]))
@@ -219,11 +223,15 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         eq = engine.equity
         equity.append(((b_all[-1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))
     engine.flush()
-    starting = engine.starting_cash
+    closed = [{c: r[c] for c in TRADE_COLUMNS} for r in ledger.query(
+        f"SELECT {', '.join(TRADE_COLUMNS)} FROM positions WHERE state = 'closed' ORDER BY closed_ms, id")]
+    fills = [tuple(r) for r in ledger.query("SELECT market, side, t_ms, price FROM fills ORDER BY id")]
+    events = [tuple(r) for r in ledger.query(
+        "SELECT market_ms, action, CASE WHEN detail = '' THEN why ELSE detail END FROM trade_audit"
+        " WHERE action LIKE 'trip %' OR action LIKE 'mode %' ORDER BY id")]
     ledger.close()
-    return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), first, last_price, n,
-                          time.perf_counter() - t0, starting,
-                          trader.fee_rate, tuple(spec.markets), tape.candles)
+    return BacktestResult(out_dir, path, np.array(equity, dtype=EQUITY_DTYPE), n, time.perf_counter() - t0,
+                          engine.starting_cash, trader.fee_rate, engine.fees, closed, fills, events, tape.candles)
 
 
 def day_s(s: str) -> int | None:
@@ -231,6 +239,6 @@ def day_s(s: str) -> int | None:
     if not s:
         return None
     try:
-        return int(datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp())
+        return parse_utc(s)
     except ValueError:
         raise ValueError(f"{s!r} is not a day (YYYY-MM-DD)") from None

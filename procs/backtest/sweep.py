@@ -5,16 +5,16 @@ window (in-sample) and on the rest (out-of-sample), so a point that only fits th
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
-from ..market.tape import load_dataset
+from ..market.tape import ReplayTape
 from ..runtime.config import IndicatorConfig, SymbolsConfig, TraderConfig
 from . import metrics as M
 from .runner import BacktestSpec, run_backtest
@@ -45,33 +45,37 @@ def parse_grid(items: list[str]) -> dict[str, list[float]]:
             raise ValueError(f"--sweep {item!r}: needs STEP > 0 and STOP >= START")
         n = int(round((stop - start) / step)) + 1
         values = [round(start + i * step, 10) for i in range(n)]
-        out[key] = [int(v) for v in values] if key == "max_positions" else values
+        out[key] = [int(v) for v in values] if key == "max_positions" else values   # an int key stays int
     return out
 
 
 def points(grid: dict[str, list[float]]) -> list[dict]:
     """Every combination of the grid's values, first key slowest."""
-    keys = list(grid)
-    combos = np.array(np.meshgrid(*[grid[k] for k in keys], indexing="ij")).reshape(len(keys), -1).T
-    return [{k: (int(v) if k == "max_positions" else float(v)) for k, v in zip(keys, row, strict=True)}
-            for row in combos.tolist()]
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
-def data_span(spec: BacktestSpec) -> tuple[int, int]:
-    """The window's (start, end) in Unix s: the spec's, or the data's first candle and one past its last."""
-    candles = load_dataset(spec.data_dir, list(spec.markets))
-    lo = min(int(c["t"][0]) for c in candles.values() if len(c))
-    hi = max(int(c["t"][-1]) for c in candles.values() if len(c)) + 1800
-    return spec.start_s or lo, spec.end_s or hi
+#: The tapes of the runs, built once in the parent before the workers fork (they share them): spec -> tape.
+_TAPES: dict[BacktestSpec, ReplayTape] = {}
+
+
+def prepare_tapes(specs: list[BacktestSpec]) -> None:
+    """Build the tape of each window not built yet, from one read of the data, for the runs that follow."""
+    todo = [s for s in specs if s not in _TAPES]
+    if todo:
+        whole = ReplayTape.build(todo[0].data_dir, list(todo[0].markets), todo[0].trades_per_candle)
+        for s in todo:
+            _TAPES[s] = whole.window(s.start_s, s.end_s)
 
 
 def _one(job: tuple) -> dict:
-    """One backtest in a worker process: its kept metrics (or the error that stopped it)."""
+    """One backtest in a worker process: its kept metrics and equity curve (or the error that stopped it); its
+    ``params.json`` written beside its ledger."""
     key, spec, trader, out, indicators, symbols = job
     try:
-        r = run_backtest(spec, trader, out, indicators=indicators, symbols=symbols)
+        r = run_backtest(spec, trader, out, indicators=indicators, symbols=symbols, tape=_TAPES.get(spec))
         m = M.compute(r)
         M.write_files(r, m)
+        M.write_params(out, trader, f"{Path(out).parent.name}/{Path(out).name}")
         return {"key": key, **{k: m[k] for k in KEPT}, "equity_t": r.equity["t"], "equity": r.equity["equity"]}
     except (ValueError, FileNotFoundError) as e:
         return {"key": key, "error": str(e)}
@@ -79,7 +83,9 @@ def _one(job: tuple) -> dict:
 
 def run_many(jobs: list[tuple], processes: int | None = None, progress: Callable[[int, int], None] | None = None
              ) -> list[dict]:
-    """Run ``jobs`` (see :func:`_one`) on ``processes`` workers (default: every core); results in job order."""
+    """Run ``jobs`` (see :func:`_one`) on ``processes`` workers (default: every core); results in job order.
+    Each window's tape is built once, here, before the workers fork."""
+    prepare_tapes(list(dict.fromkeys(j[1] for j in jobs)))
     n = processes or os.cpu_count() or 1
     out: dict = {}
     if n == 1 or len(jobs) == 1:
@@ -103,9 +109,12 @@ def sweep_jobs(spec: BacktestSpec, base: TraderConfig, grid_points: list[dict], 
     the strategy's validation refuses ``(i, why)``."""
     halves = [("all", spec)]
     if split is not None:
-        lo, hi = data_span(spec)
+        whole = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+        lo, hi = whole.span_s()
         mid = lo + int((hi - lo) * split) // 86_400 * 86_400     # on a UTC day boundary
         halves = [("in", replace(spec, start_s=lo, end_s=mid)), ("out", replace(spec, start_s=mid, end_s=hi))]
+        for _, s in halves:
+            _TAPES[s] = whole.window(s.start_s, s.end_s)
     jobs, refused = [], []
     raw = base.model_dump()
     for i, p in enumerate(grid_points):

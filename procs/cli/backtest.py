@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -23,9 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from render.text import format_market_ms
+
 from ..backtest.runner import BacktestSpec, day_s
+from ..market.tape import markets_in
 from ..runtime.config import ROOT, Config, TraderConfig
 from ..runtime.presets import PRESETS
+from ..trading.portfolio import group_closed
+from .trader import _console, group_table
 
 
 def _value(s: str):
@@ -72,7 +76,7 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
         trader = trader_config(cfg, args.preset, args.set or [])
         data = Path(args.data) if args.data else cfg.data_path()
         if args.markets == "all":
-            markets = tuple(sorted({f.name.split("_")[0] for f in (data / "minute30").glob("KRW-*.csv*")}))
+            markets = markets_in(data)
         elif args.markets:
             markets = tuple(m.strip().upper() for m in args.markets.split(",") if m.strip())
         else:
@@ -88,7 +92,7 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + f"-{kind}"
     out = Path(args.out) if args.out else ROOT / "run" / "backtests" / run_id
     logging.getLogger("smtm.trader").setLevel(logging.ERROR)   # the timeline is in the ledger, not the console
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    console = _console()
     if args.split is not None and (not args.sweep or not 0.05 <= args.split <= 0.95):
         print("smtm backtest: --split F goes with --sweep, F between 0.05 and 0.95", file=sys.stderr)
         return 2
@@ -109,11 +113,11 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
         return 2
     m = M.compute(result)
     M.write_files(result, m)
-    write_params(out, trader, out.name)
-    print_report(console, trader, spec, m, M.closed_trades(result.ledger_path))
-    events = M.risk_events(result.ledger_path)
+    M.write_params(out, trader, out.name)
+    print_report(console, trader, spec, m, result.closed)
+    events = result.events
     for t_ms, action, detail in events:
-        console.print(f"{_day(t_ms // 1000)} {action}: {detail}")
+        console.print(f"{format_market_ms(t_ms, '%Y-%m-%d')} {action}: {detail}")
     if any(a.endswith("-> DISARMED") for _, a, _ in events) and not spec.rearm:
         console.print("the engine stayed DISARMED after that (as the trader does until an operator ARMs it); "
                       "--rearm ARMs it again at each new KST day")
@@ -127,15 +131,6 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
                         + ("; re-armed each new KST day (--rearm)" if spec.rearm else ""), args.chart)
     console.print(f"written to {out} (report: {page})")
     return 0
-
-
-def write_params(out: Path, trader: TraderConfig, run_id: str) -> Path:
-    """``params.json``: what ``smtm preset apply <dir>`` sends to the trader (the preset and its strategy
-    overrides; trader keys set with --set are listed but are configuration, not sent)."""
-    path = out / "params.json"
-    path.write_text(json.dumps({"preset": trader.preset, "params": trader.strategy.overrides(), "backtest": run_id},
-                               indent=2))
-    return path
 
 
 def _progress(console: Console, what: str):
@@ -160,8 +155,6 @@ def many(args, cfg: Config, spec: BacktestSpec, base: TraderConfig, out: Path, c
         jobs = []
         for n in names:
             trader = trader_config(cfg, n, args.set or [])
-            (out / n).mkdir(parents=True, exist_ok=True)
-            write_params(out / n, trader, f"{out.name}/{n}")
             jobs.append(((n, "all"), spec, trader, out / n, cfg.indicator, cfg.symbols))
         refused: list = []
     else:
@@ -233,9 +226,6 @@ def many(args, cfg: Config, spec: BacktestSpec, base: TraderConfig, out: Path, c
                 label = {"in": "in-sample", "out": "out-of-sample", "all": "whole window"}[h]
                 images[f"heatmap-{h}.png"] = heatmap_png(xs, ys, z, keys[0], keys[1] if len(keys) == 2 else "",
                                                          f"Return, {label} (%)")
-        for i in by:
-            write_params(out / f"point-{i:03d}-{first}", base.model_copy(update={"strategy": base.strategy.model_copy(
-                update=pts[i])}), f"{out.name}/point-{i:03d}")
         page = write_page(out, "sweep.html", "Backtest: parameter sweep",
                           f"{len(spec.markets)} markets; " + (f"in-sample the first {args.split:.0%} of the window, "
                                                               f"out-of-sample the rest" if args.split is not None
@@ -250,31 +240,18 @@ def print_report(console: Console, trader: TraderConfig, spec: BacktestSpec, m: 
     span = (f"{_day(spec.start_s)} .. {_day(spec.end_s)}" if spec.start_s or spec.end_s else "all the data")
     t = Table(title=f"backtest: preset {trader.preset}, {len(spec.markets)} markets, {span}, {spec.timeframe}",
               title_justify="left", show_header=False)
-    pf = m["profit_factor"]
-    for k, v in (("net P&L (fees paid)", f"{m['net_pnl']:+,.0f} KRW  ({m['return_pct']:+.2f} %)"),
-                 ("buy and hold, equal weight", f"{m['buy_and_hold_pct']:+.2f} %"),
-                 ("max drawdown", f"{m['max_drawdown_pct']:.2f} %"),
-                 ("Sharpe / Sortino (daily, x sqrt 365)", f"{m['sharpe']:.2f} / {m['sortino']:.2f}"),
-                 ("trades / win rate", f"{m['trades']:,} / {m['win_rate_pct']:.1f} %"),
-                 ("profit factor", "inf" if math.isinf(pf) else f"{pf:.2f}"),
-                 ("exposure / average hold", f"{m['exposure_pct']:.1f} % / {m['avg_hold_h']:.1f} h"),
-                 ("fees", f"{m['fees']:,.0f} KRW"),
-                 ("run", f"{m['ticks']:,} trades in {m['wall_s']:.2f} s "
-                         f"({m['ticks'] / max(m['wall_s'], 1e-9):,.0f}/s)")):
-        t.add_row(k, v)
+    for k, (label, _) in M.DEFINITIONS.items():
+        t.add_row(label, M.shown(k, m[k]))
+    t.add_row("run", f"{m['ticks']:,} trades in {m['wall_s']:.2f} s ({m['ticks'] / max(m['wall_s'], 1e-9):,.0f}/s)")
     console.print(t)
-    for title, key in (("per market", lambda x: x["market"]), ("per exit reason", lambda x: x["exit_reason"]),
-                       ("per month (UTC, by exit)", M.month)):
-        tb = Table(title=title, title_justify="left")
-        for c in ("", "trades", "won", "realized KRW", "fees KRW"):
-            tb.add_column(c, justify="left" if not c else "right")
-        for g, n, won, pnl, fees in M.breakdown(trades, key):
-            tb.add_row(g, f"{n:,}", f"{won:,}", f"{pnl:+,.0f}", f"{fees:,.0f}")
-        console.print(tb)
+    for title, key, group in (("per market", "market", lambda x: x["market"]),
+                              ("per exit reason", "exit reason", lambda x: x["exit_reason"]),
+                              ("per month (UTC, by exit)", "month", M.month)):
+        console.print(group_table(title, key, group_closed(trades, group)))
 
 
 def _day(s: int | None) -> str:
-    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%d") if s else "…"
+    return format_market_ms(s * 1000, "%Y-%m-%d") if s else "…"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

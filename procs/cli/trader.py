@@ -260,15 +260,21 @@ def cmd_pnl(args, cfg: Config, sup: Supervisor) -> int:
         print(f"no closed trades to group by {args.by}")
         return 0
     key = "closing day (KST)" if by == "day" else args.by   # the engine's days: daily limits reset at 00:00 KST
-    t = Table(title=f"closed trades by {key}", title_justify="left")
+    con.print(group_table(f"closed trades by {key}", key, rows))
+    return 0
+
+
+def group_table(title: str, key: str, rows: list[dict]) -> Table:
+    """Closed trades per group (rows of :func:`procs.trading.portfolio.group_closed`): trades, wins, win rate,
+    realized P&L, fees."""
+    t = Table(title=title, title_justify="left")
     for name in (key, "trades", "wins", "win rate", "realized KRW", "fees KRW"):
         t.add_column(name, justify="left" if name == key else "right")
     for r in rows:
         n, w = int(r.get("trades") or 0), int(r.get("wins") or 0)
         t.add_row(str(r.get("key", "?")), str(n), str(w), _win_rate(w, n), _pnl(r.get("realized")),
                   _krw(r.get("fees")))
-    con.print(t)
-    return 0
+    return t
 
 
 _SEVERITY = {"info": "", "warn": "yellow", "alert": "bold red"}

@@ -117,6 +117,11 @@ def load_dataset(data_dir: Path, markets: list[str] | tuple[str, ...] | None = N
     return by_market
 
 
+def markets_in(data_dir: Path) -> tuple[str, ...]:
+    """The markets with a ``minute30/KRW-*.csv(.gz)`` in ``data_dir``, sorted."""
+    return tuple(sorted({f.name.split("_")[0] for f in (Path(data_dir) / "minute30").glob("KRW-*.csv*")}))
+
+
 def load_market_all(data_dir: Path) -> list[dict]:
     """The recorded ``GET /v1/market/all?is_details=true`` response."""
     with gzip.open(Path(data_dir) / "rest" / "market_all_is_details_2025-01-25.json.gz", "rt") as f:
@@ -227,6 +232,20 @@ class ReplayTape:
         trades = np.concatenate(parts)
         order = np.lexsort((trades["market"], trades["ts"]))
         return cls(list(markets), candles, trades[order])
+
+    def window(self, start_s: int | None, end_s: int | None) -> ReplayTape:
+        """The part of a tape built from candles whose candles start in ``[start_s, end_s)`` (None: open) —
+        the tape :meth:`build` makes for that window, without reading the data again."""
+        lo, hi = start_s or 0, end_s or 2**52
+        unit_ms = SOURCE_UNIT_S * 1000
+        start = self.trades["ts"] // unit_ms * unit_ms      # each trade's candle
+        return ReplayTape(self.markets, {m: c[(c["t"] >= lo) & (c["t"] < hi)] for m, c in self.candles.items()},
+                          self.trades[(start >= lo * 1000) & (start < hi * 1000)])
+
+    def span_s(self) -> tuple[int, int]:
+        """(first candle's start, one unit past the last candle's start), Unix s."""
+        starts = [c["t"] for c in self.candles.values() if len(c)]
+        return int(min(t[0] for t in starts)), int(max(t[-1] for t in starts)) + SOURCE_UNIT_S
 
     @property
     def start_ms(self) -> int:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 
-from ..trading.fills import FillModel
+from ..trading.fills import FillModel, filled_up
 from ..trading.risk import on_tick
 from ..upbit.exchange import decimal as num
 
@@ -103,11 +103,12 @@ class ExchangeOrder:
             return max(self.price - self.executed_funds, 0.0)
         return max(self.volume - self.executed_volume, 0.0)
 
-    def done(self) -> bool:
-        """Filled, by the paper broker's rule (within 1e-9 of the order's size)."""
+    def done(self, funds: float = 0.0, volume: float = 0.0) -> bool:
+        """Filled — with ``funds`` / ``volume`` more, if given — by the paper broker's rule
+        (:func:`~procs.trading.fills.filled_up`)."""
         if self.by_total:
-            return self.executed_funds >= self.price * (1 - 1e-9)
-        return self.executed_volume >= self.volume * (1 - 1e-9)
+            return filled_up(self.price, self.executed_funds + funds)
+        return filled_up(self.volume, self.executed_volume + volume)
 
 
 class ReplayAccount:
@@ -134,24 +135,20 @@ class ReplayAccount:
 
     def accounts(self) -> list[dict]:
         """``GET /v1/accounts``: every currency with a balance (KRW always)."""
-        out = []
-        for cur, b in sorted(self.balances.items(), key=lambda kv: (kv[0] != "KRW", kv[0])):
-            if cur == "KRW" or b.balance or b.locked:
-                out.append({"currency": cur, "balance": num(b.balance), "locked": num(b.locked),
-                            "avg_buy_price": num(b.avg_buy_price), "avg_buy_price_modified": False,
-                            "unit_currency": "KRW"})
-        return out
+        return [self._account(cur) for cur, b in sorted(self.balances.items(), key=lambda kv: (kv[0] != "KRW", kv[0]))
+                if cur == "KRW" or b.balance or b.locked]
+
+    def _account(self, currency: str) -> dict:
+        """One currency as ``/v1/accounts`` lists it (numbers as strings)."""
+        b = self.bal(currency)
+        return {"currency": currency, "balance": num(b.balance), "locked": num(b.locked),
+                "avg_buy_price": num(b.avg_buy_price), "avg_buy_price_modified": False, "unit_currency": "KRW"}
 
     def chance(self, market: str) -> dict:
         """``GET /v1/orders/chance``: fees, the market's order types and minimums, both sides' accounts."""
         self._market(market)
         quote, base = market.split("-", 1)
         fee = num(self.model.fee_rate)
-
-        def account(cur: str) -> dict:
-            b = self.bal(cur)
-            return {"currency": cur, "balance": num(b.balance), "locked": num(b.locked),
-                    "avg_buy_price": num(b.avg_buy_price), "avg_buy_price_modified": False, "unit_currency": "KRW"}
         return {"bid_fee": fee, "ask_fee": fee, "maker_bid_fee": fee, "maker_ask_fee": fee,
                 "market": {"id": market, "name": f"{base}/{quote}", "order_types": ["limit"],
                            "order_sides": ["ask", "bid"], "bid_types": ["limit", "price", "best_fok", "best_ioc"],
@@ -159,7 +156,7 @@ class ReplayAccount:
                            "bid": {"currency": quote, "min_total": num(MIN_TOTAL_KRW)},
                            "ask": {"currency": quote, "min_total": num(MIN_TOTAL_KRW)},
                            "max_total": num(MAX_TOTAL_KRW), "state": "active"},
-                "bid_account": account(quote), "ask_account": account(base)}
+                "bid_account": self._account(quote), "ask_account": self._account(base)}
 
     def find(self, uuid: str | None, identifier: str | None) -> ExchangeOrder:
         """Exactly one of ``uuid`` / ``identifier``; raises ExchangeError 404 ``order_not_found``."""
@@ -339,7 +336,7 @@ class ReplayAccount:
                 continue
             model_type = "limit" if o.ord_type == "limit" else ("price" if o.by_total else "market")
             f = self.model.match(o.side, model_type, o.price or 0.0, o.remaining, price, volume)
-            if o.time_in_force == "fok" and (f is None or not self._completes(o, f)):
+            if o.time_in_force == "fok" and (f is None or not o.done(f.price * f.volume, f.volume)):
                 self._close(o, "cancel")
                 continue
             if f is not None:
@@ -354,11 +351,6 @@ class ReplayAccount:
             elif o.state in OPEN_STATES and o.time_in_force == "ioc":
                 self._close(o, "cancel")
         return made
-
-    @staticmethod
-    def _completes(o: ExchangeOrder, f) -> bool:
-        return (o.executed_funds + f.price * f.volume >= o.price * (1 - 1e-9)) if o.by_total \
-            else (o.executed_volume + f.volume >= o.volume * (1 - 1e-9))
 
     def _fill(self, o: ExchangeOrder, ts: int, price: float, volume: float, fee: float, seq_id: int) -> None:
         funds = price * volume

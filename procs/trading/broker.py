@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .fills import FillModel
+from .fills import FillModel, filled_up
 from .orders import Order, OrderState
 
 
@@ -110,8 +110,8 @@ class PaperBroker:
             if f is None:
                 continue
             out.append(BrokerEvent("fill", o.identifier, t_ms, f.price, f.volume, f.fee, str(trade_id)))
-            done = (o.filled_krw + f.price * f.volume >= o.price * (1 - 1e-9)) if o.ord_type == "price" \
-                else (o.filled + f.volume >= o.volume * (1 - 1e-9))
+            done = filled_up(o.price, o.filled_krw + f.price * f.volume) if o.ord_type == "price" \
+                else filled_up(o.volume, o.filled + f.volume)
             if done:
                 del self.book[o.identifier]
         return out

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from shm.trading import MODE_NAMES, RISK_FLAG_NAMES, SEVERITY_NAMES, text
 
 from .engine import Engine, Refused
+from .portfolio import group_closed
 from .protocol import Command, CommandError
 from .risk import kst_day
 
@@ -198,16 +199,8 @@ class CommandHandler:
                       "equity": eq, "starting_cash": e.starting_cash,
                       "return_pct": (eq / e.starting_cash - 1) * 100 if e.starting_cash else 0.0}
         totals["win_rate"] = totals["wins"] / totals["trades"] if totals["trades"] else 0.0
-        rows: dict[str, dict] = {}
-        if by:
-            for r in closed:
-                key = kst_day(r["closed_ms"]) if by == "day" else r["market" if by == "market" else "exit_reason"]
-                row = rows.setdefault(key, {"key": key, "trades": 0, "wins": 0, "realized": 0.0, "fees": 0.0})
-                row["trades"] += 1
-                row["wins"] += r["realized"] > 0
-                row["realized"] += r["realized"]
-                row["fees"] += r["fees"]
-        return {"totals": totals, "by": by, "rows": sorted(rows.values(), key=lambda r: r["key"])}
+        rows = group_closed(closed, lambda r: kst_day(r["closed_ms"]) if by == "day" else r[by]) if by else []
+        return {"totals": totals, "by": by, "rows": rows}
 
     def snapshot(self, cmd: Command, who: str) -> dict:
         """The seed's snapshot: every top-level key always present; candles ascending, indicators aligned

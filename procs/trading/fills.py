@@ -27,6 +27,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 
+def filled_up(size: float, got: float) -> bool:
+    """An order of ``size`` (KRW for a buy by total, base units otherwise) is complete with ``got`` filled: within
+    1e-9 of its size, as float sums of fills land. The one rule of the paper broker, the order state machine and
+    the replay exchange."""
+    return got >= size * (1 - 1e-9)
+
+
 class Fill(NamedTuple):
     price: float    #: KRW per unit
     volume: float   #: base units

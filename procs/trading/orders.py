@@ -28,6 +28,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from .fills import filled_up
+
 __all__ = ["CLOSED", "IllegalTransition", "Order", "OrderState", "TRANSITIONS", "new_run_id"]
 
 
@@ -135,8 +137,8 @@ class Order:
 
     def add_fill(self, price: float, volume: float, fee: float, at_ms: int) -> None:
         """Record a fill and move to partially_filled / filled. Raises IllegalTransition on a closed order."""
-        done = (self.filled_krw + price * volume >= self.price * (1 - 1e-9)) if self.ord_type == "price" \
-            else (self.filled + volume >= self.volume * (1 - 1e-9))
+        done = filled_up(self.price, self.filled_krw + price * volume) if self.ord_type == "price" \
+            else filled_up(self.volume, self.filled + volume)
         self.move(OrderState.FILLED if done else OrderState.PARTIALLY_FILLED, at_ms)
         self.filled += volume
         self.filled_krw += price * volume

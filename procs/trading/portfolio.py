@@ -74,3 +74,17 @@ class Position:
 
     def unrealized(self, fee_rate: float) -> float:
         return self.value(fee_rate) - self.cost if self.qty > 0 else 0.0
+
+
+def group_closed(closed, key) -> list[dict]:
+    """Closed positions (ledger rows or dicts) grouped by ``key(row)``, sorted by group: ``{"key", "trades",
+    "wins", "realized", "fees"}`` each (KRW; a win is realized P&L > 0)."""
+    rows: dict[str, dict] = {}
+    for r in closed:
+        k = key(r)
+        g = rows.setdefault(k, {"key": k, "trades": 0, "wins": 0, "realized": 0.0, "fees": 0.0})
+        g["trades"] += 1
+        g["wins"] += r["realized"] > 0
+        g["realized"] += r["realized"]
+        g["fees"] += r["fees"]
+    return [rows[k] for k in sorted(rows)]
