@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 from bench.conftest import RESULTS
+from procs.trading.latency import LatencyProbe
 from procs.trading.risk import round_to_tick
 from tests.helpers import ExchangeThread
 
@@ -36,9 +36,7 @@ def ex():
 
 
 def _summary(name: str, xs: list[float]) -> None:
-    a = np.array(xs)
-    RESULTS[name] = {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)), "n": len(a),
-                     "max_us": float(a.max()), "rtt": True}
+    RESULTS[name] = {**LatencyProbe.summary(xs), "rtt": True}
 
 
 def _client(ex):

@@ -14,8 +14,6 @@ strategy (:mod:`shm.wake`). Latency figures (trade received by ingest → order 
 """
 from __future__ import annotations
 
-import time
-
 from shm.status import State
 from shm.wake import SpinThenPark, open_semaphore
 
@@ -90,7 +88,7 @@ class TraderProcess(Process):
         return {"trader": self.state.name, "trades_missed": self.inputs.missed,
                 "latency_order": LatencyProbe.summary(self.probe.orders),
                 "latency_decision": LatencyProbe.summary(self.probe.decisions),
-                "order_round_trip": LatencyProbe.summary(getattr(self.engine.broker, "round_trips_us", ())),
+                "order_round_trip": LatencyProbe.summary(self.engine.broker.round_trips_us),
                 "subscribers": self.server.subscribers if self.server else 0}
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -116,7 +114,7 @@ class TraderProcess(Process):
         if self.waiter.wait(self.inputs.changed):
             self.row.msgs_in += self.inputs.poll(e)
         e.poll_broker()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if e.dirty and now - self._flushed >= self.cfg.commit_interval_s:
             with e.lock:   # group commit of evaluations and marks (orders commit at once, before the broker)
                 e.flush()
@@ -139,7 +137,7 @@ class TraderProcess(Process):
             self._emit("DATA.CANDLE.CLOSE", {"tf": inp.tf, "candle": candle}, market)
             self._emit("INDICATOR.UPDATE", {"tf": inp.tf, "t": candle["t"], "values": ind}, market)
         inp.closed.clear()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for market in inp.touched:
             if now - self._updated.get(market, 0.0) >= 0.25:
                 self._updated[market] = now

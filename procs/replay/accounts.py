@@ -29,15 +29,15 @@ import math
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 from ..trading.fills import FillModel, filled_up
 from ..trading.risk import on_tick
 from ..upbit.exchange import decimal as num
+from .protocol import KST
 
-KST = timezone(timedelta(hours=9))
 MIN_TOTAL_KRW = 5000.0
 MAX_TOTAL_KRW = 1_000_000_000.0
 ORD_TYPES = ("limit", "price", "market", "best")
@@ -48,9 +48,9 @@ OPEN_STATES = ("wait", "watch")
 class ExchangeError(Exception):
     """An exchange API error: Upbit's ``{"error": {"name", "message"}}`` body with an HTTP status."""
 
-    def __init__(self, status: int, name: str, message: str):
+    def __init__(self, status: int, name: str, message: str, retry_after: int | None = None):
         super().__init__(f"{name}: {message}")
-        self.status, self.name, self.message = status, name, message
+        self.status, self.name, self.message, self.retry_after = status, name, message, retry_after
 
     def body(self) -> dict:
         return {"error": {"name": self.name, "message": self.message}}
@@ -90,6 +90,11 @@ class ExchangeOrder:
     offered: int = 0              #: trades offered so far (ioc / fok decide on the first)
     partial: float | None = None  #: fault: the first fill is half of what the trade gives, then no fill ...
     stalled_until: float = 0.0    #: ... until this wall time (monotonic s; inf: ``partial`` was 0, until cancelled)
+
+    @property
+    def fill_type(self) -> str:
+        """How the paper fill model fills it: ``limit``, ``price`` (a buy by KRW total) or ``market``."""
+        return "limit" if self.ord_type == "limit" else ("price" if self.by_total else "market")
 
     @property
     def by_total(self) -> bool:
@@ -334,8 +339,7 @@ class ReplayAccount:
             o.offered += 1
             if o.stalled_until and self.wall() < o.stalled_until:
                 continue
-            model_type = "limit" if o.ord_type == "limit" else ("price" if o.by_total else "market")
-            f = self.model.match(o.side, model_type, o.price or 0.0, o.remaining, price, volume)
+            f = self.model.match(o.side, o.fill_type, o.price or 0.0, o.remaining, price, volume)
             if o.time_in_force == "fok" and (f is None or not o.done(f.price * f.volume, f.volume)):
                 self._close(o, "cancel")
                 continue

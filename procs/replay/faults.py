@@ -49,6 +49,8 @@ import math
 import time
 from collections import deque
 
+from ..upbit.rest import GROUP_LIMITS
+
 ORDER_FAULTS = ("order_hold", "order_drop", "order_500", "order_slow", "order_429", "order_reject", "order_partial",
                 "fill_duplicate")
 FAULT_TYPES = ("drop", "stall", "malformed", "duplicate", "reorder", "rest_429", "rest_418", "rest_slow",
@@ -195,8 +197,23 @@ class FaultInjector:
         return None
 
 
-#: The exchange API's groups (PROTOCOL.md §3.2): (requests, window in s), per account.
-EXCHANGE_GROUPS = {"default": (30, 1.0), "order": (8, 1.0), "order-cancel-all": (1, 2.0)}
+#: The exchange API's groups (PROTOCOL.md §3.2, the client's :data:`~procs.upbit.rest.GROUP_LIMITS`): (requests,
+#: window in s), per account — a limit under one a second (order-cancel-all: 0.5) is one request per 1/limit s.
+EXCHANGE_GROUPS = {g: ((int(GROUP_LIMITS[g]), 1.0) if GROUP_LIMITS[g] >= 1 else (1, 1.0 / GROUP_LIMITS[g]))
+                   for g in ("default", "order", "order-cancel-all")}
+
+
+def limit_answer(group: str, status: int, left: int, blocked_s: float) -> tuple[str, tuple[int, str, str] | None,
+                                                                                 int | None]:
+    """How the exchange answers a request after its rate-limit check (status 200 / 429 / 418): the
+    ``Remaining-Req`` header, the error (status, Upbit name, message) or None, and ``Retry-After`` s for a 418."""
+    rem = f"group={group}; min=1800; sec={left}"
+    if status == 429:
+        return rem, (429, "too_many_requests", "Too many API requests."), None
+    if status == 418:
+        secs = max(1, math.ceil(blocked_s))
+        return rem, (418, "blocked", f"Blocked for {secs} seconds after repeated rate-limit violations."), secs
+    return rem, None, None
 
 
 class RestLimits:

@@ -34,7 +34,7 @@ from aiohttp import web
 
 from ..upbit.auth import AuthError, NonceLedger, query_string, verify
 from .accounts import KST, ExchangeError, ReplayAccount
-from .faults import FaultInjector, RestLimits
+from .faults import FaultInjector, RestLimits, limit_answer
 
 log = logging.getLogger("smtm.exchange")
 
@@ -70,9 +70,12 @@ class PrivateApi:
         app.router.add_get("/replay/orders", self.dump)
 
     # -- plumbing ----------------------------------------------------------------------------------------
-    def _answer(self, status: int, body, rem: str) -> web.Response:
+    def _answer(self, status: int, body, rem: str, retry_after: int | None = None) -> web.Response:
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        return web.json_response(body, status=status, headers={"Remaining-Req": rem} if rem else None)
+        headers = {"Remaining-Req": rem} if rem else {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        return web.json_response(body, status=status, headers=headers or None)
 
     async def _admit(self, request: web.Request, group: str, scope: str, body: dict | None = None
                      ) -> tuple[dict, str]:
@@ -90,12 +93,10 @@ class PrivateApi:
             raise ExchangeError(e.status, e.name, e.message) from None
         if scope not in self.keys[access][1]:
             raise ExchangeError(403, "out_of_scope", f"this key may not {scope}")
-        status, left, _ = self.limits.check(group)
-        rem = f"group={group}; min=1800; sec={left}"
-        if status == 429:
-            raise ExchangeError(429, "too_many_requests", "Too many API requests.")
-        if status == 418:
-            raise ExchangeError(418, "blocked", "Blocked after repeated rate-limit violations.")
+        status, left, blocked_s = self.limits.check(group)
+        rem, err, retry_after = limit_answer(group, status, left, blocked_s)
+        if err is not None:
+            raise ExchangeError(*err, retry_after=retry_after)
         return params, rem
 
     async def _handle(self, request: web.Request, group: str, scope: str, work, json_body: bool = False
@@ -114,7 +115,7 @@ class PrivateApi:
             status, out = await work(request, params)
             return self._answer(status, out, rem)
         except ExchangeError as e:
-            return self._answer(e.status, e.body(), rem)
+            return self._answer(e.status, e.body(), rem, e.retry_after)
 
     # -- routes ------------------------------------------------------------------------------------------
     async def accounts(self, request: web.Request) -> web.Response:

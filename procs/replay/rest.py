@@ -14,7 +14,6 @@ rate limit (``Remaining-Req``; 429 over it, 418 for persistent offenders) and th
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, datetime
 
@@ -23,7 +22,7 @@ from aiohttp import web
 
 from ..market.tape import rollup
 from .fanout import Replayer
-from .faults import FaultInjector, RestLimits
+from .faults import FaultInjector, RestLimits, limit_answer
 from .protocol import CANDLE_UNITS, KST, utc_str
 
 
@@ -62,21 +61,18 @@ class RestApi:
             await asyncio.sleep(fault[1])
             fault = None
         if fault is not None:
-            status = fault[0]
-            rem = f"group={group}; min=1800; sec=0"
+            status, left = fault[0], 0
         else:
             status, left, _ = self.limits.check(group)
-            rem = f"group={group}; min=1800; sec={left}"
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if status == 429:
-            return rem, self._error(429, "too_many_requests", "Too many API requests.", rem)
-        if status == 418:
-            left_s = max(self.limits.blocked_until, self.faults.rest_418_until) - time.monotonic()
-            resp = self._error(418, "blocked", f"Blocked for {max(1, math.ceil(left_s))} seconds "
-                                               f"after repeated rate-limit violations.", rem)
-            resp.headers["Retry-After"] = str(max(1, math.ceil(left_s)))
-            return rem, resp
-        return rem, None
+        blocked_s = max(self.limits.blocked_until, self.faults.rest_418_until) - time.monotonic()
+        rem, err, retry_after = limit_answer(group, status, left, blocked_s)
+        if err is None:
+            return rem, None
+        resp = self._error(*err, rem)
+        if retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after)
+        return rem, resp
 
     @staticmethod
     def _error(status: int, name, message: str, remaining: str) -> web.Response:

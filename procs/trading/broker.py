@@ -16,7 +16,7 @@ open orders refreshed); :meth:`Broker.cancel_all` is the kill switch's cancel.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +48,8 @@ class BrokerUnavailable(RuntimeError):
 class Broker(Protocol):
     name: str
     real: bool
+    reconnected: bool               #: the exchange answers again after failures: the engine checks the account
+    round_trips_us: Sized           #: the latest order round trips (µs) to the exchange; empty for paper
 
     def submit(self, order: Order) -> list[BrokerEvent]: ...
     def cancel(self, order: Order, at_ms: int, reason: str) -> list[BrokerEvent]: ...
@@ -72,6 +74,8 @@ class PaperBroker:
 
     name = "paper"
     real = False
+    reconnected = False             # nothing to reconnect to
+    round_trips_us: tuple = ()      # no exchange
 
     def __init__(self, model: FillModel):
         self.model = model

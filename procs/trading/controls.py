@@ -37,7 +37,7 @@ class Controls:
                 problems = self.account_check("ARM")
                 if problems:
                     raise Refused(f"reconciliation with the exchange failed: {'; '.join(problems)}"[:500])
-            if any(o.state.value in ("unknown", "submitted") for o in self.orders.values()):
+            if self.outcome_pending:
                 raise Refused("an order's outcome is still unknown (being looked up): ARM once it is resolved")
             if self.risk_flags & RISK_DRAWDOWN:
                 self._limits_stale = True

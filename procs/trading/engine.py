@@ -52,7 +52,7 @@ from . import risk, strategy
 from .broker import Broker
 from .controls import Controls, Refused
 from .execution import Execution
-from .orders import Order, new_run_id
+from .orders import Order, OrderState, new_run_id
 from .portfolio import Position
 from .recovery import Recovery
 
@@ -116,6 +116,11 @@ class Engine(Recovery, Execution, Controls):
     @property
     def unrealized(self) -> float:
         return sum(p.unrealized(self.cfg.fee_rate) for p in self.positions.values())
+
+    @property
+    def outcome_pending(self) -> bool:
+        """An order sent whose fate the broker does not know yet (submitted, or unknown and being looked up)."""
+        return any(o.state in (OrderState.SUBMITTED, OrderState.UNKNOWN) for o in self.orders.values())
 
     @property
     def open_positions(self) -> int:
@@ -211,8 +216,7 @@ class Engine(Recovery, Execution, Controls):
         with self.lock:
             for ev in self.broker.poll(self.market_ms):
                 self._apply(ev)
-            if getattr(self.broker, "reconnected", False) and not any(o.state.value in ("unknown", "submitted")
-                                                                      for o in self.orders.values()):
+            if self.broker.reconnected and not self.outcome_pending:
                 self.account_check("reconnect")   # once no order is unknown: until then balances cannot agree
             if self.money_dirty or self.dirty:
                 self.flush()

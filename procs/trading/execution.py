@@ -135,9 +135,7 @@ class Execution:
                                        ev.trade_id, o.position_id):
             self.duplicate_fills += 1
             return
-        o.filled += ev.volume
-        o.filled_krw += ev.price * ev.volume
-        o.fee += ev.fee
+        o.accumulate(ev.price, ev.volume, ev.fee)
         self.ledger.update_order(o)
         self._book(o, p, ev)
         self.note("late_fill", o.market, WARN, f"fill of {o.identifier} ({o.state.value}) reported late: booked")

@@ -140,6 +140,10 @@ class Order:
         done = filled_up(self.price, self.filled_krw + price * volume) if self.ord_type == "price" \
             else filled_up(self.volume, self.filled + volume)
         self.move(OrderState.FILLED if done else OrderState.PARTIALLY_FILLED, at_ms)
+        self.accumulate(price, volume, fee)
+
+    def accumulate(self, price: float, volume: float, fee: float) -> None:
+        """Add a fill to the order's totals without moving its state (a fill reported after it closed)."""
         self.filled += volume
         self.filled_krw += price * volume
         self.fee += fee

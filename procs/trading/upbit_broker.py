@@ -43,6 +43,11 @@ log = logging.getLogger("smtm.broker")
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
+def backoff_s(attempt: int) -> float:
+    """The wait before attempt ``attempt + 1`` (0.5 s doubling to 8 s)."""
+    return BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+
+
 @dataclass
 class Tracked:
     """An order of ours at the exchange (or maybe at the exchange: ``unknown``)."""
@@ -90,7 +95,7 @@ class UpbitBroker:
         if not self.failing:
             log.warning("the exchange is unreachable: %s", e)
         self.failing = True
-        self._probe_at = self.clock() + BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
+        self._probe_at = self.clock() + backoff_s(self._failures)
         self._failures += 1
 
     def _may_poll(self) -> bool:
@@ -145,10 +150,9 @@ class UpbitBroker:
             return self._refresh(t, order.updated_ms)
         return self._events(t, r, order.updated_ms)
 
-    def _unknown(self, order: Order) -> Tracked:
-        t = self.tracked[order.identifier] = Tracked(order, unknown_since_ns=self.wall_ns(),
-                                                     next_lookup=self.clock() + BACKOFF_S[0])
-        return t
+    def _unknown(self, order: Order) -> None:
+        self.tracked[order.identifier] = Tracked(order, unknown_since_ns=self.wall_ns(),
+                                                 next_lookup=self.clock() + backoff_s(0))
 
     def on_trade(self, market: str, t_ms: int, price: float, volume: float, trade_id) -> list[BrokerEvent]:
         """Poll the open orders of ``market`` (at most every ``poll_s``): fills of this trade are read now."""
@@ -205,7 +209,7 @@ class UpbitBroker:
         except ExchangeUnreachable as e:
             self._down(e)
             return []
-        return self._refresh(t, at_ms, reason) if t.uuid else self._resolve(t, at_ms, reason)
+        return self._read_back(t, at_ms, reason)
 
     def cancel_all(self, orders: list[Order], at_ms: int, reason: str) -> list[BrokerEvent]:
         """The kill switch: ``DELETE /v1/orders/open``, verified by ``GET /v1/orders/open`` (each order still
@@ -233,10 +237,19 @@ class UpbitBroker:
         for o in orders:
             t = self.tracked.get(o.identifier)
             if t is not None:
-                out += self._refresh(t, at_ms, reason) if t.uuid else self._resolve(t, at_ms, reason)
+                out += self._read_back(t, at_ms, reason)
         return out
 
     # -- reading orders back ----------------------------------------------------------------------------
+    def _read_back(self, t: Tracked, at_ms: int, reason: str = "") -> list[BrokerEvent]:
+        """What the exchange says of an order now: by its uuid, or (unknown) looked up by identifier."""
+        return self._refresh(t, at_ms, reason) if t.uuid else self._resolve(t, at_ms, reason)
+
+    def _later(self, t: Tracked) -> None:
+        """The next lookup of an unknown order, after the backoff."""
+        t.next_lookup = self.clock() + backoff_s(t.lookups)
+        t.lookups += 1
+
     def _refresh(self, t: Tracked, at_ms: int, reason: str = "") -> list[BrokerEvent]:
         try:
             r = self.client.order(uuid=t.uuid)
@@ -258,8 +271,7 @@ class UpbitBroker:
             r = self.client.order(identifier=o.identifier)
         except (ExchangeRejected, ExchangeUnreachable) as e:
             self._down(e) if isinstance(e, ExchangeUnreachable) else log.error("lookup %s: %s", o.identifier, e)
-            t.next_lookup = self.clock() + BACKOFF_S[min(t.lookups, len(BACKOFF_S) - 1)]
-            t.lookups += 1
+            self._later(t)
             return []
         self._ok()
         if r is not None:
@@ -280,8 +292,7 @@ class UpbitBroker:
             return [BrokerEvent("rejected", o.identifier, at_ms,
                                 reason=f"not at the exchange {age_s:.0f} s after it was sent: never placed "
                                        f"(identifier burnt, not re-sent)")]
-        t.next_lookup = self.clock() + BACKOFF_S[min(t.lookups, len(BACKOFF_S) - 1)]
-        t.lookups += 1
+        self._later(t)
         if o.state is OrderState.SUBMITTED:     # after a restart: the request's fate is not known yet
             return [BrokerEvent("unknown", o.identifier, at_ms, reason="looking it up after a restart")]
         return []
@@ -337,7 +348,7 @@ class UpbitBroker:
             # could still be travelling when it died
             t = self.tracked[o.identifier] = Tracked(o, uuid=o.broker_id, seen=set(known_fills.get(o.identifier, ())),
                                                      unknown_since_ns=self.wall_ns())
-            out += self._refresh(t, at_ms) if t.uuid else self._resolve(t, at_ms)
+            out += self._read_back(t, at_ms)
         return out
 
     # -- the account ----------------------------------------------------------------------------------------
