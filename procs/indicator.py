@@ -4,19 +4,19 @@ Attaches every ``candles.<tf>`` ring read-only once ingest has created them, and
 ``indicators.<tf>`` and the ``signals`` table with :mod:`procs.market.analytics`. Woken by ingest
 with the spin-then-park strategy (:mod:`shm.wake`): it spins on the global ``seq`` of the candle
 rings for ``indicator.spin_us``, then parks on its semaphore (a SIGTERM ends the park at once).
-After each batch it wakes the trader (if parked), which decides on the closed candles' values.
+Its values are for the monitor, the gateway and SNAPSHOT.GET: the trader computes the same values itself
+from the candles (:mod:`procs.trading.inputs`), so no decision waits for this process.
 """
 from __future__ import annotations
 
 from shm.segment import SegmentNotFound, SegmentNotReady
 from shm.signals import SignalsTable
 from shm.tables import CANDLES, INDICATORS
-from shm.wake import SpinThenPark, Waker, open_semaphore
+from shm.wake import SpinThenPark, open_semaphore
 
 from .market.analytics import TimeframeWorker
 from .runtime.config import BaseConfig, IndicatorConfig, SignalsConfig
 from .runtime.process import Process, start
-from .runtime.roster import WAKE_CONSUMERS
 
 
 class IndicatorProcess(Process):
@@ -29,7 +29,6 @@ class IndicatorProcess(Process):
         self.workers: list[TimeframeWorker] = []
         self.waiter = SpinThenPark(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
                                    park_timeout_s=cfg.park_timeout_s)
-        self.waker = Waker(base.instance, self.status, list(WAKE_CONSUMERS["indicator"]))   # the trader
 
     def _attach(self) -> bool:
         """Attach every candles ring (read-only) once ingest has created them."""
@@ -62,11 +61,6 @@ class IndicatorProcess(Process):
                 if w.changed():
                     updated += w.step()
             self.row.msgs_in += updated
-            if updated:
-                self.waker.wake()   # closed candles' values are in: the trader decides on them
-
-    def on_stop(self) -> None:
-        self.waker.close()
 
     def on_beat(self) -> None:
         self.row.msgs_out = sum(w.records_out for w in self.workers)

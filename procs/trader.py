@@ -1,23 +1,24 @@
 """trader — the engine: strategy, risk, orders, ledger, ARM/DISARM/KILL, command socket (wiring only).
 
 Domain code lives in :mod:`procs.trading`: the engine (:mod:`~procs.trading.engine`) is fed from shared
-memory by :class:`~procs.trading.inputs.ShmInputs` (trades, closed candles with indicators, the
-tradable top N), keeps its state in the SQLite ledger (``run/<instance>/ledger.sqlite``; ``ledger-upbit.sqlite``
-for the Upbit broker), sends orders to the broker (the paper broker, :mod:`~procs.trading.broker`, or the Upbit
-broker, :mod:`~procs.trading.upbit_broker`), writes the ``trader`` / ``positions`` /
+memory by :class:`~procs.trading.inputs.ShmInputs` (trades in the order ingest received them, each candle
+close right after the trade that closed it, with indicators it computes itself; the tradable top N), keeps
+its state in the SQLite ledger (``run/<instance>/ledger.sqlite``; ``ledger-upbit.sqlite`` for the Upbit broker),
+sends orders to the broker (the paper broker, :mod:`~procs.trading.broker`, or the Upbit broker,
+:mod:`~procs.trading.upbit_broker`), writes the ``trader`` / ``positions`` /
 ``orders`` / ``timeline.trader`` tables (:class:`~procs.trading.outputs.ShmOutputs`) and answers
 commands on ``run/<instance>/trader.sock`` (:mod:`~procs.trading.server`, :mod:`~procs.trading.commands`).
 
-Woken by ingest (every trade) and by the indicator (closed-candle values) with the spin-then-park
-strategy (:mod:`shm.wake`). Latency figures (trade received by ingest → order at the broker, and
-→ every candle-close decision) are kept and shown in the status row and ENGINE.STATUS ``health``.
+Woken by ingest (every trade) with the spin-then-park strategy (:mod:`shm.wake`); a new ranking of the
+symbol manager is seen within ``trader.park_timeout_s``. Latency figures (trade received by ingest → order
+at the broker, and → every candle-close decision) are kept and shown in the status row and ENGINE.STATUS ``health``.
 """
 from __future__ import annotations
 
 from shm.status import State
 from shm.wake import SpinThenPark, open_semaphore
 
-from .runtime.config import BaseConfig, TraderConfig, UpbitConfig
+from .runtime.config import BaseConfig, IndicatorConfig, TraderConfig, UpbitConfig
 from .runtime.endpoints import UpbitUrls
 from .runtime.process import Process, start
 from .trading.commands import CommandHandler, timeline_entry
@@ -36,10 +37,10 @@ class TraderProcess(Process):
     name = "trader"
 
     def __init__(self, base: BaseConfig, cfg: TraderConfig, signal_tf: str, monitor_market: str,
-                 upbit: UpbitConfig | None = None, **kw):
+                 upbit: UpbitConfig | None = None, indicators: IndicatorConfig | None = None, **kw):
         super().__init__(base, **kw)
         self.cfg = cfg
-        self.inputs = ShmInputs(base, signal_tf)
+        self.inputs = ShmInputs(base, signal_tf, indicators)
         self.outputs = ShmOutputs(base)
         self.probe = LatencyProbe()
         self.inputs.probe = self.probe
@@ -85,7 +86,8 @@ class TraderProcess(Process):
         return [timeline_entry(r) for r in self.outputs.read_timeline(n)]
 
     def _health(self) -> dict:
-        return {"trader": self.state.name, "trades_missed": self.inputs.missed,
+        return {"trader": self.state.name, "trades_missed": self.inputs.missed, "read_waits": self.inputs.read_waits,
+                "indicator_rebuilds": self.inputs.rebuilds,
                 "latency_order": LatencyProbe.summary(self.probe.orders),
                 "latency_decision": LatencyProbe.summary(self.probe.decisions),
                 "order_round_trip": LatencyProbe.summary(self.engine.broker.round_trips_us),
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, _ = start("trader", "the engine: strategy, risk, orders, ledger, command socket", argv)
     if cfg is None:
         return 2
-    return TraderProcess(cfg.base, cfg.trader, cfg.signal_timeframe, cfg.monitor.market, cfg.upbit).run()
+    return TraderProcess(cfg.base, cfg.trader, cfg.signal_timeframe, cfg.monitor.market, cfg.upbit,
+                         indicators=cfg.indicator).run()
 
 
 if __name__ == "__main__":

@@ -211,21 +211,41 @@ def closed_candle_mismatch(ring, src: dict, markets, *, min_closed: int = 1, val
     return None
 
 
-def replay_to_the_trader(env: Env, timeout: float = 240):
+def replay_to_the_trader(env: Env, timeout: float = 240, tradable: list[str] | None = None):
     """Start exchange, indicator, symbols, trader and ingest for ``env`` (its overlay written), let the
     replay run to its end and the trader see every trade and commit. Returns ``(client, trades,
-    seconds from ingest's start to the replay's end)``; the caller closes the client."""
+    seconds from ingest's start to the replay's end)``; the caller closes the client.
+
+    ``tradable``: the replay waits until the trader has attached (so it sees every trade), and once the
+    trader's tradable set is these markets (the symbol manager's first ranking, at the overlay's replay speed)
+    it goes on as fast as its consumers keep up; ``env.ranked_ms`` is then the trader's market time when it
+    was seen (the ranking came no later)."""
+    import requests
+
     from procs.runtime.roster import STATUS_ROWS
     from procs.trading.client import TraderClient
-    from shm.status import StatusTable
+    from shm.status import State, StatusTable
     for p in ("exchange", "indicator", "symbols", "trader"):
         env.start(p)
     base = f"http://127.0.0.1:{env.port}"
     wait_for(lambda: get_json(f"{base}/replay/status"), 30, "the replay exchange to listen")
     sock = env.run_dir / "trader.sock"
     wait_for(sock.exists, 30, "the trader's socket")
+    control = f"{base}/replay/control"
+    if tradable is not None:      # paused until the trader has attached: it sees the replay from its first trade
+        requests.post(control, json={"pause": True}, timeout=5).raise_for_status()
     env.start("ingest")
     t0 = time.monotonic()
+    if tradable is not None:
+        st = wait_for(lambda: attach(StatusTable.open, env.instance, STATUS_ROWS), 30, "the status table")
+        wait_for(lambda: st.read("trader")["state"] == State.RUNNING, 30, "the trader to attach")
+        requests.post(control, json={"resume": True}, timeout=5).raise_for_status()
+        client = TraderClient(sock)
+        ranked = wait_for(lambda: (lambda s: s if s["tradable"] == sorted(tradable) else None)(
+            client.request("ENGINE.STATUS")["payload"]), 60, f"the trader to trade {tradable}")
+        client.close()
+        requests.post(control, json={"speed": 0}, timeout=5).raise_for_status()
+        env.ranked_ms = ranked["market_ms"]     # market time at which the trader had them (at most)
     wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), timeout, "the replay to finish",
              interval=0.2)
     wall = time.monotonic() - t0

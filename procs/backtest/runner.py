@@ -169,9 +169,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
                     wall_ns=lambda: clock[0] * 1_000_000, run_id="backtest")
     if engine.mode != ARMED:   # a backtest trades (a new ledger starts DISARMED without arm_on_start)
         engine.arm("backtest", "backtest")
-    sets = {m: IndicatorSet(ind_cfg.ema_fast, ind_cfg.ema_slow, ind_cfg.rsi_period, ind_cfg.macd_fast,
-                            ind_cfg.macd_slow, ind_cfg.macd_signal, ind_cfg.bb_period, ind_cfg.bb_k)
-            for m in spec.markets}
+    sets = {m: IndicatorSet(**ind_cfg.periods()) for m in spec.markets}
     prev: dict[str, dict | None] = dict.fromkeys(spec.markets)
     tf_ms = tf_s * 1000
     n = len(tr)

@@ -37,7 +37,7 @@ STATUS_ROWS: tuple[str, ...] = tuple(p.name for p in PROGRAMS)
 #: producer -> the consumers it wakes after publishing (each parks on its own semaphore).
 #: Ingest wakes the trader on every trade (take-profit / stop-loss, paper fills); the indicator wakes it
 #: when a closed candle's indicator values are in (entries and the dead-cross exit).
-WAKE_CONSUMERS: dict[str, tuple[str, ...]] = {"ingest": ("indicator", "trader"), "indicator": ("trader",)}
+WAKE_CONSUMERS: dict[str, tuple[str, ...]] = {"ingest": ("indicator", "trader")}
 
 
 def program(name: str) -> Program:

@@ -162,6 +162,7 @@ class CommandHandler:
                              "day": e.day, "day_start_equity": e.day_start_equity},
                     "market_ms": e.market_ms, "params": e.params.model_dump(), "decisions": e.decisions,
                     "trades_seen": e.trades_seen, "uncommitted": e.dirty,
+                    "tradable": sorted(e.tradable) if e.tradable is not None else None,
                     "reconcile": {"problems": list(e.reconcile_problems), "at_ms": e.reconciled_ms,
                                   "unknown_orders": sum(o.state.value == "unknown" for o in e.orders.values())},
                     "health": self.health()}
