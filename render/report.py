@@ -18,12 +18,11 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.dates as mdates
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 GREEN, RED, BLUE, GREY = "#2e9d55", "#d2453c", "#2f6fb3", "#8a8f98"
 Row = tuple[str, int, int, float, float]   # group, trades, won, realized KRW, fees KRW
@@ -55,7 +54,8 @@ def _dates(t: np.ndarray) -> np.ndarray:
 
 
 def _fig(width: float = 10.0, height: float = 3.2):
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    fig = Figure(figsize=(width, height), dpi=110)     # no pyplot: no global figure registry, no GUI backend
+    ax = fig.subplots()
     ax.grid(True, color="#e4e6ea", linewidth=0.8)
     ax.set_axisbelow(True)
     for s in ("top", "right"):
@@ -70,7 +70,7 @@ def _time_axis(ax) -> None:
 
 
 def _krw(ax) -> None:
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
 
 
 def figures(d: ReportData) -> dict[str, bytes]:
@@ -102,7 +102,7 @@ def figures(d: ReportData) -> dict[str, bytes]:
     ax.barh(names, pnl, color=[GREEN if v > 0 else RED for v in pnl])
     ax.axvline(0, color="#444", linewidth=0.8)
     ax.set_title("Realized P&L per market (KRW, closed trades)", loc="left", fontsize=11)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.tick_params(axis="y", labelsize=8)
     out["markets.png"] = _png(fig)
 
@@ -131,8 +131,7 @@ def figures(d: ReportData) -> dict[str, bytes]:
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    fig.savefig(buf, format="png")     # Agg
     return buf.getvalue()
 
 
@@ -189,7 +188,8 @@ def write_report(d: ReportData, out_dir: Path) -> Path:
 
 def heatmap_png(xs: list[float], ys: list[float], z: np.ndarray, xlabel: str, ylabel: str, title: str) -> bytes:
     """A heat map of ``z[len(ys), len(xs)]`` (% values, NaN = not run), each cell labelled, diverging at 0."""
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.62 * len(xs) + 2.2), max(3.0, 0.42 * len(ys) + 1.4)), dpi=110)
+    fig = Figure(figsize=(max(5.0, 0.62 * len(xs) + 2.2), max(3.0, 0.42 * len(ys) + 1.4)), dpi=110)
+    ax = fig.subplots()
     lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
     im = ax.imshow(z, cmap="RdYlGn", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
     ax.set_xticks(range(len(xs)), [f"{x:g}" for x in xs])
@@ -208,7 +208,7 @@ def overlay_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) ->
     fig, ax = _fig(height=3.6)
     for i, (name, (t, eq)) in enumerate(curves.items()):
         ax.plot(_dates(t), eq, linewidth=1.4 if name != "buy and hold" else 1.1,
-                color=GREY if name == "buy and hold" else plt.get_cmap("tab10")(i), label=name)
+                color=GREY if name == "buy and hold" else colormaps["tab10"](i), label=name)
     ax.set_title(title, loc="left", fontsize=11)
     ax.legend(frameon=False, loc="best")
     _time_axis(ax)

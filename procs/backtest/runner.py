@@ -58,6 +58,8 @@ class BacktestSpec:
     #: ARM the engine again at each new KST day after a risk limit disarmed it (an operator's ARM); without it
     #: the engine stays DISARMED after a trip, as the trader does until someone ARMs it
     rearm: bool = False
+    #: where parsed candles are kept between runs (:func:`~procs.market.tape.load_source_candles`); None: parse
+    cache_dir: Path | None = None
 
 
 #: the columns of a closed position a backtest reports (``trades.csv``)
@@ -107,11 +109,15 @@ class _Universe:
         interval = int(cfg.rank_interval_s * 1000)
         first = min(max(known) if len(known) == len(firsts) and known else 2**62,
                     (min(known) if known else 0) + interval)
-        times, i = [], int(np.searchsorted(all_ts, first))
-        while i < len(all_ts):                          # the first trade at or after each due time
-            times.append(int(all_ts[i]))
-            i = int(np.searchsorted(all_ts, all_ts[i] + max(interval, 1)))
-        self.times = np.array(times, dtype=np.int64)
+        # the first trade at or after each due time: from each trade, the trade one interval later (at once),
+        # then followed from the first ranking
+        after = np.searchsorted(all_ts, all_ts + max(interval, 1)).tolist()
+        picked, i, n_ts = [], int(np.searchsorted(all_ts, first)), len(all_ts)
+        while i < n_ts:
+            picked.append(i)
+            i = after[i]
+        times = all_ts[picked].astype(np.int64)
+        self.times = times
         self.value = np.zeros((len(times), len(self.names)))
         self.traded = np.zeros((len(times), len(self.names)), bool)
         for j, m in enumerate(self.names):
@@ -122,17 +128,32 @@ class _Universe:
             lo = np.searchsorted(ts, self.times - 86_400_000, side="right")
             self.value[:, j] = cum[hi] - cum[lo]
             self.traded[:, j] = hi > 0
+        # the rankings whose top N (as a set) is the one before: when the members are that top N, TopN would
+        # change nothing, so those rankings are skipped (most of them)
+        k_n = len(self.names)
+        intop = np.zeros((len(times), k_n), bool)
+        if len(times) and k_n:
+            masked = np.where(self.traded, self.value, -np.inf)
+            order = np.argsort(-masked, axis=1, kind="stable")[:, :cfg.top_n]    # ties: market order, as sorted()
+            intop[np.arange(len(times))[:, None], order] = True
+            intop &= self.traded
+        self.intop = intop
+        self.same = np.r_[False, (intop[1:] == intop[:-1]).all(axis=1)] if len(times) else np.zeros(0, bool)
+        self.members: set[str] = set()
+        self.steady = False
         self.k = 0
-        self.next_ms = int(self.times[0]) if len(times) else 2**62
 
     def rank(self, t_ms: int) -> set[str]:
-        """The tradable set at ranking time ``t_ms`` (the trade at ``t_ms`` included)."""
+        """The tradable set at the next ranking (due at trade time ``t_ms``, that trade included)."""
         k = self.k
         self.k += 1
-        self.next_ms = int(self.times[self.k]) if self.k < len(self.times) else 2**62
+        if self.steady and self.same[k]:
+            return self.members
         row, ok = self.value[k], self.traded[k]
         ranked = [self.names[j] for j in sorted(np.flatnonzero(ok).tolist(), key=lambda j: -row[j])]
-        return set(self.top.update(ranked, t_ms / 1000))
+        self.members = set(self.top.update(ranked, t_ms / 1000))
+        self.steady = self.members == {self.names[j] for j in np.flatnonzero(self.intop[k]).tolist()}
+        return self.members
 
 
 def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, indicators: IndicatorConfig | None = None,
@@ -152,7 +173,8 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     if path.exists():
         raise FileExistsError(f"{path} exists: a backtest writes a new directory")
     if tape is None:
-        tape = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+        tape = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s,
+                                spec.cache_dir)
     tr = tape.trades
     by_market = np.argsort(tr["market"], kind="stable")      # each market's trades, in time order
     cuts = np.searchsorted(tr["market"][by_market], np.arange(len(tape.markets) + 1))
@@ -163,60 +185,92 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     except FileNotFoundError:
         flags = {}
     universe = _Universe(tape, rows, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
-    clock = [0]
+    clock = [0]     # market ms of a ranking being applied (before its trade reaches the engine)
     ledger = Ledger(path, durable=False)    # a result, not an account: no fsync per commit
-    engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)),
-                    wall_ns=lambda: clock[0] * 1_000_000, run_id="backtest")
+    engine: Engine | None = None
+
+    def wall_ns() -> int:     # market time is the backtest's clock
+        return max(clock[0], engine.market_ms if engine is not None else 0) * 1_000_000
+    engine = Engine(trader, ledger, PaperBroker(FillModel(trader.fee_rate, trader.slippage_pct)), wall_ns=wall_ns,
+                    run_id="backtest")
     if engine.mode != ARMED:   # a backtest trades (a new ledger starts DISARMED without arm_on_start)
         engine.arm("backtest", "backtest")
     sets = {m: IndicatorSet(**ind_cfg.periods()) for m in spec.markets}
-    prev: dict[str, dict | None] = dict.fromkeys(spec.markets)
+    # a market's indicators are computed when the engine acts on its close (Engine.acts_on_close): until then
+    # its closes wait here and are folded in order when it does — the same values, for the markets that matter
+    pending: dict[str, list[float]] = {m: [] for m in spec.markets}
+    last: dict[str, tuple | None] = dict.fromkeys(spec.markets)     # values at the newest folded close
+    seen: dict[str, bool] = dict.fromkeys(spec.markets, False)       # a close before this one
     tf_ms = tf_s * 1000
     n = len(tr)
     ts_np = tr["ts"].astype(np.int64)
     bucket = ts_np - ts_np % tf_ms
-    # what happens at each trade, worked out from the tape at once (it depends on the tape only):
-    # an equity sample before trade i when its bucket is past the previous trade's (any market) ...
+    # what happens at each trade, worked out from the tape at once (it depends on the tape only): before
+    # trade i, an equity sample when its bucket is past the previous trade's (any market) ...
     mark = np.zeros(n, bool)
     mark[1:] = bucket[1:] != bucket[:-1]
-    # ... and, after trade i, the close of its market's previous candle when i is the first trade of a new one
-    close_at: dict[int, tuple[int, float]] = {}
+    # ... and a ranking when one is due; after it, the close of its market's previous candle when i is the
+    # first trade of a new one
+    rank_at = np.zeros(n, bool)
+    rank_at[np.searchsorted(ts_np, universe.times)] = True
+    firsts, befores = [], []
     for idx in rows.values():
         new = np.flatnonzero(bucket[idx[1:]] != bucket[idx[:-1]]) + 1
-        for i, before in zip(idx[new].tolist(), idx[new - 1].tolist(), strict=True):
-            close_at[i] = (int(bucket[before]), float(tr["price"][before]))
+        firsts.append(idx[new])
+        befores.append(idx[new - 1])
+    first, before = (np.concatenate(firsts), np.concatenate(befores)) if firsts else (np.zeros(0, int),) * 2
+    close_at: dict[int, tuple[int, float]] = dict(zip(first.tolist(), zip(
+        bucket[before].tolist(), tr["price"][before].tolist(), strict=True), strict=True))
+    event = mark | rank_at
+    event[first] = True
+    event[::50_000] = True                    # progress
+    if spec.rearm:
+        event[:] = True
     equity: list[tuple] = []
     day = engine.day
-    ts_all, price_all, vol_all = ts_np.tolist(), tr["price"].tolist(), tr["volume"].tolist()
-    names_all = [tape.markets[j] for j in tr["market"].tolist()]
-    seq_all, mark_all, b_all = tr["seq_id"].tolist(), mark.tolist(), bucket.tolist()
     on_trade, on_close, rearm = engine.on_trade, engine.on_candle_close, spec.rearm
-    for lo in range(0, n, 50_000):
-        for i in range(lo, min(n, lo + 50_000)):
-            ts = ts_all[i]
+    b_all, mark_all, rank_all = bucket.tolist(), mark.tolist(), rank_at.tolist()
+    for i, m, ts, price, vol, sid, ev in zip(range(n), [tape.markets[j] for j in tr["market"].tolist()],
+                                             ts_np.tolist(), tr["price"].tolist(), tr["volume"].tolist(),
+                                             tr["seq_id"].tolist(), event.tolist()):
+        if not ev:                # most trades: nothing but the trade
+            on_trade(m, ts, price, vol, sid)
+            continue
+        if mark_all[i]:           # an equity sample at the timeframe boundary just passed
+            eq = engine.equity
+            equity.append(((b_all[i - 1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))
+        if rank_all[i]:
             clock[0] = ts
-            if mark_all[i]:       # an equity sample at the timeframe boundary just passed
-                eq = engine.equity
-                equity.append(((b_all[i - 1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))
-            if ts >= universe.next_ms:
-                ranked = universe.rank(ts)
-                if ranked != engine.tradable:
-                    engine.on_universe(ranked)
-            m = names_all[i]
-            on_trade(m, ts, price_all[i], vol_all[i], seq_all[i])
-            if rearm:
-                if engine.mode == DISARMED and engine.day != day:
-                    with contextlib.suppress(Refused):
-                        engine.arm("backtest", f"--rearm: a new KST day ({engine.day})")
-                day = engine.day
-            c = close_at.get(i)
-            if c is not None:     # this trade closed its market's candle before it
-                cur = dict(zip(COLUMNS, sets[m].update(c[1]), strict=True))
-                if prev[m] is not None:
-                    on_close(m, c[0] // 1000, c[1], prev[m], cur)
-                prev[m] = cur
-        if progress is not None:
-            progress(min(n, lo + 50_000), n)
+            ranked = universe.rank(ts)
+            if ranked != engine.tradable:
+                engine.on_universe(ranked)
+        if progress is not None and not i % 50_000:
+            progress(i, n)
+        on_trade(m, ts, price, vol, sid)
+        if rearm:
+            if engine.mode == DISARMED and engine.day != day:
+                with contextlib.suppress(Refused):
+                    engine.arm("backtest", f"--rearm: a new KST day ({engine.day})")
+            day = engine.day
+        c = close_at.get(i)
+        if c is not None:         # this trade closed its market's candle before it
+            if not engine.acts_on_close(m):
+                pending[m].append(c[1])
+                if seen[m]:
+                    engine.decisions += 1     # all on_candle_close would have done
+                seen[m] = True
+                continue
+            ind, before = sets[m], last[m]
+            for x in pending[m]:
+                before = ind.update(x)
+            pending[m].clear()
+            now = last[m] = ind.update(c[1])
+            if before is not None:    # a market's first candle has none before it: not evaluated
+                on_close(m, c[0] // 1000, c[1], dict(zip(COLUMNS, before, strict=True)),
+                         dict(zip(COLUMNS, now, strict=True)))
+            seen[m] = True
+    if progress is not None:
+        progress(n, n)
     if n:
         eq = engine.equity
         equity.append(((b_all[-1] + tf_ms) // 1000, eq, engine.cash, eq - engine.cash))

@@ -62,7 +62,8 @@ def prepare_tapes(specs: list[BacktestSpec]) -> None:
     """Build the tape of each window not built yet, from one read of the data, for the runs that follow."""
     todo = [s for s in specs if s not in _TAPES]
     if todo:
-        whole = ReplayTape.build(todo[0].data_dir, list(todo[0].markets), todo[0].trades_per_candle)
+        whole = ReplayTape.build(todo[0].data_dir, list(todo[0].markets), todo[0].trades_per_candle,
+                                 cache_dir=todo[0].cache_dir)
         for s in todo:
             _TAPES[s] = whole.window(s.start_s, s.end_s)
 
@@ -109,7 +110,8 @@ def sweep_jobs(spec: BacktestSpec, base: TraderConfig, grid_points: list[dict], 
     the strategy's validation refuses ``(i, why)``."""
     halves = [("all", spec)]
     if split is not None:
-        whole = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s)
+        whole = ReplayTape.build(spec.data_dir, list(spec.markets), spec.trades_per_candle, spec.start_s, spec.end_s,
+                                 spec.cache_dir)
         lo, hi = whole.span_s()
         mid = lo + int((hi - lo) * split) // 86_400 * 86_400     # on a UTC day boundary
         halves = [("in", replace(spec, start_s=lo, end_s=mid)), ("out", replace(spec, start_s=mid, end_s=hi))]

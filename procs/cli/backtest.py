@@ -84,7 +84,8 @@ def cmd_backtest(args, cfg: Config, sup) -> int:
         if not markets:
             raise ValueError(f"no market: {data / 'minute30'} has no KRW-*.csv(.gz)")
         spec = BacktestSpec(markets, data, day_s(args.start), day_s(args.end), args.timeframe or cfg.signal_timeframe,
-                            trades_per_candle=cfg.exchange.trades_per_candle, rearm=args.rearm)
+                            trades_per_candle=cfg.exchange.trades_per_candle, rearm=args.rearm,
+                            cache_dir=ROOT / "run" / "cache" / "candles")
     except ValueError as e:
         print(f"smtm backtest: {e}", file=sys.stderr)
         return 2

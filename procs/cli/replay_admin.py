@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import sys
 
-import requests
-
 from ..runtime.config import Config
 from ..runtime.endpoints import EndpointUnavailable, lookup
 from .supervisor import Supervisor
@@ -15,6 +13,7 @@ def _admin(cfg: Config, method: str, path: str, body: dict | None = None):
         url = lookup(cfg.run_dir, "exchange").http + path
     except EndpointUnavailable as e:
         raise SystemExit(f"replay exchange of instance {cfg.instance!r}: {e}") from None
+    import requests  # only the replay commands pay for it (30 ms), not every smtm command
     try:
         r = requests.request(method, url, json=body, timeout=5)
     except requests.RequestException as e:

@@ -43,13 +43,16 @@ def macd_above(prev: dict, cur: dict, close, rsi_max: float):
 
 
 RULES = {"macd_cross": macd_cross, "macd_cross_rsi_bb": macd_cross_rsi_bb, "macd_above": macd_above}
-NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")  #: indicator columns the rules read
+NEEDED = ("macd", "macd_signal", "rsi", "bb_lower")  #: indicator columns the rules read (:func:`complete`)
 
 
 def complete(prev: dict, cur: dict):
     """Elementwise: every column a rule reads is known (not NaN) on both candles."""
-    if all(type(d[k]) is float for d in (prev, cur) for k in NEEDED):   # one candle (the engine): no numpy
-        return not any(math.isnan(d[k]) for d in (prev, cur) for k in NEEDED)
+    a, b, c, d = prev["macd"], prev["macd_signal"], prev["rsi"], prev["bb_lower"]
+    e, f, g, h = cur["macd"], cur["macd_signal"], cur["rsi"], cur["bb_lower"]
+    if type(a) is type(b) is type(c) is type(d) is type(e) is type(f) is type(g) is type(h) is float:
+        # one candle (the engine, once per close): plain floats, no numpy; x == x is False for NaN only
+        return a == a and b == b and c == c and d == d and e == e and f == f and g == g and h == h
     ok = True
     for k in NEEDED:
         ok = ok & ~np.isnan(prev[k]) & ~np.isnan(cur[k])
@@ -61,7 +64,7 @@ def fired(rules: tuple[str, ...], prev: dict, cur: dict, close, rsi_max: float):
     rule's name or "", for arrays an array of names ("" where none fires). The first rule in
     ``rules`` wins."""
     ok = complete(prev, cur)
-    if np.ndim(close) == 0:
+    if type(close) is float or np.ndim(close) == 0:
         return next((name for name in rules if ok and RULES[name](prev, cur, close, rsi_max)), "")
     out = np.full(np.shape(close), "", dtype=object)
     for name in reversed(rules):

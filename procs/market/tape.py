@@ -26,9 +26,11 @@ belong to the next candle).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,11 +58,34 @@ def parse_utc(s: str) -> int:
         else int(datetime.fromisoformat(s).timestamp())
 
 
-def load_source_candles(path: Path) -> tuple[str, np.ndarray]:
+def load_source_candles(path: Path, cache_dir: Path | None = None) -> tuple[str, np.ndarray]:
     """Read one raw Upbit minute-candle CSV(.gz). Returns ``(market, candles)`` oldest first.
 
-    Raises ValueError for a file with more than one market or a row failing OHLC order.
+    ``cache_dir``: keep the parsed candles there (``.npz``, named after the file, its size and its
+    modification time, so an edited file is parsed again) and read them from there next time — 40 markets'
+    CSVs take 0.4 s to parse, their cache 15 ms. Raises ValueError for a file with more than one market or a
+    row failing OHLC order.
     """
+    path = Path(path)
+    if cache_dir is None:
+        return _parse_source_candles(path)
+    st = path.stat()
+    cached = Path(cache_dir) / f"{path.name}.{st.st_size}.{st.st_mtime_ns}.npz"
+    try:
+        with np.load(cached) as z:
+            return str(z["market"]), z["candles"]
+    except (OSError, KeyError, ValueError):
+        pass
+    market, out = _parse_source_candles(path)
+    with contextlib.suppress(OSError):      # a cache that cannot be written is only slower
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, market=np.array(market), candles=out)
+        os.replace(tmp, cached)
+    return market, out
+
+
+def _parse_source_candles(path: Path) -> tuple[str, np.ndarray]:
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", newline="") as f:
         reader = csv.reader(f)
@@ -96,8 +121,10 @@ def load_source_candles(path: Path) -> tuple[str, np.ndarray]:
     return markets.pop(), out
 
 
-def load_dataset(data_dir: Path, markets: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """All ``minute30/*.csv.gz`` of ``data_dir`` as {market: candles}, optionally only ``markets``.
+def load_dataset(data_dir: Path, markets: list[str] | tuple[str, ...] | None = None,
+                 cache_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """All ``minute30/*.csv.gz`` of ``data_dir`` as {market: candles}, optionally only ``markets``
+    (``cache_dir``: see :func:`load_source_candles`).
 
     Raises FileNotFoundError naming a requested market without a file.
     """
@@ -108,7 +135,7 @@ def load_dataset(data_dir: Path, markets: list[str] | tuple[str, ...] | None = N
         if markets is None or m in markets:
             if m in by_market:
                 continue  # first (shortest-named) file of a market wins
-            by_market[m] = load_source_candles(f)[1]
+            by_market[m] = load_source_candles(f, cache_dir)[1]
     if markets is not None:
         missing = [m for m in markets if m not in by_market]
         if missing:
@@ -221,10 +248,11 @@ class ReplayTape:
 
     @classmethod
     def build(cls, data_dir: Path, markets: list[str] | tuple[str, ...], k: int = 6,
-              start_s: int | None = None, end_s: int | None = None) -> ReplayTape:
+              start_s: int | None = None, end_s: int | None = None, cache_dir: Path | None = None) -> ReplayTape:
         """Trades synthesized from the bundled candles, all markets merged in time order
-        (ties: market order), optionally only candles starting in ``[start_s, end_s)``."""
-        candles = load_dataset(data_dir, markets)
+        (ties: market order), optionally only candles starting in ``[start_s, end_s)``
+        (``cache_dir``: see :func:`load_source_candles`)."""
+        candles = load_dataset(data_dir, markets, cache_dir)
         if start_s is not None or end_s is not None:
             lo, hi = start_s or 0, end_s or 2**62
             candles = {m: c[(c["t"] >= lo) & (c["t"] < hi)] for m, c in candles.items()}

@@ -184,9 +184,10 @@ class Engine(Recovery, Execution, Controls):
         with self.lock:
             self.trades_seen += 1
             rolled = False
-            if t_ms > self.market_ms or t_ms < self.market_ms - REWIND_MS:
-                if t_ms < self.market_ms:    # a replay started over under an old ledger
-                    self.note("clock", market, WARN, f"market time went back {(self.market_ms - t_ms) / 3.6e6:,.1f} h "
+            now = self.market_ms
+            if t_ms > now or t_ms < now - REWIND_MS:
+                if t_ms < now:    # a replay started over under an old ledger
+                    self.note("clock", market, WARN, f"market time went back {(now - t_ms) / 3.6e6:,.1f} h "
                                                      f"(a replay restarted): following it")
                     self._day_ends_ms = 0
                 self.market_ms = t_ms
@@ -195,8 +196,10 @@ class Engine(Recovery, Execution, Controls):
                     rolled = True
             self.last_price[market] = price
             self.trade_ms[market] = t_ms
-            for ev in self.broker.on_trade(market, t_ms, price, volume, trade_id):
-                self._apply(ev)
+            events = self.broker.on_trade(market, t_ms, price, volume, trade_id)
+            if events:
+                for ev in events:
+                    self._apply(ev)
             p = self.positions.get(market)
             if p is not None:
                 p.last_price = price
@@ -220,6 +223,12 @@ class Engine(Recovery, Execution, Controls):
                 self.account_check("reconnect")   # once no order is unknown: until then balances cannot agree
             if self.money_dirty or self.dirty:
                 self.flush()
+
+    def acts_on_close(self, market: str) -> bool:
+        """Whether :meth:`on_candle_close` of ``market`` would do more than count the decision: the market has
+        an open position, or it is tradable. (A backtest computes a market's indicators only when it does.)"""
+        p = self.positions.get(market)
+        return (p is not None and p.state == "open") or (self.tradable is not None and market in self.tradable)
 
     def on_candle_close(self, market: str, t_s: int, close: float, prev: dict, cur: dict) -> None:
         """A closed candle of the signal timeframe (start ``t_s``) with its and the previous candle's

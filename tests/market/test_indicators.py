@@ -48,3 +48,24 @@ def test_near_zero_variance_follows_talib():
     up, mid, lo = bbands(c)
     tup, tmid, tlo = talib.BBANDS(c, 20, 2.0, 2.0, 0)
     assert rel_err(up, tup) <= 1e-9 and rel_err(lo, tlo) <= 1e-9
+
+
+@pytest.mark.parametrize("periods", [{}, {"ema_fast": 5, "ema_slow": 50, "rsi_period": 30, "macd_fast": 3,
+                                          "macd_slow": 10, "macd_signal": 40, "bb_period": 60, "bb_k": 1.5}])
+def test_the_steady_state_path_equals_the_components_bit_for_bit(periods):
+    """IndicatorSet.update takes one function for all nine values once everything is seeded: the same values,
+    to the last bit, as each indicator's own update (which the TA-Lib tests above hold)."""
+    from procs.market.indicators import BBands, Ema, Macd, Rsi
+    p = {**dict(ema_fast=12, ema_slow=26, rsi_period=14, macd_fast=12, macd_slow=26, macd_signal=9, bb_period=20,
+                bb_k=2.0), **periods}
+    for market in ("KRW-BTC", "KRW-DOGE"):
+        closes = DATA[market]["c"].tolist()
+        fast, slow, r = Ema(p["ema_fast"]), Ema(p["ema_slow"]), Rsi(p["rsi_period"])
+        m, bb = Macd(p["macd_fast"], p["macd_slow"], p["macd_signal"]), BBands(p["bb_period"], p["bb_k"])
+        s = IndicatorSet(**p)
+        for c in closes:
+            up, mid, lo = bb.update(c)
+            want = (fast.update(c), slow.update(c), r.update(c), *m.update(c), mid, up, lo)
+            assert np.array_equal(s.peek(c + 1.0), s.peek(c + 1.0), equal_nan=True)   # peeking changes nothing
+            got = s.update(c)
+            assert np.array_equal(np.array(got), np.array(want), equal_nan=True), (market, c)
