@@ -21,7 +21,9 @@ from pathlib import Path
 import matplotlib.dates as mdates
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.image import imsave
 from matplotlib.ticker import FuncFormatter
 
 GREEN, RED, BLUE, GREY = "#2e9d55", "#d2453c", "#2f6fb3", "#8a8f98"
@@ -129,9 +131,12 @@ def figures(d: ReportData) -> dict[str, bytes]:
 
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
+    """The figure as PNG bytes: laid out, drawn once by Agg and encoded (``savefig`` would draw it again)."""
+    canvas = FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(buf, format="png")     # Agg
+    canvas.draw()
+    buf = io.BytesIO()
+    imsave(buf, np.asarray(canvas.buffer_rgba()), format="png", dpi=fig.dpi)
     return buf.getvalue()
 
 

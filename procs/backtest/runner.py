@@ -186,7 +186,7 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         flags = {}
     universe = _Universe(tape, rows, symbols or SymbolsConfig(top_n=len(spec.markets)), flags)
     clock = [0]     # market ms of a ranking being applied (before its trade reaches the engine)
-    ledger = Ledger(path, durable=False)    # a result, not an account: no fsync per commit
+    ledger = Ledger(path, durable=False)    # a result, not an account: one transaction, no fsync
     engine: Engine | None = None
 
     def wall_ns() -> int:     # market time is the backtest's clock

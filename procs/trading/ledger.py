@@ -100,7 +100,9 @@ class Ledger:
     until :meth:`commit`."""
 
     def __init__(self, path: Path, *, durable: bool = True):
-        """``durable=False`` (a backtest's scratch ledger only): commits are not fsync'd."""
+        """``durable=False`` (a backtest's scratch ledger only): one transaction for the whole run, committed
+        by :meth:`close` (:meth:`commit` writes what is pending into it) — a result, not an account: nothing
+        to recover after a crash, so neither an fsync nor a commit per order."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", check_same_thread=False)
@@ -108,6 +110,10 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self.db.execute("PRAGMA foreign_keys=ON")
+        self.durable = durable
+        self._meta: dict[str, str] = {}     # key -> the JSON this connection last wrote (see put)
+        self._buy_evals: list[tuple] = []   # evaluations waiting for the next commit
+        self._sell_evals: list[tuple] = []
         self.migrated_from = self._migrate()
 
     def _migrate(self) -> int:
@@ -137,9 +143,12 @@ class Ledger:
         return found
 
     def commit(self) -> None:
-        self.db.commit()
+        self._write_evals()
+        if self.durable:
+            self.db.commit()
 
     def close(self) -> None:
+        self._write_evals()
         self.db.commit()
         self.db.close()
 
@@ -149,8 +158,14 @@ class Ledger:
         return json.loads(row[0]) if row else default
 
     def put(self, key: str, value: Any) -> None:
+        """Store ``value`` (JSON) under ``key``; a value equal to the one this ledger last stored there is not
+        written again (the engine stores its risk state on every commit, and it rarely changes)."""
+        text = json.dumps(value)
+        if self._meta.get(key) == text:
+            return
         self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (key, json.dumps(value)))
+                        (key, text))
+        self._meta[key] = text
 
     def account(self) -> tuple[float, float, float] | None:
         """(cash, realized, fees) or None for a new ledger."""
@@ -216,21 +231,32 @@ class Ledger:
 
     # -- evaluations and audit -----------------------------------------------------------------------------
     def buy_evals(self, rows: list[tuple]) -> None:
-        self.db.executemany("INSERT INTO buy_eval (candle_t, market, rule, fired, decision, reason, close, macd,"
-                            " macd_signal, prev_macd, prev_signal, rsi, bb_lower, mode, wall_ns)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        """Entry evaluations: written with the next commit (or query), in order — one INSERT per batch."""
+        self._buy_evals.extend(rows)
 
     def sell_evals(self, rows: list[tuple]) -> None:
-        self.db.executemany("INSERT INTO sell_eval (t_ms, market, position_id, trigger, price, tp, sl, macd,"
-                            " macd_signal, exit_reason, decision, mode, wall_ns)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        """Exit evaluations: written with the next commit (or query), in order."""
+        self._sell_evals.extend(rows)
+
+    def _write_evals(self) -> None:
+        if self._buy_evals:
+            self.db.executemany("INSERT INTO buy_eval (candle_t, market, rule, fired, decision, reason, close, macd,"
+                                " macd_signal, prev_macd, prev_signal, rsi, bb_lower, mode, wall_ns)"
+                                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._buy_evals)
+            self._buy_evals.clear()
+        if self._sell_evals:
+            self.db.executemany("INSERT INTO sell_eval (t_ms, market, position_id, trigger, price, tp, sl, macd,"
+                                " macd_signal, exit_reason, decision, mode, wall_ns)"
+                                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._sell_evals)
+            self._sell_evals.clear()
 
     def audit(self, wall_ns: int, market_ms: int, who: str, action: str, detail: str, why: str) -> None:
         self.db.execute("INSERT INTO trade_audit (wall_ns, market_ms, who, action, detail, why)"
                         " VALUES (?, ?, ?, ?, ?, ?)", (wall_ns, market_ms, who, action, detail, why))
 
     def query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        """A read-only query (reports, tests)."""
+        """A read-only query (reports, tests); sees the evaluations not committed yet."""
+        self._write_evals()
         return self.db.execute(sql, params).fetchall()
 
 
