@@ -79,10 +79,11 @@ def pytest_terminal_summary(terminalreporter):
         w(f"  {'backtest':<64} {'wall s':>7} {'work':>18}")
         for k, v in bts:
             w(f"  {k:<64} {v['wall_s']:>7.2f} {v['units']:>10,} {v['unit']}")
-        ours = next((v for k, v in bts if "ours" in k), None)
         peer = next((v for k, v in bts if "peer" in k), None)
-        if ours and peer:
-            w(f"  ratio ours / backtesting.py: {ours['wall_s'] / peer['wall_s']:.2f}x the wall time")
+        for what in ("command", "engine"):
+            ours = next((v for k, v in bts if "ours" in k and what in k), None)
+            if ours and peer:
+                w(f"  ratio ours ({what}) / backtesting.py: {ours['wall_s'] / peer['wall_s']:.2f}x the wall time")
     rtt = [(k, v) for k, v in RESULTS.items() if "rtt" in v]
     if rtt:
         _percentiles(w, "exchange API round trip, loopback", "count", rtt, ".0f")

@@ -65,7 +65,11 @@ def fired(rules: tuple[str, ...], prev: dict, cur: dict, close, rsi_max: float):
     ``rules`` wins."""
     ok = complete(prev, cur)
     if type(close) is float or np.ndim(close) == 0:
-        return next((name for name in rules if ok and RULES[name](prev, cur, close, rsi_max)), "")
+        if ok:
+            for name in rules:
+                if RULES[name](prev, cur, close, rsi_max):
+                    return name
+        return ""
     out = np.full(np.shape(close), "", dtype=object)
     for name in reversed(rules):
         out[ok & RULES[name](prev, cur, close, rsi_max)] = name

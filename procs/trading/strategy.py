@@ -48,4 +48,4 @@ def inputs(prev: dict, cur: dict, close: float) -> tuple:
     """The recorded inputs of an evaluation: (close, macd, macd_signal, prev_macd, prev_signal, rsi,
     bb_lower), NaN → None (SQL NULL)."""
     vals = (close, cur["macd"], cur["macd_signal"], prev["macd"], prev["macd_signal"], cur["rsi"], cur["bb_lower"])
-    return tuple(None if v is None or v != v else float(v) for v in vals)     # v != v: NaN
+    return tuple([None if v is None or v != v else float(v) for v in vals])     # v != v: NaN

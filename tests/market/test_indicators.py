@@ -56,8 +56,8 @@ def test_the_steady_state_path_equals_the_components_bit_for_bit(periods):
     """IndicatorSet.update takes one function for all nine values once everything is seeded: the same values,
     to the last bit, as each indicator's own update (which the TA-Lib tests above hold)."""
     from procs.market.indicators import BBands, Ema, Macd, Rsi
-    p = {**dict(ema_fast=12, ema_slow=26, rsi_period=14, macd_fast=12, macd_slow=26, macd_signal=9, bb_period=20,
-                bb_k=2.0), **periods}
+    from procs.runtime.config import IndicatorConfig
+    p = {**IndicatorConfig().periods(), **periods}
     for market in ("KRW-BTC", "KRW-DOGE"):
         closes = DATA[market]["c"].tolist()
         fast, slow, r = Ema(p["ema_fast"]), Ema(p["ema_slow"]), Rsi(p["rsi_period"])
