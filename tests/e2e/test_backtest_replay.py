@@ -84,7 +84,7 @@ top_n = {len(MARKETS)}
         env.stop_all()      # the trader commits what is left and closes its ledger
         unlink_instance(inst)
     assert health["trades_missed"] == 0
-    first_close_ms = (day_s(START) + 2 * 1800) * 1000     # the first trade of the second candle closes the first
+    first_close_ms = (day_s(START) + 2 * 1800) * 1000   # the 3rd candle's first trade closes the 2nd: the 1st evaluated
     assert env.ranked_ms < first_close_ms, "the symbol manager ranked after the first candle close"
     out = tmp_path / "backtest"
     done = subprocess.run([sys.executable, "-m", "procs.cli", "backtest", "--preset", preset, "--markets",
