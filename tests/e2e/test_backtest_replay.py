@@ -8,8 +8,8 @@ out: the run id inside order identifiers (compared by sequence number) and wall-
 
 The symbol manager ranks in market time on what the replay has sent, each time it polls (wall time); the
 backtest ranks as soon as every market has traded. So the replay runs at 60x until the trader trades all six
-markets — which must be before the first candle closes (30 s of wall time; checked) for the first
-evaluations to be the same — then as fast as its consumers keep up.
+markets — which must be before the first evaluated candle close (a minute of wall time at 60x; checked) for
+the first evaluations to be the same — then as fast as its consumers keep up.
 """
 from __future__ import annotations
 
