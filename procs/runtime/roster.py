@@ -35,8 +35,8 @@ PROGRAMS: tuple[Program, ...] = (
 STATUS_ROWS: tuple[str, ...] = tuple(p.name for p in PROGRAMS)
 
 #: producer -> the consumers it wakes after publishing (each parks on its own semaphore).
-#: Ingest wakes the trader on every trade (take-profit / stop-loss, paper fills); the indicator wakes it
-#: when a closed candle's indicator values are in (entries and the dead-cross exit).
+#: Ingest wakes the indicator and the trader on every trade (the trader takes candle closes from the trades
+#: and computes the indicators it decides on itself, so nothing else needs to wake it).
 WAKE_CONSUMERS: dict[str, tuple[str, ...]] = {"ingest": ("indicator", "trader")}
 
 

@@ -80,6 +80,7 @@ class ShmInputs:
         self._views: dict[str, tuple[RingTable, RingTable]] = {}   # SNAPSHOT.GET's rings, by timeframe
         self.missed = 0              # trades overwritten before the trader read them
         self.bucket: dict[str, int] = {}   # market -> signal-tf candle (start, ms) of its newest trade
+        self.row_market: dict[int, str] = {}   # trade row -> the market it was read for
         self.last_t: dict[str, int] = {}   # market -> start of the newest candle evaluated (Unix s)
         self.values: dict[str, _Indicators] = {}
         self.rebuilds = 0            # indicator values computed over a whole row again
@@ -98,9 +99,11 @@ class ShmInputs:
         b = self.base
         try:
             if self.trades is None:
-                self.trades = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
-                self.trade_pos = self.trades.counts().astype(np.int64)
-                self.trade_gen = self.trades.generations().astype(np.int64)
+                self.trades = tr = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
+                self.trade_gen = tr.generations().astype(np.int64)   # before the counts (see _trades)
+                self.trade_pos = tr.counts().astype(np.int64)
+                for row in np.flatnonzero(self.trade_pos).tolist():
+                    self._seed(row)
             if self.candles is None:
                 self.candles = CANDLES.open(b.instance, self.tf, b.shm.rows, b.shm.capacity)
         except (SegmentNotFound, SegmentNotReady) as e:
@@ -123,17 +126,45 @@ class ShmInputs:
         self._universe(engine)
         return self._trades(engine)
 
+    def _seed(self, row: int) -> None:
+        """Where the trader starts reading ``row`` (attach, or the row given to another market): its market's
+        candle is the one of the newest trade already on the tape, so the first trade it reads in a later
+        candle closes that one — a restarted trader evaluates the candle that was open when it stopped."""
+        tr = self.trades
+        old = self.row_market.pop(row, None)
+        if old is not None:
+            self.bucket.pop(old, None)
+        market = tr.name(row)
+        if not market:
+            return
+        self.row_market[row] = market
+        self.bucket.pop(market, None)
+        pos = int(self.trade_pos[row])
+        try:
+            recs, _ = self._patient(tr.read_range, row, max(pos - 1, 0), pos)
+        except (Overrun, SeqlockTimeout):
+            return
+        if len(recs) and tr.generation(row) == self.trade_gen[row]:
+            t_ms = int(recs["t_ms"][-1])
+            self.bucket[market] = t_ms - t_ms % self.tf_ms
+
     def _trades(self, engine: Engine) -> int:
         tr = self.trades
-        counts = tr.counts().astype(np.int64)
+        # generations before counts: a row reassigned in between shows its old generation with a count that
+        # went back, which is skipped below and read from its start next time (read the other way round, the
+        # new generation would come with the old market's count and the new market's first trades be lost)
         gens = tr.generations().astype(np.int64)
+        counts = tr.counts().astype(np.int64)
         parts: list[tuple[str, int, np.ndarray]] = []      # (market, row, records) to apply
         for row in np.flatnonzero((counts != self.trade_pos) | (gens != self.trade_gen)).tolist():
             if gens[row] != self.trade_gen[row]:      # the row changed hands: start at its end
                 self.trade_gen[row], self.trade_pos[row] = gens[row], counts[row]
-                self.bucket.pop(tr.name(row), None)
+                self._seed(row)
                 continue
-            market = tr.name(row)
+            if counts[row] < self.trade_pos[row]:     # a count never goes back within a generation: the row
+                self.trade_pos[row] = counts[row]     # changed hands while we read it (see above); its end
+                continue
+            market = self.row_market[row] = tr.name(row)
             got = self._read_trades(row, int(self.trade_pos[row]), int(counts[row]))
             if got is None or tr.generation(row) != gens[row] or not market:
                 continue
@@ -162,9 +193,10 @@ class ShmInputs:
                 continue
             recs, end = got
             keep = int(np.searchsorted(recs["recv_ns"], newest, side="right"))   # a row's records: received in order
+            self.trade_pos[row] = end - len(recs) + keep      # past what a lapped read skipped (counted once)
             if keep:
-                self.trade_pos[row] = end - len(recs) + keep
-                parts.append((tr.name(row), row, recs[:keep]))
+                market = self.row_market[row] = tr.name(row)
+                parts.append((market, row, recs[:keep]))
 
     def _apply(self, engine: Engine, parts: list) -> None:
         """Every record of ``parts`` in receive order (rows merged), each followed by the close it makes."""

@@ -145,7 +145,11 @@ class Ledger:
     def commit(self) -> None:
         self._write_evals()
         if self.durable:
-            self.db.commit()
+            try:
+                self.db.commit()
+            except sqlite3.Error:
+                self._meta.clear()     # what put() remembers may not be stored: store it again next time
+                raise
 
     def close(self) -> None:
         self._write_evals()

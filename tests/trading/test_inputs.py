@@ -156,3 +156,58 @@ def test_closes_once_by_time_even_when_a_repair_moves_indices(instance):
     inp.poll(eng)
     assert eng.closes == [("KRW-BTC", ts[4]), ("KRW-BTC", T0 + 5 * 1800)]
     assert inp.rebuilds == before + 1         # the history changed: the values are computed over it again
+
+
+def test_a_row_given_to_another_market_between_the_two_reads_loses_none_of_its_new_trades(instance):
+    """The counts and generations are read one after the other: whichever way a reassignment falls between
+    them (here the new generation with the old market's count), the row restarts at its end and the new
+    market's trades are read from there — not skipped until its count passes the old market's."""
+    inp, tr, cd = _setup(instance, markets=("KRW-BTC", "KRW-ETH"))
+    eng = Recorder()
+    _trades(tr, 0, 40)
+    assert inp.poll(eng) == 40
+    stale = inp.trades.counts()                # the old market's count, read just before ...
+    tr.reassign_row(0, "KRW-XRP")              # ... ingest gives the row to another market
+    real = inp.trades.counts
+    inp.trades.counts = lambda: stale
+    inp._gseq = (-1, -1)
+    assert inp.poll(eng) == 0
+    inp.trades.counts = real
+    inp._gseq = (-1, -1)
+    assert inp.poll(eng) == 0
+    _trades(tr, 1000, 10, t0_ms=T0 * 1000 + 60_000, recv0=500)
+    assert inp.poll(eng) == 10
+    assert eng.trades[-10:] == [("KRW-XRP", 1000 + k) for k in range(10)]
+
+
+def test_a_restarted_trader_evaluates_the_candle_that_was_open_when_it_stopped(instance):
+    inp, tr, cd = _setup(instance)
+    ts = [T0 + k * 1800 for k in range(41)]
+    _candles(cd, ts, 0)
+    _trades(tr, 0, 3, t0_ms=ts[40] * 1000 + 1000)    # candle 40 open, its trades on the tape
+    again = ShmInputs(inp.base, "30m")                # the trader restarts here
+    assert again.attach() == ""
+    eng = Recorder()
+    _candles(cd, [T0 + 41 * 1800], 41)
+    _trades(tr, 3, 1, t0_ms=(T0 + 41 * 1800) * 1000 + 1000, recv0=10)
+    assert again.poll(eng) == 1
+    assert eng.closes == [("KRW-BTC", ts[40])]       # the first trade of candle 41 closes candle 40
+    again.close()
+
+
+def test_a_lapped_row_met_by_the_second_read_is_counted_missed_once(instance):
+    inp, tr, cd = _setup(instance, markets=("KRW-BTC", "KRW-ETH"))
+    eng = Recorder()
+    _trades(tr, 0, 1, row=0, recv0=10)
+    real, reads = inp.trades.counts, []
+
+    def counts():      # the first read sees ETH's row still empty; meanwhile ingest laps it (64 kept)
+        reads.append(1)
+        return np.array([1, 0], np.uint64) if len(reads) == 1 else real()
+    inp.trades.counts = counts
+    _trades(tr, 100, 100, row=1, recv0=100)
+    assert inp.poll(eng) == 1                  # BTC's; ETH's survivors were all received after it
+    inp.trades.counts = real
+    inp._gseq = (-1, -1)
+    n = inp.poll(eng)
+    assert inp.missed == 100 - n and [i for m, i in eng.trades if m == "KRW-ETH"] == list(range(200 - n, 200))
