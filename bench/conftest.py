@@ -46,18 +46,26 @@ def pytest_terminal_summary(terminalreporter):
     end = os.getloadavg()
     w(f"  machine: {_cpu()}, {os.cpu_count()} cores; load average at start "
       f"{' '.join(f'{x:.2f}' for x in LOAD.get('start', end))}, at end {' '.join(f'{x:.2f}' for x in end)}")
-    lat = [(k, v) for k, v in RESULTS.items() if "p50_us" in v and "trades_per_s" not in v and "rtt" not in v]
-    if lat:
-        _percentiles(w, "one-way wake latency, writer -> reader process", "msgs", lat, ".1f")
-        base = RESULTS.get("ring, spin-then-park")
-        zmq = RESULTS.get("pyzmq PUB/SUB ipc://")
-        sem = RESULTS.get("ring, semaphore wake")
-        if base and zmq:
-            w(f"  ratio ZeroMQ / ring spin-then-park: p50 {zmq['p50_us'] / base['p50_us']:.1f}x, "
-              f"p99 {zmq['p99_us'] / base['p99_us']:.1f}x")
-        if sem and zmq:
-            w(f"  ratio ZeroMQ / ring semaphore:      p50 {zmq['p50_us'] / sem['p50_us']:.1f}x, "
-              f"p99 {zmq['p99_us'] / sem['p99_us']:.1f}x")
+    wake = [(k, v) for k, v in RESULTS.items() if k.endswith("]") and "p50_us" in v]
+    if wake:
+        machines = list(dict.fromkeys(k[k.rindex("[") + 1:-1] for k, _ in wake))
+        names = list(dict.fromkeys(k[:k.rindex(" [")] for k, _ in wake))
+        w("  one-way wake latency, writer -> reader process, p50 / p99 us (load average 1 min at the end of each)")
+        w(f"  {'':<36}" + "".join(f"{m:>34}" for m in machines))
+        for n in names:
+            cells = []
+            for m in machines:
+                v = RESULTS.get(f"{n} [{m}]")
+                cells.append(f"{v['p50_us']:>9.1f} / {v['p99_us']:>8.1f} (load {v.get('load1', 0):.1f})"
+                             if v else f"{'-':>34}")
+            w(f"  {n:<36}" + "".join(f"{c:>34}" for c in cells))
+        for m in machines:
+            a = RESULTS.get(f"ring, adaptive spin-then-park [{m}]")
+            z, sem = RESULTS.get(f"pyzmq PUB/SUB ipc:// [{m}]"), RESULTS.get(f"ring, semaphore wake [{m}]")
+            if a and z:
+                w(f"  {m}: ZeroMQ / adaptive ring p50 {z['p50_us'] / a['p50_us']:.1f}x, "
+                  f"p99 {z['p99_us'] / a['p99_us']:.1f}x"
+                  + (f"; adaptive / semaphore wake p50 {a['p50_us'] / sem['p50_us']:.2f}x" if sem else ""))
     cp = RESULTS.get("copy"), RESULTS.get("json")
     if all(cp):
         w(f"  200 candles: ring copy {cp[0]['median_us']:.2f} us vs json.loads {cp[1]['median_us']:.1f} us "

@@ -2,8 +2,10 @@
 
 Attaches every ``candles.<tf>`` ring read-only once ingest has created them, and keeps
 ``indicators.<tf>`` and the ``signals`` table with :mod:`procs.market.analytics`. Woken by ingest
-with the spin-then-park strategy (:mod:`shm.wake`): it spins on the global ``seq`` of the candle
-rings for ``indicator.spin_us``, then parks on its semaphore (a SIGTERM ends the park at once).
+with the adaptive spin-then-park strategy (:class:`shm.wake.PhasedWait`): it spins on the global ``seq`` of
+the candle rings for at most ``indicator.spin_us`` — as long as writes have lately been coming that soon, and
+not at all for a while after its core was taken away — then parks on its semaphore (a SIGTERM ends the park
+at once).
 Its values are for the monitor, the gateway and SNAPSHOT.GET: the trader computes the same values itself
 from the candles (:mod:`procs.trading.inputs`), so no decision waits for this process.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 from shm.segment import SegmentNotFound, SegmentNotReady
 from shm.signals import SignalsTable
 from shm.tables import CANDLES, INDICATORS
-from shm.wake import SpinThenPark, open_semaphore
+from shm.wake import PhasedWait, open_semaphore
 
 from .market.analytics import TimeframeWorker
 from .runtime.config import BaseConfig, IndicatorConfig, SignalsConfig
@@ -27,7 +29,7 @@ class IndicatorProcess(Process):
         self.cfg = cfg
         self.signals_cfg = signals
         self.workers: list[TimeframeWorker] = []
-        self.waiter = SpinThenPark(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
+        self.waiter = PhasedWait(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
                                    park_timeout_s=cfg.park_timeout_s)
 
     def _attach(self) -> bool:

@@ -9,14 +9,15 @@ sends orders to the broker (the paper broker, :mod:`~procs.trading.broker`, or t
 ``orders`` / ``timeline.trader`` tables (:class:`~procs.trading.outputs.ShmOutputs`) and answers
 commands on ``run/<instance>/trader.sock`` (:mod:`~procs.trading.server`, :mod:`~procs.trading.commands`).
 
-Woken by ingest (every trade) with the spin-then-park strategy (:mod:`shm.wake`); a new ranking of the
+Woken by ingest (every trade) with the adaptive spin-then-park strategy (:class:`shm.wake.PhasedWait`,
+``trader.spin_us`` the longest spin); a new ranking of the
 symbol manager is seen within ``trader.park_timeout_s``. Latency figures (trade received by ingest → order
 at the broker, and → every candle-close decision) are kept and shown in the status row and ENGINE.STATUS ``health``.
 """
 from __future__ import annotations
 
 from shm.status import State
-from shm.wake import SpinThenPark, open_semaphore
+from shm.wake import PhasedWait, open_semaphore
 
 from .runtime.config import BaseConfig, IndicatorConfig, TraderConfig, UpbitConfig
 from .runtime.endpoints import UpbitUrls
@@ -52,7 +53,7 @@ class TraderProcess(Process):
         self.handler = CommandHandler(self.engine, market_data=self.inputs.market_data, timeline=self._timeline,
                                       health=self._health, default_market=monitor_market, default_tf=signal_tf,
                                       timeframes=base.shm.timeframes)
-        self.waiter = SpinThenPark(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
+        self.waiter = PhasedWait(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
                                    park_timeout_s=cfg.park_timeout_s)
         self._orders_version = -1
         self._updated: dict[str, float] = {}

@@ -185,7 +185,7 @@ class IndicatorConfig(Section):
     macd_signal: Annotated[int, Field(ge=1, le=1000)] = 9
     bb_period: Period = 20
     bb_k: Annotated[float, Field(ge=0.1, le=10.0)] = 2.0          #: band width in population std devs
-    spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0  #: spin budget before parking
+    spin_us: Annotated[float, Field(ge=0.0, le=100_000.0)] = 200.0  #: longest spin before parking (adaptive)
     park_timeout_s: Annotated[float, Field(ge=0.001, le=1.0)] = 0.25  #: longest park (heartbeat period)
 
     @model_validator(mode="after")

@@ -1,0 +1,147 @@
+"""The consumers' wait strategy: the adaptive spin budget follows the waits and stops spinning when the core is
+taken away (a fake clock and semaphore), and under contention no wake-up is lost (real processes)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+
+import numpy as np
+import posix_ipc
+
+from procs.runtime.roster import STATUS_ROWS
+from shm.status import StatusRow, StatusTable
+from shm.tables import CANDLE_DTYPE, CANDLES
+from shm.wake import PhasedWait, Waker, open_semaphore
+
+
+class Clock:
+    """perf_counter_ns stand-in: each read advances 200 ns; ``jump`` makes the next read come that much later."""
+    def __init__(self):
+        self.ns, self.pending = 0, 0
+
+    def __call__(self) -> int:
+        self.ns += 200 + self.pending
+        self.pending = 0
+        return self.ns
+
+
+class Sem:
+    """A semaphore whose post arrives at ``clock.post_at`` (ns): acquire blocks until then (the clock moves)."""
+    def __init__(self, clock: Clock):
+        self.clock, self.post_at = clock, None
+
+    def acquire(self, timeout=None):
+        if self.post_at is None or (timeout is not None and timeout == 0):
+            raise posix_ipc.BusyError()
+        self.clock.ns = max(self.clock.ns, self.post_at)
+        self.post_at = None
+
+
+class Machine:
+    """The OS signals PhasedWait reads: this thread's involuntary switches, the runnable tasks."""
+    def __init__(self):
+        self.switches, self.running = 0, 1
+
+
+def _wait_for(w: PhasedWait, clock: Clock, after_ns: int, jump_at: int | None = None, machine=None,
+              switched: bool = True):
+    """One wait whose data comes ``after_ns`` after it starts (a post wakes it if it parked); ``jump_at``: the
+    thread is descheduled for 100 µs that far into the wait (by another task if ``switched``)."""
+    due = clock.ns + after_ns
+    w.sem.post_at = due
+
+    def changed():
+        if jump_at is not None and clock.ns >= due - after_ns + jump_at and not getattr(changed, "jumped", False):
+            changed.jumped = True
+            clock.pending = 100_000
+            machine.switches += switched
+        return clock.ns >= due
+    assert w.wait(changed)
+    w.sem.post_at = None
+
+
+def test_the_budget_follows_the_waits_and_spinning_stops_when_the_core_is_taken():
+    clock, machine = Clock(), Machine()
+    w = PhasedWait(Sem(clock), None, spin_us=200.0, park_timeout_s=0.5, clock=clock,
+                   switches=lambda: machine.switches, running=lambda: machine.running)
+    for _ in range(40):                       # writes every 50 µs: caught spinning
+        _wait_for(w, clock, 50_000)
+    assert w.spin_hits >= 39 and 50_000 < w.budget_ns <= 200_000
+    for _ in range(60):                       # writes every 2 ms: spinning would only burn the core
+        _wait_for(w, clock, 2_000_000)
+    assert w.budget_ns == PhasedWait.PROBE_NS and w.parks >= 55
+    for _ in range(40):                       # back to 50 µs: it learns to spin again
+        _wait_for(w, clock, 50_000)
+    assert w.budget_ns > 50_000
+    hits = w.spin_hits
+    _wait_for(w, clock, 50_000, jump_at=10_000, machine=machine, switched=False)   # the hypervisor paused it:
+    _wait_for(w, clock, 50_000)                                                    # no back-off, it spins on
+    assert w.preemptions == 0 and w.spin_hits == hits + 1
+    hits = w.spin_hits
+    _wait_for(w, clock, 50_000, jump_at=10_000, machine=machine)   # another task took the core ...
+    assert w.preemptions == 1 and w.no_spin_until > clock.ns
+    parks = w.parks
+    _wait_for(w, clock, 50_000)                      # ... so the next waits park at once (back-off 20 ms)
+    assert w.parks == parks + 1 and w.spin_hits == hits
+    for _ in range(500):                             # the back-off passes: spinning again
+        _wait_for(w, clock, 50_000)
+    assert w.spin_hits > hits
+    machine.running = 3                              # more runnable tasks than cores, and a spin misses:
+    parks, misses = w.parks, w.preemptions           # it backs off too
+    _wait_for(w, clock, 400_000)
+    assert w.preemptions == misses + 1 and w.parks == parks + 1
+
+
+def _consumer(instance, n, out):
+    st = StatusTable.writer(instance, STATUS_ROWS)
+    ring = CANDLES.open(instance, "30m", 2, 4096)
+    w = PhasedWait(open_semaphore(instance, "indicator"), StatusRow(st, "indicator"), spin_us=200.0,
+                   park_timeout_s=5.0)
+    seen, got, worst = ring.global_seq, 0, 0
+    while got < n:
+        if not w.wait(lambda: ring.global_seq != seen):   # noqa: B023 - called at once
+            break                                           # a park timed out: a wake-up was lost
+        now = time.perf_counter_ns()
+        seen = ring.global_seq
+        recs, _ = ring.read_range(0, got)
+        worst = max(worst, *(now - int(t) for t in recs["t"]))
+        got += len(recs)
+    out.put((got, worst, w.parks, w.preemptions))
+
+
+def test_no_wake_up_is_lost_under_contention(instance):
+    """A producer writes at random intervals (0-2 ms) while a CPU hog takes one of the cores; the consumer parks
+    with a 5 s timeout, so a lost wake-up would show as a wait of seconds: every write is seen, the slowest
+    well under that."""
+    ring = CANDLES.create(instance, "30m", 2, 4096)
+    ring.assign_row("KRW-BTC")
+    st = StatusTable.writer(instance, STATUS_ROWS)
+    waker = Waker(instance, st, ["indicator"])
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    n = 600
+    p = ctx.Process(target=_consumer, args=(instance, n, out), daemon=True)
+    try:
+        p.start()
+        time.sleep(0.3)
+        rng = np.random.default_rng(7)
+        rec = np.zeros(1, CANDLE_DTYPE)
+        for i in range(n):
+            time.sleep(float(rng.uniform(0, 0.002)))
+            rec["t"], rec["n"] = time.perf_counter_ns(), i
+            ring.write(0, i, rec[0])
+            ring.publish()
+            waker.wake()
+        got, worst, parks, _ = out.get(timeout=60)
+    finally:
+        hog.kill()
+        hog.wait()
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+        waker.close()
+    assert got == n and parks > 0
+    assert worst < 1e9, f"a write waited {worst / 1e9:.1f} s: a wake-up was lost"
