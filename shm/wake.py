@@ -116,12 +116,15 @@ class SpinThenPark:
 
 
 def involuntary_switches() -> int:
-    """Times the kernel switched this thread out for another runnable task (``getrusage``, ~1 µs)."""
-    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+    """Times the kernel switched this thread out for another runnable task (``getrusage``, ~1 µs; the
+    process's count where there is no per-thread one — Linux has it)."""
+    return resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)).ru_nivcsw
 
 
 def running_tasks() -> int:
-    """Runnable tasks on the machine now (``/proc/loadavg``'s fourth field), or 0 if it cannot be read."""
+    """Runnable tasks on the machine now (``/proc/loadavg``'s fourth field), or 0 if it cannot be read (not
+    Linux). In a container it counts the host's tasks, against the host's cores (``os.cpu_count``): a
+    CPU-limited container sees contention only when the host has it."""
     try:
         with open("/proc/loadavg", "rb") as f:
             return int(f.read().split()[3].split(b"/")[0])
@@ -139,9 +142,10 @@ class PhasedWait:
     for parking at once). So each wait learns from the last ones:
 
     * **how long waits last** — an exponentially weighted mean of the time from the start of a wait until the
-      data was there; the budget is 1.5x that mean (at most ``spin_us``) while the mean is under ``spin_us``
-      (a write that comes that soon is caught spinning), and a 2 µs probe once it is over twice that (an idle
-      consumer burns no core);
+      data was there (or the park timed out); the budget is 1.5x that mean while the mean is under the cap —
+      ``spin_us``, and never more than a tenth of ``park_timeout_s`` — (a write that comes that soon is caught
+      spinning), a 2 µs probe once it is over twice the cap, and in between a spin that misses halves it (an
+      idle consumer burns no core);
     * **whether spinning competes with another task** — a gap of more than 50 µs between two clock reads in
       the spin loop together with an involuntary context switch (the kernel gave the core to another task; a
       gap without one is the hypervisor or an interrupt, and spinning goes on), or a spin that missed while
@@ -173,13 +177,15 @@ class PhasedWait:
         self.max_ns = int(spin_us * 1000)
         self.park_timeout_s = park_timeout_s
         self.clock = clock
-        self.budget_ns = self.max_ns
+        # never spin longer than a tenth of a park: an idle consumer then spends at most that share of a core
+        self.cap_ns = min(self.max_ns, int(park_timeout_s * 1e8))
+        self.budget_ns = self.cap_ns
         self.mean_wait_ns = float(self.max_ns)
         self.backoff_ns = 0
         self.no_spin_until = 0
         self.parks = self.wakeups = self.spin_hits = self.preemptions = 0
-        self._nivcsw = self.switches()
-        self.cores = len(os.sched_getaffinity(0))
+        self._nivcsw, self._nivcsw_at = self.switches(), 0
+        self.cores = os.cpu_count() or 1      # the machine's, as /proc/loadavg counts the machine's tasks
         self._parker = SpinThenPark(sem, row, spin_us=0.0, park_timeout_s=park_timeout_s, clock=clock)
 
     def wait(self, changed: Callable[[], bool]) -> bool:
@@ -189,6 +195,8 @@ class PhasedWait:
         clock = self.clock
         start = now = clock()
         if self.max_ns and now >= self.no_spin_until:
+            if now - self._nivcsw_at > 1_000_000:     # switches before this spin are not this spin's
+                self._nivcsw, self._nivcsw_at = self.switches(), now
             deadline, last = now + self.budget_ns, now
             while True:
                 if changed():
@@ -203,6 +211,8 @@ class PhasedWait:
                 if now >= deadline:      # a miss: spinning may have kept the producer off this core
                     if self._crowded():
                         self._descheduled(now)
+                    elif self.mean_wait_ns >= self.cap_ns:    # waits run past what we may spin
+                        self.budget_ns = max(self.PROBE_NS, self.budget_ns // 2)
                     break
                 last = now
         p = self._parker
@@ -210,19 +220,16 @@ class PhasedWait:
         got = p.wait(changed)
         self.parks += p.parks - parks
         self.wakeups += p.wakeups - wakeups
-        if got:
-            self._learn(clock() - start)
-        else:
-            self._learn(self.park_timeout_s * 1e9)
+        self._learn(clock() - start)   # a timeout, or a stale post / a signal that ended the park early
         return got
 
     def _learn(self, waited_ns: float) -> None:
         self.mean_wait_ns += (waited_ns - self.mean_wait_ns) / 8
         m = self.mean_wait_ns
-        if m < self.max_ns:             # writes come within the budget: spin long enough to catch them
-            self.budget_ns = int(min(self.max_ns, max(self.PROBE_NS, 1.5 * m)))
-        elif m > 2 * self.max_ns:       # they come much later: spinning only burns the core
-            self.budget_ns = min(self.max_ns, self.PROBE_NS)
+        if m < self.cap_ns:             # writes come within the budget: spin long enough to catch them
+            self.budget_ns = int(min(self.cap_ns, max(self.PROBE_NS, 1.5 * m)))
+        elif m > 2 * self.cap_ns:       # they come much later: spinning only burns the core
+            self.budget_ns = min(self.cap_ns, self.PROBE_NS)
 
     def _crowded(self) -> bool:
         """More runnable tasks than cores right now (this one included): a spin that missed then took a core

@@ -2,10 +2,11 @@
 
 * :func:`parse_frame` — one WebSocket frame (bytes of UTF-8 JSON, or text; an object or a JSON
   array of objects, in DEFAULT or SIMPLE field names) → :class:`~procs.market.types.MarketEvents`.
-  A frame that is not JSON counts once as ``not_json``; a frame (or array element) that is not
-  an object counts once per frame as ``not_object``; a trade or ticker with a missing, mistyped,
-  non-finite or non-positive field counts as ``bad_trade`` / ``bad_ticker``; an unknown message
-  type as ``type:<name>``. Nothing malformed gets through.
+  A frame that is not JSON (RFC 8259, parsed by orjson: NaN, Infinity, 1e400, bad UTF-8 or a lone
+  surrogate anywhere in it make the whole frame not JSON) counts once as ``not_json``; a frame (or
+  array element) that is not an object counts once per frame as ``not_object``; a trade or ticker
+  with a missing, mistyped, non-finite or non-positive field counts as ``bad_trade`` /
+  ``bad_ticker``; an unknown message type as ``type:<name>``. Nothing malformed gets through.
 * :func:`parse_trade`, :func:`parse_ticker` — one message each, or None.
 * :func:`parse_rest_candles` — ``GET /v1/candles/minutes/{unit}`` rows → CANDLE_DTYPE records.
 
@@ -28,6 +29,7 @@ from ..market.types import MarketEvents, Ticker, Trade
 from .fields import keymap
 
 _MAX_INT = 1 << 53  # JSON integers beyond this lose precision elsewhere; Upbit's times are ~1.7e12
+_MAX_I64 = 1 << 63
 
 
 def _is_num(x) -> bool:
@@ -54,7 +56,8 @@ def parse_trade(obj: dict) -> Trade | None:
     if type(code) is not str or (tp is not float and tp is not int) or (tv is not float and tv is not int) \
             or type(ts) is not int or type(sid) is not int:
         return None
-    if not (0 < price < math.inf and 0 < vol < math.inf and 0 < ts < _MAX_INT and math.isfinite(price * vol)):
+    if not (0 < price < math.inf and 0 < vol < math.inf and 0 < ts < _MAX_INT and math.isfinite(price * vol)
+            and -_MAX_I64 <= sid < _MAX_I64):   # the trade tape holds it as int64
         return None
     ab = g("ask_bid")
     server = g("timestamp")
@@ -80,7 +83,7 @@ def parse_frame(data: bytes | str) -> MarketEvents:
     ev = MarketEvents()
     try:
         obj = orjson.loads(data)    # 1.2 µs a trade frame, json.loads 4.1 µs
-    except orjson.JSONDecodeError:  # also: bad UTF-8, NaN / Infinity literals, integers beyond 64 bits
+    except orjson.JSONDecodeError:  # also: bad UTF-8, NaN / Infinity / 1e400, a lone surrogate, a BOM
         ev.dropped.append("not_json")
         return ev
     items = obj if isinstance(obj, list) else (obj,)

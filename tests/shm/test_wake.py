@@ -34,6 +34,8 @@ class Sem:
 
     def acquire(self, timeout=None):
         if self.post_at is None or (timeout is not None and timeout == 0):
+            if timeout:
+                self.clock.ns += int(timeout * 1e9)      # nothing posted: the park times out
             raise posix_ipc.BusyError()
         self.clock.ns = max(self.clock.ns, self.post_at)
         self.post_at = None
@@ -147,3 +149,19 @@ def test_no_wake_up_is_lost_under_contention(instance):
         waker.close()
     assert got == n and parks > 0
     assert worst < 1e9, f"a write waited {worst / 1e9:.1f} s: a wake-up was lost"
+
+
+def test_an_idle_consumer_stops_spinning_whatever_the_settings():
+    """No write comes: with a long spin allowed and a park not much longer, the budget still shrinks to the probe
+    (it never spins longer than a tenth of a park, and a miss halves it while waits run past the budget)."""
+    for spin_us, park_s in ((100_000.0, 0.05), (100_000.0, 0.15), (200.0, 0.25)):
+        clock = Clock()
+        w = PhasedWait(Sem(clock), None, spin_us=spin_us, park_timeout_s=park_s, clock=clock,
+                       switches=lambda: 0, running=lambda: 1)
+        spun = []
+        for _ in range(40):
+            t0 = clock.ns
+            assert not w.wait(lambda: False)
+            spun.append(clock.ns - t0 - int(park_s * 1e9))
+        assert w.budget_ns == PhasedWait.PROBE_NS, (spin_us, park_s)
+        assert max(spun) <= park_s * 1e8 + 1_000 and spun[-1] <= PhasedWait.PROBE_NS + 1_000
