@@ -60,12 +60,7 @@ class SpinThenPark:
     """
 
     def __init__(self, sem: posix_ipc.Semaphore, row: StatusRow | None, spin_us: float = 200.0,
-                 park_timeout_s: float = 0.5, clock: Callable[[], int] = time.perf_counter_ns,
-                 switches: Callable[[], int] | None = None, running: Callable[[], int] | None = None):
-        """``switches``: this thread's involuntary context switches so far; ``running``: runnable tasks on the
-        machine now — the OS's by default (tests inject their own, with ``clock``)."""
-        self.switches = switches or involuntary_switches
-        self.running = running or running_tasks
+                 park_timeout_s: float = 0.5, clock: Callable[[], int] = time.perf_counter_ns):
         self.sem = sem
         self.row = row
         self.spin_ns = int(spin_us * 1000)
@@ -84,6 +79,11 @@ class SpinThenPark:
             while self.clock() < deadline:
                 if changed():
                     return True
+        return self._park(changed)
+
+    def _park(self, changed: Callable[[], bool]) -> bool:
+        """Block on the semaphore until a post, the park timeout or a signal (the parked flag set, a full
+        fence and ``changed()`` checked again first, so no write is missed); returns ``changed()``."""
         self._set_parked(True)
         full_fence()
         try:
@@ -132,7 +132,7 @@ def running_tasks() -> int:
         return 0
 
 
-class PhasedWait:
+class PhasedWait(SpinThenPark):
     """Consumer side, the strategy the processes use: spin, then park — the spin budget adapted to whether
     spinning pays (the LMAX Disruptor's phased back-off; Linux's adaptive mutexes).
 
@@ -157,7 +157,7 @@ class PhasedWait:
     No ``sched_yield`` phase between the two: measured here, a consumer that yields to a producer that is
     busy on the same core gets the core back only after the producer's time slice (p50 1.9 ms with a CPU hog
     on the other core), while a parked consumer is woken by the post at once (CFS favours a task that has
-    been sleeping). The park itself is :class:`SpinThenPark`'s (flag, fence, re-check, timed block): no wake-up is lost.
+    been sleeping). The park is :meth:`SpinThenPark._park` (flag, fence, re-check, timed block): no wake-up is lost.
     Counters: ``parks``, ``wakeups``, ``spin_hits``, ``preemptions``; ``budget_ns`` is the current budget.
     """
 
@@ -170,23 +170,19 @@ class PhasedWait:
                  switches: Callable[[], int] | None = None, running: Callable[[], int] | None = None):
         """``switches``: this thread's involuntary context switches so far; ``running``: runnable tasks on the
         machine now — the OS's by default (tests inject their own, with ``clock``)."""
+        super().__init__(sem, row, spin_us=spin_us, park_timeout_s=park_timeout_s, clock=clock)
         self.switches = switches or involuntary_switches
         self.running = running or running_tasks
-        self.sem = sem
-        self.row = row
-        self.max_ns = int(spin_us * 1000)
-        self.park_timeout_s = park_timeout_s
-        self.clock = clock
+        self.max_ns = self.spin_ns
         # never spin longer than a tenth of a park: an idle consumer then spends at most that share of a core
         self.cap_ns = min(self.max_ns, int(park_timeout_s * 1e8))
         self.budget_ns = self.cap_ns
         self.mean_wait_ns = float(self.max_ns)
         self.backoff_ns = 0
         self.no_spin_until = 0
-        self.parks = self.wakeups = self.spin_hits = self.preemptions = 0
+        self.spin_hits = self.preemptions = 0
         self._nivcsw, self._nivcsw_at = self.switches(), 0
         self.cores = os.cpu_count() or 1      # the machine's, as /proc/loadavg counts the machine's tasks
-        self._parker = SpinThenPark(sem, row, spin_us=0.0, park_timeout_s=park_timeout_s, clock=clock)
 
     def wait(self, changed: Callable[[], bool]) -> bool:
         """Return True as soon as ``changed()`` holds, False after one park timeout (or a signal)."""
@@ -215,11 +211,7 @@ class PhasedWait:
                         self.budget_ns = max(self.PROBE_NS, self.budget_ns // 2)
                     break
                 last = now
-        p = self._parker
-        parks, wakeups = p.parks, p.wakeups
-        got = p.wait(changed)
-        self.parks += p.parks - parks
-        self.wakeups += p.wakeups - wakeups
+        got = self._park(changed)
         self._learn(clock() - start)   # a timeout, or a stale post / a signal that ended the park early
         return got
 

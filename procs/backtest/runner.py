@@ -200,7 +200,6 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
     # its closes wait here and are folded in order when it does — the same values, for the markets that matter
     pending: dict[str, list[float]] = {m: [] for m in spec.markets}
     last: dict[str, tuple | None] = dict.fromkeys(spec.markets)     # values at the newest folded close
-    seen: dict[str, bool] = dict.fromkeys(spec.markets, False)       # a close before this one
     tf_ms = tf_s * 1000
     n = len(tr)
     ts_np = tr["ts"].astype(np.int64)
@@ -255,10 +254,9 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
         c = close_at.get(i)
         if c is not None:         # this trade closed its market's candle before it
             if not engine.acts_on_close(m):
+                if last[m] is not None or pending[m]:   # not the market's first candle:
+                    engine.decisions += 1               # all on_candle_close would have done
                 pending[m].append(c[1])
-                if seen[m]:
-                    engine.decisions += 1     # all on_candle_close would have done
-                seen[m] = True
                 continue
             ind, before = sets[m], last[m]
             for x in pending[m]:
@@ -268,7 +266,6 @@ def run_backtest(spec: BacktestSpec, trader: TraderConfig, out_dir: Path, *, ind
             if before is not None:    # a market's first candle has none before it: not evaluated
                 on_close(m, c[0] // 1000, c[1], dict(zip(COLUMNS, before, strict=True)),
                          dict(zip(COLUMNS, now, strict=True)))
-            seen[m] = True
     if progress is not None:
         progress(n, n)
     if n:

@@ -60,11 +60,12 @@ _TAPES: dict[BacktestSpec, ReplayTape] = {}
 
 def prepare_tapes(specs: list[BacktestSpec]) -> None:
     """Build the tape of each window not built yet, from one read of the data, for the runs that follow."""
-    todo = [s for s in specs if s not in _TAPES]
-    if todo:
-        whole = ReplayTape.build(todo[0].data_dir, list(todo[0].markets), todo[0].trades_per_candle,
-                                 cache_dir=todo[0].cache_dir)
-        for s in todo:
+    missing = [s for s in specs if s not in _TAPES]
+    if missing:
+        first = missing[0]
+        whole = ReplayTape.build(first.data_dir, list(first.markets), first.trades_per_candle,
+                                 cache_dir=first.cache_dir)
+        for s in missing:
             _TAPES[s] = whole.window(s.start_s, s.end_s)
 
 

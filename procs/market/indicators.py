@@ -88,6 +88,18 @@ TA_EPSILON = 1e-14
 
 
 # -- RSI ---------------------------------------------------------------------------------------
+def _wilder(gain: float, loss: float, d: float, p: int) -> tuple[float, float]:
+    """One step of Wilder's smoothing of the mean gain and loss (``avg = (avg*(p-1) + x)/p``, TA-Lib's order)
+    for a close-to-close change ``d``."""
+    loss *= (p - 1)
+    gain *= (p - 1)
+    if d < 0:
+        loss -= d
+    else:
+        gain += d
+    return gain / p, loss / p
+
+
 def _rsi_value(gain: float, loss: float) -> float:
     s = gain + loss
     return 100.0 * (gain / s) if not (-TA_EPSILON < s < TA_EPSILON) else 0.0
@@ -127,14 +139,7 @@ class Rsi:
                 gain /= p
             out = _rsi_value(gain, loss) if n == p + 1 else NAN
         else:
-            loss *= (p - 1)
-            gain *= (p - 1)
-            if d < 0:
-                loss -= d
-            else:
-                gain += d
-            loss /= p
-            gain /= p
+            gain, loss = _wilder(gain, loss, d, p)
             out = _rsi_value(gain, loss)
         if commit:
             self.n, self.prev, self.gain, self.loss = n, close, gain, loss
@@ -315,15 +320,7 @@ class IndicatorSet:
         es.n += 1
         slow = es.value = es.value + es.k * (close - es.value)
         # RSI: Wilder smoothing
-        p = r.period
-        d = close - r.prev
-        loss, gain = r.loss * (p - 1), r.gain * (p - 1)
-        if d < 0:
-            loss -= d
-        else:
-            gain += d
-        loss /= p
-        gain /= p
+        gain, loss = _wilder(r.gain, r.loss, close - r.prev, r.period)
         r.n += 1
         r.prev, r.gain, r.loss = close, gain, loss
         rsi = _rsi_value(gain, loss)
