@@ -12,8 +12,11 @@ DEBS   := libgl1 libegl1 libegl-mesa0 libgl1-mesa-dri libfontconfig1 libfreetype
           libglib2.0-0 libdbus-1-3 libxkbcommon0 libxkbcommon-x11-0 xvfb xauth \
           libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
           libxcb-shape0 libxcb-xkb1 chromium chromium-driver
+# What `make bench` needs besides: redis-server for the Redis Streams peer of the wake-latency benchmark
+# (the benchmark starts and stops its own server; it skips that peer when redis-server is missing).
+BENCH_DEBS := redis-server
 
-.PHONY: run stop status test lint bench chaos debs venv dev clean
+.PHONY: run stop status test lint bench chaos debs bench-debs venv dev clean
 
 $(BIN)/smtm: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
@@ -31,6 +34,17 @@ dev: $(VENV)/.dev
 
 debs:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "warning: missing Debian packages (install as root): $$missing" >&2; \
+	fi
+
+bench-debs:
+	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages: $$missing"; \
@@ -64,8 +78,8 @@ CHAOS_N ?= 100
 chaos: dev
 	SMTM_CHAOS_N=$(CHAOS_N) $(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout 3600 tests/e2e/test_crash_campaign.py
 
-bench: dev debs
-	$(BIN)/python -m pytest -q bench --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
+bench: dev debs bench-debs
+	$(BIN)/python -m pytest -q bench --bench-report bench/report --benchmark-columns=min,median,mean,max,rounds --benchmark-sort=name
 
 clean:
 	-$(BIN)/smtm down

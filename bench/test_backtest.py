@@ -74,7 +74,7 @@ def test_ours_command_40_markets(benchmark, one_core, tmp_path):
         shutil.rmtree(out)
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     RESULTS["backtest, ours: the smtm backtest command (40 markets, whole portfolio)"] = {
-        "wall_s": min(walls), "units": 1_035_702, "unit": "trades"}
+        "wall_s": min(walls), "units": 1_035_702, "unit": "trades", "group": "backtest"}
 
 
 def test_ours_40_markets(benchmark, one_core):
@@ -91,7 +91,7 @@ def test_ours_40_markets(benchmark, one_core):
         shutil.rmtree(r.out_dir.parent)
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     RESULTS["backtest, ours: the engine (40 markets, whole portfolio, trade by trade)"] = {
-        "wall_s": min(out["wall"]), "units": out["trades"], "unit": "trades"}
+        "wall_s": min(out["wall"]), "units": out["trades"], "unit": "trades", "group": "backtest"}
 
 
 def test_peer_backtesting_py_40_markets(benchmark, one_core):
@@ -130,5 +130,5 @@ def test_peer_backtesting_py_40_markets(benchmark, one_core):
         walls.append(time.perf_counter() - t0)
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     RESULTS["backtest, peer backtesting.py 0.6.6 (40 markets, one at a time)"] = {
-        "wall_s": min(walls), "units": candles, "unit": "candles"}
+        "wall_s": min(walls), "units": candles, "unit": "candles", "group": "backtest"}
     assert np.isfinite(min(walls))

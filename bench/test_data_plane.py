@@ -1,25 +1,45 @@
 """Data-plane benchmarks (pytest-benchmark). Ratios are against a peer measured in the same run.
 
-* One-way wake latency writer → reader process, 64-byte candle record, one message every
-  200 µs: ring + the adaptive spin-then-park the processes use (:class:`shm.wake.PhasedWait`),
-  ring + a fixed 200 µs spin then park, ring + plain semaphore wake (park at once), and pyzmq
-  PUB/SUB over ``ipc://`` — each on the machine as it is and with a CPU hog pinned to one of
-  its cores. The writer stamps CLOCK_MONOTONIC ns into the record; the reader subtracts on
-  receipt (the clock is system-wide on Linux).
-* A reader's copy of the last 200 candles out of the ring vs ``json.loads`` of the same
-  200 candles in Upbit's REST shape.
-* CPU burnt by a consumer waiting on an idle ring: spin-then-park vs pure spinning.
+* One-way wake latency writer → reader process of the 64-byte candle record (:data:`CANDLE_DTYPE`), one message
+  every 200 µs, ``N_MSGS`` measured messages (``SMTM_BENCH_N``, default 5000), each transport on the machine as it
+  is and with a CPU hog pinned to one of its cores (group ``wake``):
+
+  - ring + the adaptive spin-then-park the processes use (:class:`shm.wake.PhasedWait`), ring + a fixed 200 µs
+    spin then park, ring + plain semaphore wake (park at once);
+  - pyzmq PUB/SUB over ``ipc://`` with the record's 64 raw bytes, and the same with the record as a JSON object
+    (field name → value), encoded with **orjson** and decoded with orjson on receipt (the stamp is taken from the
+    decoded object, after the decode);
+  - ``multiprocessing.Queue`` (spawn context) carrying the record's 64 bytes (``put`` / ``get``, so one pickle of
+    a ``bytes`` each way and the queue's feeder thread); its writer paces with a spin that lets the GIL go
+    (:func:`_pace_yielding`), or the feeder thread would wait out the 5 ms switch interval behind the spin;
+  - Redis Streams: ``XADD`` of the record's 64 bytes as one field of an entry, the reader blocked in
+    ``XREAD BLOCK`` from the id it saw last (redis-py with the hiredis parser), against a ``redis-server`` the
+    benchmark starts on a unix socket in a temporary directory (``--save "" --appendonly no``) and stops at the end
+    (Debian's ``redis-server``; skipped when it is not installed).
+
+  The writer stamps CLOCK_MONOTONIC ns and the message's index into the record; the reader subtracts on receipt
+  (the clock is system-wide on Linux). The socket and queue transports first send ``WARMUP`` messages the reader
+  does not count; every reader then counts exactly ``N_MSGS`` messages, in order, and fails on a lost one. Each
+  entry keeps p50 / p99 / p99.9 / max and every sample (``samples_us``).
+* A reader's copy of the last 200 candles out of the ring vs ``json.loads``, ``orjson.loads`` and ``pickle.loads``
+  (pickle protocol 5) of the same 200 candles in Upbit's REST shape, a list of dicts (group ``snapshot``).
+* CPU burnt by a consumer waiting on an idle ring: spin-then-park vs pure spinning (group ``idle_cpu``).
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import pickle
+import queue
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -30,9 +50,12 @@ from shm.status import StatusRow, StatusTable
 from shm.tables import CANDLE_DTYPE, CANDLES
 from shm.wake import PhasedWait, SpinThenPark, Waker, open_semaphore
 
-N_MSGS = 5000
+#: measured messages per transport and machine (after the warm-up); SMTM_BENCH_N=300 for a quick check
+N_MSGS = int(os.environ.get("SMTM_BENCH_N", "5000"))
 INTERVAL_S = 200e-6
 WARMUP = 200
+#: the longest a reader waits for its messages, and the writer for the reader's figures
+READER_DEADLINE_S = 60.0 + 20 * N_MSGS * INTERVAL_S
 
 
 def _pace(t_next: float) -> None:
@@ -40,13 +63,21 @@ def _pace(t_next: float) -> None:
         pass
 
 
-def _send_paced(rec: np.ndarray, send) -> None:
+def _pace_yielding(t_next: float) -> None:
+    """:func:`_pace` that lets the GIL go on each turn (``time.sleep(0)``), for a transport with a Python thread of
+    its own in the writer (``multiprocessing.Queue``'s feeder): under a pure Python spin that thread waits for the
+    interpreter's 5 ms switch interval, and the figure would measure that (about 3 ms p50) instead of the queue."""
+    while time.perf_counter() < t_next:
+        time.sleep(0)
+
+
+def _send_paced(rec: np.ndarray, send, pace=_pace) -> None:
     """``N_MSGS`` records, one every ``INTERVAL_S``, each stamped with CLOCK_MONOTONIC ns in ``t``
     (the reader subtracts on receipt) and its index in ``n``."""
     t_next = time.perf_counter()
     for i in range(N_MSGS):
         t_next += INTERVAL_S
-        _pace(t_next)
+        pace(t_next)
         rec["t"] = time.perf_counter_ns()
         rec["n"] = i
         send(rec)
@@ -160,19 +191,267 @@ def _zmq_latency():
     return lat
 
 
+# -- the other peers: JSON over ZeroMQ, multiprocessing.Queue, Redis Streams ---------------------
+class _Tally:
+    """The reader's side of a peer: latency of each measured message, in order, none lost (warm-up ones,
+    ``n < 0``, are not counted)."""
+
+    def __init__(self, n: int):
+        self.lat = np.empty(n, np.int64)
+        self.got = 0
+        self.deadline = time.monotonic() + READER_DEADLINE_S
+
+    def add(self, now: int, t: int, i: int) -> None:
+        if i < 0:
+            return
+        if i != self.got:
+            raise RuntimeError(f"message {self.got} expected, message {i} came: lost or out of order")
+        self.lat[self.got] = now - t
+        self.got += 1
+
+    @property
+    def done(self) -> bool:
+        if self.got >= len(self.lat):
+            return True
+        if time.monotonic() > self.deadline:
+            raise TimeoutError(f"{self.got} of {len(self.lat)} messages in {READER_DEADLINE_S:.0f} s")
+        return False
+
+
+def _peer_reader(kind, args, n, ready, out):
+    """Runs the reader of one peer in the spawned process; puts ``("ok", latencies)`` or ``("error", text)``."""
+    try:
+        out.put(("ok", _PEER_READERS[kind](*args, _Tally(n), ready)))
+    except Exception as e:  # reported to the writer, which fails the test with it
+        out.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def _zmq_json_reader(addr, tally, ready):
+    import orjson
+    import zmq
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.SUB)
+    s.setsockopt(zmq.SUBSCRIBE, b"")
+    s.setsockopt(zmq.RCVTIMEO, 1000)
+    s.connect(addr)
+    ready.set()
+    try:
+        while not tally.done:
+            try:
+                msg = s.recv()
+            except zmq.Again:
+                continue
+            d = orjson.loads(msg)
+            now = time.perf_counter_ns()
+            tally.add(now, d["t"], d["n"])
+    finally:
+        s.close(0)
+        ctx.term()
+    return tally.lat
+
+
+def _queue_reader(q, tally, ready):
+    ready.set()
+    while not tally.done:
+        try:
+            msg = q.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        now = time.perf_counter_ns()
+        rec = np.frombuffer(msg, CANDLE_DTYPE)[0]
+        tally.add(now, int(rec["t"]), int(rec["n"]))
+    return tally.lat
+
+
+def _redis_reader(sock, stream, tally, ready):
+    import redis
+    r = redis.Redis(unix_socket_path=sock, socket_timeout=10, socket_connect_timeout=5)
+    r.ping()
+    ready.set()
+    last = b"0-0"  # from the stream's start: an entry added before the first XREAD is not missed
+    try:
+        while not tally.done:
+            reply = r.xread({stream: last}, block=1000)
+            now = time.perf_counter_ns()
+            for _, entries in reply or ():
+                for eid, fields in entries:
+                    rec = np.frombuffer(fields[b"rec"], CANDLE_DTYPE)[0]
+                    tally.add(now, int(rec["t"]), int(rec["n"]))
+                    last = eid
+    finally:
+        r.close()
+    return tally.lat
+
+
+_PEER_READERS = {"zmq-json": _zmq_json_reader, "mpqueue": _queue_reader, "redis": _redis_reader}
+
+
+def _reader_failed(p, out, kind):
+    """The error a reader that exited early reported (or its exit code): its figures never come."""
+    try:
+        status, res = out.get(timeout=2)
+    except queue.Empty:
+        return f"{kind} reader exited ({p.exitcode}) without a word"
+    return f"{kind} reader: {res}" if status != "ok" else None
+
+
+def _peer_latency(kind, reader_args, send, ctx=None, pace=_pace):
+    """Starts the reader of ``kind`` in a spawned process, sends ``WARMUP`` unmeasured records 1 ms apart (a
+    subscription settles, connections and code warm up), then ``N_MSGS`` paced ones with ``send``; returns the
+    reader's latencies (ns). Every wait is bounded, and the reader is killed if it outlives the test."""
+    ctx = ctx or mp.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    p = ctx.Process(target=_peer_reader, args=(kind, reader_args, N_MSGS, ready, out), daemon=True)
+    p.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.wait(0.2):
+            if not p.is_alive():
+                raise AssertionError(_reader_failed(p, out, kind))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{kind} reader not ready in 30 s")
+        rec = np.zeros(1, CANDLE_DTYPE)
+        rec["n"] = -1
+        for _ in range(WARMUP):
+            rec["t"] = time.perf_counter_ns()
+            send(rec)
+            time.sleep(0.001)
+        _send_paced(rec, send, pace)
+        deadline = time.monotonic() + READER_DEADLINE_S + 10
+        while True:
+            try:
+                status, res = out.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not p.is_alive():
+                    try:  # it may have put its figures just before exiting
+                        status, res = out.get(timeout=2)
+                        break
+                    except queue.Empty:
+                        raise AssertionError(f"{kind} reader exited ({p.exitcode}) without its figures") from None
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{kind} reader gave no figures in {READER_DEADLINE_S + 10:.0f} s") from None
+        assert status == "ok", f"{kind} reader: {res}"
+        assert len(res) == N_MSGS, f"{kind} reader measured {len(res)} messages, not {N_MSGS}"
+        return res
+    finally:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=10)
+        out.cancel_join_thread()
+        out.close()
+
+
+def _zmq_json_latency():
+    import orjson
+    import zmq
+    names = CANDLE_DTYPE.names
+    addr = f"ipc://{tempfile.gettempdir()}/smtm-bench-{os.getpid()}-json.ipc"
+    zctx = zmq.Context()
+    pub = zctx.socket(zmq.PUB)
+    pub.bind(addr)
+    try:
+        return _peer_latency("zmq-json", (addr,), lambda r: pub.send(orjson.dumps(dict(zip(names, r[0].item())))))
+    finally:
+        pub.close(0)
+        zctx.term()
+
+
+def _queue_latency():
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    try:
+        return _peer_latency("mpqueue", (q,), lambda r: q.put(r.tobytes()), ctx, _pace_yielding)
+    finally:
+        q.cancel_join_thread()  # a reader that died leaves the pipe unread: never block on the feeder thread
+        q.close()
+
+
+def _redis_latency(sock):
+    import redis
+    r = redis.Redis(unix_socket_path=sock, socket_timeout=10, socket_connect_timeout=5)
+    stream = f"smtm-bench-{uuid.uuid4().hex[:10]}"
+    try:
+        return _peer_latency("redis", (sock, stream), lambda rec: r.xadd(stream, {"rec": rec.tobytes()}))
+    finally:
+        try:
+            r.delete(stream)
+        finally:
+            r.close()
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """The redis-server is sent SIGTERM if the benchmark process dies without its teardown (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private ``redis-server`` on a unix socket in a temporary directory, no persistence; yields the socket's
+    path, and stops the server and removes the directory at the end, whatever happened."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed: Debian's redis-server package (`make bench` installs it as root)")
+    redis = pytest.importorskip("redis", reason="redis-py is not installed (requirements-dev.txt)")
+    tmp = tempfile.mkdtemp(prefix="smtm-redis-")
+    sock = os.path.join(tmp, "redis.sock")
+    log_path = os.path.join(tmp, "redis.log")
+    proc = None
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([exe, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                                     "--save", "", "--appendonly", "no", "--dir", tmp, "--logfile", ""],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=_set_pdeathsig)
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                with open(log_path, errors="replace") as f:
+                    raise RuntimeError(f"redis-server exited with {proc.returncode}: {f.read()[-2000:]}")
+            try:
+                c = redis.Redis(unix_socket_path=sock, socket_timeout=1, socket_connect_timeout=1)
+                try:
+                    if c.ping():
+                        break
+                finally:
+                    c.close()
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not answer PING within 15 s")
+            time.sleep(0.05)
+        yield sock
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _record(name, lat_ns, benchmark):
-    us = lat_ns / 1000.0
+    us = np.asarray(lat_ns, np.float64) / 1000.0
     res = {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-           "max_us": float(us.max()), "n": int(len(us))}
-    RESULTS[name] = res
-    benchmark.extra_info.update(res)
+           "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()), "n": int(len(us))}
+    benchmark.extra_info.update(res)  # scalars only: pytest-benchmark writes extra_info as JSON
+    RESULTS[name] = {"group": "wake", **res, "samples_us": us}
 
 
 #: the machine a wake-up latency is measured on: as it is, or with a CPU hog (a busy Python process) pinned to its
 #: first core — the state in which a fixed spin budget loses to parking (issue #11)
 MACHINES = ("quiet", "CPU hog on one core")
 TRANSPORTS = (("ring, adaptive spin-then-park", "phased", 200.0), ("ring, fixed 200 us spin-then-park", "spin", 200.0),
-              ("ring, semaphore wake", "spin", 0.0), ("pyzmq PUB/SUB ipc://", "zmq", None))
+              ("ring, semaphore wake", "spin", 0.0), ("pyzmq PUB/SUB ipc://", "zmq", None),
+              ("pyzmq PUB/SUB ipc://, JSON", "zmq-json", None), ("multiprocessing.Queue", "mpqueue", None),
+              ("Redis Streams", "redis", None))
 
 
 @pytest.fixture(params=MACHINES)
@@ -191,10 +470,19 @@ def machine(request):
 
 
 @pytest.mark.parametrize("name, strategy, spin_us", TRANSPORTS)
-def test_wake_latency(benchmark, instance, machine, name, strategy, spin_us):
+def test_wake_latency(benchmark, request, instance, machine, name, strategy, spin_us):
     if strategy == "zmq":
         pytest.importorskip("zmq")
         lat = benchmark.pedantic(_zmq_latency, rounds=1, iterations=1)
+    elif strategy == "zmq-json":
+        pytest.importorskip("zmq")
+        pytest.importorskip("orjson")
+        lat = benchmark.pedantic(_zmq_json_latency, rounds=1, iterations=1)
+    elif strategy == "mpqueue":
+        lat = benchmark.pedantic(_queue_latency, rounds=1, iterations=1)
+    elif strategy == "redis":
+        sock = request.getfixturevalue("redis_server")  # skips here when redis-server is not installed
+        lat = benchmark.pedantic(_redis_latency, args=(sock,), rounds=1, iterations=1)
     else:
         lat = benchmark.pedantic(_ring_latency, args=(instance, spin_us, strategy), rounds=1, iterations=1)
     _record(f"{name} [{machine}]", lat, benchmark)
@@ -220,18 +508,42 @@ def _candles_200(instance):
     return CANDLES.open(instance, "30m", 2, 1024), row, json.dumps(doc)
 
 
+def _snapshot(key, label, benchmark, **extra):
+    RESULTS[key] = {"group": "snapshot", "label": label, "median_us": benchmark.stats.stats.median * 1e6, **extra}
+
+
 def test_snapshot_copy_200(benchmark, instance):
     ring, row, _ = _candles_200(instance)
     recs, _ = benchmark(ring.read_last, row, 200)
     assert len(recs) == 200
-    RESULTS["copy"] = {"median_us": benchmark.stats.stats.median * 1e6}
+    _snapshot("copy", "ring copy (read_last)", benchmark, bytes=int(recs.nbytes))
 
 
 def test_snapshot_json_loads_200(benchmark, instance):
     _, _, payload = _candles_200(instance)
     doc = benchmark(json.loads, payload)
     assert len(doc) == 200
-    RESULTS["json"] = {"median_us": benchmark.stats.stats.median * 1e6}
+    _snapshot("json", "json.loads", benchmark, bytes=len(payload.encode()))
+
+
+def test_snapshot_orjson_loads_200(benchmark, instance):
+    orjson = pytest.importorskip("orjson")
+    _, _, payload = _candles_200(instance)
+    doc = benchmark(orjson.loads, payload)  # the same str json.loads gets
+    assert doc == json.loads(payload)
+    _snapshot("orjson", "orjson.loads", benchmark, bytes=len(payload.encode()))
+
+
+#: the pickle protocol of the pickle peer (5, Python 3.8+'s highest, the one a Python peer would pick)
+PICKLE_PROTOCOL = 5
+
+
+def test_snapshot_pickle_loads_200(benchmark, instance):
+    _, _, payload = _candles_200(instance)
+    blob = pickle.dumps(json.loads(payload), protocol=PICKLE_PROTOCOL)  # the same list of 200 dicts
+    doc = benchmark(pickle.loads, blob)
+    assert doc == json.loads(payload)
+    _snapshot("pickle", f"pickle.loads (protocol {PICKLE_PROTOCOL})", benchmark, bytes=len(blob))
 
 
 # -- idle CPU ---------------------------------------------------------------------------------------
@@ -269,5 +581,5 @@ def test_idle_consumer_cpu(benchmark, instance, name, strategy, spin_us):
         return pct
 
     pct = benchmark.pedantic(run, rounds=1, iterations=1)
-    RESULTS[name] = {"cpu_pct": pct}
+    RESULTS[name] = {"group": "idle_cpu", "cpu_pct": pct}
     benchmark.extra_info["cpu_pct"] = pct

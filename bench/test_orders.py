@@ -36,7 +36,7 @@ def ex():
 
 
 def _summary(name: str, xs: list[float]) -> None:
-    RESULTS[name] = {**LatencyProbe.summary(xs), "rtt": True}
+    RESULTS[name] = {**LatencyProbe.summary(xs), "rtt": True, "group": "orders"}
 
 
 def _client(ex):

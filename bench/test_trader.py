@@ -34,10 +34,10 @@ TRADER = "\n[trader]\narm_on_start = true\n[trader.strategy]\nrule = \"macd_cros
 def _run_replay(tmp: Path, speed: float, start: str, end: str) -> dict:
     inst = f"b{uuid.uuid4().hex[:10]}"
     env = Env(inst, tmp, run_base=Path(tempfile.mkdtemp(prefix="smtm", dir="/tmp")))
-    env.write_overlay(speed=speed, exchange=f'start = "{start}"\nend = "{end}"', shm="trades_capacity = 16384",
+    env.write_overlay(speed=1800.0, exchange=f'start = "{start}"\nend = "{end}"', shm="trades_capacity = 16384",
                       tail=TRADER)
-    try:
-        client, trades, wall = replay_to_the_trader(env, timeout=300)
+    try:   # ranked at 1800x (the symbol manager polls in wall time), then at the run's speed
+        client, trades, wall = replay_to_the_trader(env, timeout=300, tradable=True, then_speed=speed)
         with client as c:
             st = c.request("ENGINE.STATUS")["payload"]
         return {"trades": trades, "wall_s": wall, "health": st["health"], "orders": st["health"]["latency_order"]}
@@ -56,7 +56,8 @@ def test_trade_to_trader_decision_latency(benchmark, tmp_path, run):
                       ("trade -> candle-close decision", "latency_decision")):
         lat = h[key]
         assert lat["n"] > 0, name
-        RESULTS[f"{name}, {run}"] = {**{k: lat[k] for k in ("p50_us", "p99_us", "n", "max_us")}, "trades_per_s": rate}
+        RESULTS[f"{name}, {run}"] = {**{k: lat[k] for k in ("p50_us", "p99_us", "n", "max_us")}, "trades_per_s": rate,
+                                     "group": "trader"}
     benchmark.extra_info.update({"trades": out["trades"], "trades_per_s": rate, **{
         f"{k}_{m}": h[k][m] for k in ("latency_order", "latency_decision") for m in ("p50_us", "p99_us", "n")}})
     assert np.isfinite(rate) and rate > 0

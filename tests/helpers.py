@@ -211,15 +211,18 @@ def closed_candle_mismatch(ring, src: dict, markets, *, min_closed: int = 1, val
     return None
 
 
-def replay_to_the_trader(env: Env, timeout: float = 240, tradable: list[str] | None = None):
+def replay_to_the_trader(env: Env, timeout: float = 240, tradable: list[str] | bool | None = None,
+                         then_speed: float = 0.0):
     """Start exchange, indicator, symbols, trader and ingest for ``env`` (its overlay written), let the
     replay run to its end and the trader see every trade and commit. Returns ``(client, trades,
     seconds from ingest's start to the replay's end)``; the caller closes the client.
 
     ``tradable``: the replay waits until the trader has attached (so it sees every trade), and once the
-    trader's tradable set is these markets (the symbol manager's first ranking, at the overlay's replay speed)
-    it goes on as fast as its consumers keep up; ``env.ranked_ms`` is then the trader's market time when it
-    was seen (the ranking came no later)."""
+    trader's tradable set is these markets (``True``: any set; the symbol manager's first ranking, at the
+    overlay's replay speed) it goes on at ``then_speed`` (0: as fast as its consumers keep up);
+    ``env.ranked_ms`` is then the trader's market time when it was seen (the ranking came no later). Without
+    it the replay runs at the overlay's speed from the start, and the symbol manager (which polls in wall
+    time) may not rank before it ends."""
     import requests
 
     from procs.runtime.roster import STATUS_ROWS
@@ -241,16 +244,18 @@ def replay_to_the_trader(env: Env, timeout: float = 240, tradable: list[str] | N
         wait_for(lambda: st.read("trader")["state"] == State.RUNNING, 30, "the trader to attach")
         requests.post(control, json={"resume": True}, timeout=5).raise_for_status()
         client = TraderClient(sock)
-        ranked = wait_for(lambda: (lambda s: s if s["tradable"] == sorted(tradable) else None)(
-            client.request("ENGINE.STATUS")["payload"]), 60, f"the trader to trade {tradable}")
+        want = None if tradable is True else sorted(tradable)
+        ranked = wait_for(lambda: (lambda s: s if s["tradable"] is not None and want in (None, s["tradable"])
+                                   else None)(client.request("ENGINE.STATUS")["payload"]), 60,
+                          f"the trader to trade {'a ranked top N' if want is None else want}")
         client.close()
-        requests.post(control, json={"speed": 0}, timeout=5).raise_for_status()
+        requests.post(control, json={"speed": then_speed}, timeout=5).raise_for_status()
         env.ranked_ms = ranked["market_ms"]     # market time at which the trader had them (at most)
     wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), timeout, "the replay to finish",
              interval=0.2)
     wall = time.monotonic() - t0
     status = StatusTable.open(env.instance, STATUS_ROWS)
-    sent = get_json(f"{base}/replay/status")["messages_sent"]
+    sent = get_json(f"{base}/replay/status")["frames_sent"]
     wait_for(lambda: int(status.read("ingest")["msgs_in"]) >= sent, 60, "ingest to read every frame")
     trades = int(status.read("ingest")["msgs_out"])
     client = TraderClient(sock)
@@ -314,7 +319,7 @@ class ExchangeThread:
             return None
         rec = self.tape.trades[self.i]
         self.i += 1
-        self.run(self.exchange.replayer._emit, rec)
+        self.run(self.exchange.replayer._emit, *rec.tolist())
         return rec
 
     def call(self, fn, *args):

@@ -55,6 +55,7 @@ class TimeframeWorker:
         self.last_rewrites = candles.rewrites().astype(np.int64)
         # -1: the first step checks every row's name (a row may have changed hands while we were down)
         self.last_generations = np.full(candles.n_rows, -1, dtype=np.int64)
+        self.assigned = [bool(n) for n in indicators.names()]   # our rows that have a market
         self.last_gseq = -1
         self.rebuilds = 0
         self.records_out = 0
@@ -64,28 +65,33 @@ class TimeframeWorker:
         return self.candles.global_seq != self.last_gseq
 
     def step(self) -> int:
-        """Process every row that changed since the last step; returns rows updated."""
+        """Process every row that changed since the last step; returns rows updated.
+
+        Only rows whose ``seq`` moved are looked at: a row's history rewrite or reassignment is written
+        inside its seqlock section, so it always moves the row's ``seq`` too."""
         self.last_gseq = self.candles.global_seq
-        seqs = self.candles.seqs().astype(np.int64)
-        rewrites = self.candles.rewrites().astype(np.int64)
-        gens = self.candles.generations().astype(np.int64)
-        for row in np.flatnonzero((rewrites != self.last_rewrites) | (gens != self.last_generations)):
-            self.state[int(row)] = None  # history changed under us (backfill, reassigned row): rebuild
-        self.last_rewrites = rewrites
+        ctrl = self.candles.control
+        seqs = ctrl["seq"]
         rows = np.flatnonzero(seqs != self.last_seqs)
+        if not len(rows):
+            return 0
         updated = 0
         names = None
-        for row in rows:
-            row = int(row)
-            if seqs[row] & 1:  # a write in progress: leave it for the next step
+        for row, seq, rew, gen in zip(rows.tolist(), seqs[rows].tolist(), ctrl["rewrites"][rows].tolist(),
+                                      ctrl["generation"][rows].tolist()):
+            if rew != self.last_rewrites[row] or gen != self.last_generations[row]:
+                self.state[row] = None  # history changed under us (backfill, reassigned row): rebuild
+                self.last_rewrites[row] = rew
+            if seq & 1:  # a write in progress: leave it for the next step
                 continue
-            if gens[row] != self.last_generations[row] or not self.ind.name(row):
+            if gen != self.last_generations[row] or not self.assigned[row]:
                 names = names or self.candles.names()
-                if not names[row]:
+                if not names[row]:   # a free row: looked at again when its seq moves (assigning it writes it)
+                    self.last_seqs[row] = seq
                     continue
-                self._follow_name(row, names[row], gens[row])
+                self._follow_name(row, names[row], gen)
             try:
-                if not self._update_row(row, int(gens[row])):
+                if not self._update_row(row, gen):
                     continue   # the row changed hands during the read: follow it next step
             except Overrun:
                 self.state[row] = None  # lapped while reading: rebuild next time
@@ -93,7 +99,7 @@ class TimeframeWorker:
             except SeqlockTimeout:
                 self.seqlock_timeouts += 1  # the writer kept the row busy (a storm): tried again next step
                 continue
-            self.last_seqs[row] = seqs[row]
+            self.last_seqs[row] = seq
             updated += 1
         if updated:
             self.ind.publish()
@@ -108,6 +114,7 @@ class TimeframeWorker:
             if self.signals is not None:
                 self.signals.write_rows(row, np.zeros((), self.signals.DTYPE))
         self.last_generations[row] = gen
+        self.assigned[row] = True
 
     def _update_row(self, row: int, gen: int) -> bool:
         """Fold the row's new candles; False (nothing written) if the row changed hands meanwhile."""
@@ -127,21 +134,17 @@ class TimeframeWorker:
             return True
         if start < self.ind.count(row) - self.ind.capacity:  # history shortened behind our window
             self.ind.reassign_row(row, self.ind.name(row))
-        out = np.empty(n, dtype=INDICATOR_DTYPE)
-        closes = recs["c"].tolist()
-        flags = recs["flags"].tolist()
+        out = []
         ind = st.ind
-        ts = recs["t"].tolist()
-        for j in range(n):
-            c = closes[j]
-            if flags[j] & CLOSED or start + j < cnt - 1:
+        for j, (t, _o, _h, _l, c, _v, _value, _n, flags) in enumerate(recs.tolist()):
+            if flags & CLOSED or start + j < cnt - 1:
                 vals = ind.update(c)
-                out[j] = (ts[j], *vals)
                 st.closed_n = start + j + 1
                 if self.signals is not None:
-                    self._signal(row, st.signal, ts[j], c, vals)
+                    self._signal(row, st.signal, t, c, vals)
             else:
-                out[j] = (ts[j], *ind.peek(c))
+                vals = ind.peek(c)
+            out.append((t, *vals))
         self.ind.write_many(row, start, out, truncate=start + n < self.ind.count(row))
         self.records_out += n
         return True

@@ -103,8 +103,7 @@ class CandleBuilder:
             new[6] += volume
             new[7] += price * volume
             new[8] += 1
-            buf[0] = tuple(new[1:])
-            self.ring.write(row, new[0], buf[0])
+            self.ring.write(row, new[0], tuple(new[1:]))   # packed (and checked) before anything is written
             self._open[row] = new
             self._first_ts[row], self._last_ts[row] = first, last
         elif st is None or t > st[1]:

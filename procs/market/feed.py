@@ -46,7 +46,6 @@ import numpy as np
 
 from shm.ring import RingTable, TableFull
 from shm.tables import CANDLES, TRADES
-from shm.trading import TRADE_DTYPE
 
 from ..runtime.clock import SYSTEM_CLOCK, Clock
 from ..runtime.config import BaseConfig, IngestConfig, tf_seconds
@@ -113,7 +112,6 @@ class CandleFeed(Repairs):
         self.backfill = Backfiller(self.rings, self.builders_by_tf, self.tf_s)
         #: the trade tape (``trades``): every accepted trade once, same rows as the candles
         self.tape = TRADES.create(base.instance, None, base.shm.rows, base.shm.trades_capacity)
-        self._tape_rec = np.zeros((), TRADE_DTYPE)
         self.recv_ns = 0   # CLOCK_MONOTONIC ns at which the frame being applied was received
         self.dedupe = Dedupe(cfg.dedupe_window)
         self.market_row: dict[str, int] = {}
@@ -215,7 +213,8 @@ class CandleFeed(Repairs):
     # -- the stream (WebSocket thread) ---------------------------------------------------------------
     def apply(self, ev: MarketEvents, recv_ns: int | None = None) -> int:
         """Apply one frame's events; publish and wake once. Returns trades written to the rings.
-        ``recv_ns``: CLOCK_MONOTONIC ns when the frame arrived (stamped on the trade tape)."""
+        ``recv_ns``: CLOCK_MONOTONIC ns when the frame arrived, stamped on the trade tape: the i-th trade of a
+        frame (a _LIST format batches several) gets ``recv_ns + i``, so the stamps order trades across markets."""
         for err in ev.errors:
             log.error("exchange error: %s", err)
         now_ns = self.clock.time_ns()
@@ -231,6 +230,7 @@ class CandleFeed(Repairs):
             n = 0
             for t in ev.trades:
                 n += self._trade(t, now_ns)
+                self.recv_ns += 1   # the trades of one frame keep their order on the tape's clock
             if n:
                 self._publish()
         return n
@@ -282,10 +282,9 @@ class CandleFeed(Repairs):
         for b in self.builders:
             b.on_trade(row, t.ts_ms, t.price, t.volume)
         if tape:
-            r = self._tape_rec
-            r["t_ms"], r["price"], r["volume"], r["sequential_id"] = t.ts_ms, t.price, t.volume, t.sequential_id
-            r["recv_ns"], r["side"] = self.recv_ns, t.bid
-            self.tape.write(row, self.tape.count(row), r)
+            # TRADE_DTYPE's fields, in order
+            self.tape.write(row, self.tape.count(row),
+                            (t.ts_ms, t.price, t.volume, t.sequential_id, self.recv_ns, t.bid, b""))
         self.trades += 1
         self.last_price[t.code] = t.price
         return 1

@@ -42,6 +42,7 @@ class Replayer:
         self.finished = False
         self.paused = False
         self.messages_sent = 0
+        self.frames_gone = 0                   # data frames sent to connections that have closed since
         self.clients_dropped = 0
         self._anchor: tuple[float, int] | None = None   # (wall monotonic, replay ms) of the speed clock
         n = len(tape.markets)
@@ -55,6 +56,12 @@ class Replayer:
         self.subscription_log: deque = deque(maxlen=100)
         #: every trade, before it is sent: (market, ts ms, price, volume, sequential_id) -> None (order matching)
         self.on_trade = lambda market, ts, price, volume, seq_id: None
+
+    @property
+    def frames_sent(self) -> int:
+        """Frames of messages sent to every connection so far (``messages_sent`` counts the messages: a frame
+        of a _LIST format holds several)."""
+        return self.frames_gone + sum(cl.data_frames for cl in self.clients)
 
     # -- the clock --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -76,12 +83,16 @@ class Replayer:
             j = await self._next_batch(clock, i, n)
             if j is None:
                 continue
-            for e in range(i, j):
-                self.clock_now = int(clock[e])
-                if kinds[e] == 0:
-                    await self._emit(tr[index[e]])
+            for cl in self.clients:   # the events due at this moment: one frame per client in a _LIST format
+                cl.batching = True
+            # one conversion per batch: numpy scalars cost more than the rest of a trade's work
+            for ck, kind, ix in zip(clock[i:j].tolist(), kinds[i:j].tolist(), index[i:j].tolist()):
+                self.clock_now = ck
+                if kind == 0:
+                    await self._emit(*tr[ix].tolist())
                 else:
-                    await self._emit_ticker(*tape.tickers[index[e]])
+                    await self._emit_ticker(*tape.tickers[ix])
+            await self._flush()
             self.position = i = j
             if self.speed <= 0:
                 await asyncio.sleep(0)  # let REST handlers and new subscribers in
@@ -125,6 +136,15 @@ class Replayer:
             self.clients.discard(cl)
             self.clients_dropped += 1
             log.info("dropping client %s: %r", cl.peer, why)
+
+    async def _flush(self) -> None:
+        """End of a batch of events: every client's batched messages go out."""
+        for cl in list(self.clients):
+            cl.batching = False
+            try:
+                await cl.flush()
+            except SEND_ERRORS as e:  # the connection died under us
+                self.drop_client(cl, e)
 
     async def _emit_ticker(self, mi: int, msg: dict) -> None:
         if self.faults.stalled():
@@ -171,13 +191,12 @@ class Replayer:
             outgoing.append(outgoing[0])
         return outgoing
 
-    async def _emit(self, rec) -> None:
-        mi = int(rec["market"])
+    async def _emit(self, ts: int, price: float, vol: float, bid: int, seq_id: int, mi: int) -> None:
+        """Send one trade (the fields of a ``TRADE_DTYPE`` record, in its order) to every subscriber."""
         code = self.tape.markets[mi]
-        ts, price, vol = int(rec["ts"]), float(rec["price"]), float(rec["volume"])
         prev_close = self._track(mi, ts, price, vol)
-        self.on_trade(code, ts, price, vol, int(rec["seq_id"]))   # orders match before anyone hears of the trade
-        trade = trade_message(code, ts, price, vol, bool(rec["bid"]), int(rec["seq_id"]), prev_close)
+        self.on_trade(code, ts, price, vol, seq_id)   # orders match before anyone hears of the trade
+        trade = trade_message(code, ts, price, vol, bool(bid), seq_id, prev_close)
         self.last_trade[mi] = trade
         if self.faults.stalled():
             return  # connections stay open, nothing is sent: the clients miss these trades

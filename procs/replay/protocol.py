@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from functools import lru_cache
 
+import orjson
 from aiohttp import web
 
 CANDLE_UNITS = (30, 60, 240)       # minutes the replay can serve exactly from 30-minute data
@@ -79,7 +81,14 @@ def parse_request(req) -> tuple[str, dict[str, set[str]], str, dict[str, bool]] 
 
 
 class Client:
-    """One WebSocket connection and its current subscription."""
+    """One WebSocket connection and its current subscription.
+
+    In a ``JSON_LIST`` / ``SIMPLE_LIST`` format the server batches several messages into one frame (Upbit's
+    rule, PROTOCOL.md §1): while :attr:`batching` is set (the replayer sets it around the events it sends at
+    one moment) messages wait in :attr:`pending` and go out as one array per :meth:`flush`, at most
+    :attr:`LIST_MAX` to a frame. A lone message goes out at once as a one-element array."""
+
+    LIST_MAX = 64   #: messages in one frame of a _LIST format
 
     def __init__(self, ws: web.WebSocketResponse, peer: str, transport=None):
         self.ws = ws
@@ -90,12 +99,21 @@ class Client:
         self.ticket = ""
         self.last_activity = time.monotonic()
         self.sent = 0
+        self.batching = False
+        self.pending: list = []
+        self.data_frames = 0   # frames of messages sent (a _LIST frame holds several)
 
     def wants(self, ty: str, code: str) -> bool:
         codes = self.types.get(ty)
         return codes is not None and code in codes
 
     async def send_raw(self, frame: bytes) -> None:
+        """Send one frame as it is (after the messages batched before it)."""
+        if self.pending:
+            await self.flush()
+        await self._send(frame)
+
+    async def _send(self, frame: bytes) -> None:
         await self.ws.send_bytes(frame)
         self.sent += 1
         self.last_activity = time.monotonic()
@@ -105,18 +123,37 @@ class Client:
         simple = self.format.startswith("SIMPLE")
         obj = {simple_map.get(k, k): v for k, v in default_obj.items()} if simple else default_obj
         if self.format.endswith("_LIST"):
+            if self.batching:
+                self.pending.append(obj)
+                if len(self.pending) >= self.LIST_MAX:
+                    await self.flush()
+                return
             obj = [obj]
-        await self.send_raw(json.dumps(obj, separators=(",", ":")).encode())
+        await self._send(orjson.dumps(obj))
+        self.data_frames += 1
+
+    async def flush(self) -> None:
+        """Send the batched messages as one frame (a JSON array), if any."""
+        if self.pending:
+            objs, self.pending = self.pending, []
+            await self._send(orjson.dumps(objs))
+            self.data_frames += 1
 
     async def send_error(self, name: str, message: str) -> None:
         await self.ws.send_bytes(json.dumps({"error": {"name": name, "message": message}}).encode())
 
 
+@lru_cache(maxsize=64)
+def _utc_date(day: int) -> str:
+    """``YYYY-MM-DD`` of a day number (Unix days, UTC)."""
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+
+
 def trade_message(code: str, ts: int, price: float, vol: float, bid: bool, seq_id: int, prev_close: float) -> dict:
-    """An Upbit ``trade`` message (DEFAULT names) for a replayed trade."""
-    dt = datetime.fromtimestamp(ts / 1000, UTC)
-    return {"type": "trade", "code": code, "timestamp": int(time.time() * 1000),
-            "trade_date": dt.strftime("%Y-%m-%d"), "trade_time": dt.strftime("%H:%M:%S"),
+    """An Upbit ``trade`` message (DEFAULT names) for a replayed trade (``ts``: Unix ms UTC)."""
+    day, sod = divmod(ts // 1000, 86400)
+    return {"type": "trade", "code": code, "timestamp": time.time_ns() // 1_000_000,
+            "trade_date": _utc_date(day), "trade_time": f"{sod // 3600:02d}:{sod // 60 % 60:02d}:{sod % 60:02d}",
             "trade_timestamp": ts, "trade_price": price, "trade_volume": vol,
             "ask_bid": "BID" if bid else "ASK", "prev_closing_price": prev_close,
             "change": "RISE" if price > prev_close else "FALL" if price < prev_close else "EVEN",

@@ -78,6 +78,7 @@ class ReplayExchange:
         finally:
             watchdog.cancel()
             self.replayer.clients.discard(cl)
+            self.replayer.frames_gone += cl.data_frames
         return ws
 
     async def _idle_watchdog(self, cl: Client) -> None:
@@ -150,7 +151,7 @@ class ReplayExchange:
                 "subscriptions": list(r.subscription_log)[-5:],
                 "clients": len(r.clients), "clients_dropped": r.clients_dropped,
                 "subscriptions_received": self.subscriptions_received,
-                "messages_sent": r.messages_sent, "rest_requests": rest.requests,
+                "messages_sent": r.messages_sent, "frames_sent": r.frames_sent, "rest_requests": rest.requests,
                 "exchange_requests": self.private.requests, "orders_placed": self.private.placed,
                 "fills": self.account.fills, "markets": self.tape.markets}
 

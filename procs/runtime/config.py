@@ -140,7 +140,8 @@ class ExchangeConfig(Section):
 
 
 class IngestConfig(Section):
-    format: Literal["DEFAULT", "SIMPLE"] = "SIMPLE"                 #: WebSocket format requested
+    #: WebSocket format requested; the _LIST formats let the server put several messages in one frame
+    format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
     ping_interval_s: Annotated[float, Field(ge=1.0, le=110.0)] = 30.0  #: ping frames (Upbit closes after 120 s idle)
     ping_timeout_s: Annotated[float, Field(ge=0.5, le=60.0)] = 10.0
     keepalive_s: Annotated[float, Field(ge=0.5, le=110.0)] = 10.0   #: the text ``PING`` this often

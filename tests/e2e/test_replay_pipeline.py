@@ -50,7 +50,7 @@ def replayed(tmp_path_factory):
         env.start("ingest")
         wait_for(lambda: (get_json(f"{base}/replay/status") or {}).get("finished"), 240, "the replay to finish",
                  interval=0.5)
-        sent = get_json(f"{base}/replay/status")["messages_sent"]
+        sent = get_json(f"{base}/replay/status")["frames_sent"]
         status = StatusTable.open(inst, STATUS_ROWS)
         wait_for(lambda: int(status.read("ingest")["msgs_in"]) >= sent, 60, "ingest to read every frame")
         cand = {tf: CANDLES.open(inst, tf, 32, CAP) for tf in ("30m", "4h", "1d")}

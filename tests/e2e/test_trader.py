@@ -35,9 +35,9 @@ def replayed(tmp_path_factory):
     inst = f"t{uuid.uuid4().hex[:10]}"
     run_base = Path(tempfile.mkdtemp(prefix="smtm", dir="/tmp"))   # Unix socket paths are short
     env = Env(inst, tmp_path_factory.mktemp("trader"), run_base=run_base)
-    env.write_overlay(speed=0.0, exchange='start = "2024-11-01"\nend = "2024-11-11"', shm=SHM, tail=TRADER)
+    env.write_overlay(speed=1800.0, exchange='start = "2024-11-01"\nend = "2024-11-11"', shm=SHM, tail=TRADER)
     try:
-        client, _, _ = replay_to_the_trader(env)
+        client, _, _ = replay_to_the_trader(env, tradable=True)   # ranked at 1800x, then at full speed
         sock = env.run_dir / "trader.sock"
         yield env, client, sock
     finally:

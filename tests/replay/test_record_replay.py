@@ -36,7 +36,7 @@ def run_until_done(env):
     ingest = env.start("ingest")
     wait_for(lambda: (get_json(base + "/replay/status") or {}).get("finished"), 120, "the replay to finish",
              interval=0.2)
-    sent = get_json(base + "/replay/status")["messages_sent"]
+    sent = get_json(base + "/replay/status")["frames_sent"]
     st = wait_for(lambda: attach(StatusTable.open, env.instance, STATUS_ROWS), 10, "status")
     wait_for(lambda: int(st.read("ingest")["msgs_in"]) >= sent, 30, "ingest to read every frame")
     return ingest

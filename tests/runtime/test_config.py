@@ -52,7 +52,7 @@ def test_bad_value_names_the_key(tmp_path, text, key):
 def test_allowed_values_are_named(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config("replay", overlay=overlay(tmp_path, "[ingest]\nformat = 'XML'"))
-    assert "allowed values are 'DEFAULT' or 'SIMPLE'" in str(e.value)
+    assert "allowed values are 'DEFAULT', 'SIMPLE', 'JSON_LIST' or 'SIMPLE_LIST'" in str(e.value)
 
 
 def test_unknown_profile():

@@ -10,11 +10,17 @@ from shm.ring import SeqlockTimeout
 from shm.tables import CANDLE_DTYPE, CANDLES
 
 ROWS, CAP = 2, 256
+BLOCK = 32   # records rewritten in one seqlock section in "rewrite" mode (a record alone is one 64-byte copy)
 
 
 def _record(k: int) -> np.void:
     f = float(k)
     return np.array((k, f, f, f, f, f, f, k & 0x7FFFFFFF, 0), dtype=CANDLE_DTYPE)[()]
+
+
+def _block(k: int) -> np.ndarray:
+    """BLOCK records that all say ``k``: a reader that sees two values saw a write half done."""
+    return np.array([_record(k)] * BLOCK, dtype=CANDLE_DTYPE)
 
 
 def _consistent(rec) -> bool:
@@ -29,7 +35,7 @@ def _writer_one_slot(instance, stop, mode):
     k = 1
     if mode == "rewrite":
         while not stop.is_set():
-            ring.write(row, 0, _record(k))  # the open candle, rewritten in place
+            ring.write_many(row, 0, _block(k))  # the newest records, rewritten in place
             k += 1
     else:  # append ~50k records/s: the writer laps readers of the last 200 (capacity 256)
         while not stop.is_set():
@@ -47,12 +53,12 @@ def _reader(instance, seqlock, seconds, mode, out):
     while time.monotonic() < deadline:
         if mode == "rewrite":
             try:
-                recs, _ = ring.read_last(row, 1, max_spins=1000)
+                recs, _ = ring.read_last(row, BLOCK, max_spins=1000)
             except SeqlockTimeout:  # starved by the writer: no data, and nothing torn
                 continue
             if len(recs):
                 reads += 1
-                torn += not _consistent(recs[0])
+                torn += not (all(_consistent(r) for r in recs) and (recs["t"] == recs["t"][0]).all())
         else:
             try:
                 recs, cnt = ring.read_last(row, 200, max_spins=1000)
@@ -69,7 +75,7 @@ def _run(instance, seqlock: bool, seconds: float, mode: str):
     ctx = mp.get_context("spawn")  # no fork of a process with threads: nothing inherited, nothing to deadlock
     ring = CANDLES.create(instance, "30m", ROWS, CAP)
     row = ring.assign_row("KRW-BTC")
-    ring.write(row, 0, _record(0))
+    ring.write_many(row, 0, _block(0) if mode == "rewrite" else _block(0)[:1])
     stop, out = ctx.Event(), ctx.Queue()
     w = ctx.Process(target=_writer_one_slot, args=(instance, stop, mode), daemon=True)
     readers = [ctx.Process(target=_reader, args=(instance, seqlock, seconds, mode, out), daemon=True)
