@@ -11,14 +11,16 @@ from the candles (:mod:`procs.trading.inputs`), so no decision waits for this pr
 """
 from __future__ import annotations
 
+from shm.ring import Overrun, SeqlockTimeout
 from shm.segment import SegmentNotFound, SegmentNotReady
 from shm.signals import SignalsTable
-from shm.tables import CANDLES, INDICATORS
+from shm.tables import CANDLES, INDICATORS, TRADES
 from shm.wake import PhasedWait, open_semaphore
 
 from .market.analytics import TimeframeWorker
 from .runtime.config import BaseConfig, IndicatorConfig, SignalsConfig
 from .runtime.process import Process, start
+from .runtime.stamps import LatencyLog
 
 
 class IndicatorProcess(Process):
@@ -29,6 +31,9 @@ class IndicatorProcess(Process):
         self.cfg = cfg
         self.signals_cfg = signals
         self.workers: list[TimeframeWorker] = []
+        self.latency = LatencyLog(base, self.name)
+        self._tape = None            # the trade tape, read for the latency stamps only
+        self._tape_seen: dict[int, int] = {}
         self.waiter = PhasedWait(open_semaphore(base.instance, self.name), self.row, spin_us=cfg.spin_us,
                                    park_timeout_s=cfg.park_timeout_s)
 
@@ -46,6 +51,9 @@ class IndicatorProcess(Process):
                                         self.cfg.periods(), signals if tf == signal_tf else None,
                                         self.signals_cfg.rules, self.signals_cfg.rsi_max)
                         for tf, cand in zip(b.shm.timeframes, cands)]
+        if self.latency.enabled:
+            self._tape = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
+            self._tape_seen = {r: self._tape.count(r) for r in range(b.shm.rows)}
         self.log.info("attached to %d candle tables", len(self.workers))
         return True
 
@@ -58,11 +66,36 @@ class IndicatorProcess(Process):
 
     def on_tick(self) -> None:
         if self.waiter.wait(self._changed):
+            # ingest writes a trade's candles before its tape record: every trade on the tape now is in what
+            # the steps below read
+            counts = self._tape.counts().tolist() if self._tape is not None else None
             updated = 0
             for w in self.workers:
                 if w.changed():
                     updated += w.step()
             self.row.msgs_in += updated
+            if counts is not None:
+                self._stamp(counts)
+
+    def _stamp(self, counts: list[int]) -> None:
+        """``frame -> indicator values`` for every trade taped before the steps."""
+        now = self.latency.now_ns()
+        stage = self.latency.stage("frame -> indicator values")
+        for row, cnt in enumerate(counts):
+            seen = self._tape_seen.get(row, 0)
+            if cnt > seen:
+                try:
+                    recs, _ = self._tape.read_range(row, max(seen, cnt - self._tape.capacity), cnt)
+                except (Overrun, SeqlockTimeout):
+                    recs = None
+                if recs is not None:
+                    stage.add_since(recs["recv_ns"], now)
+                self._tape_seen[row] = cnt
+            elif cnt < seen:   # the row was reassigned: its count restarted
+                self._tape_seen[row] = cnt
+
+    def on_stop(self) -> None:
+        self.latency.write()
 
     def on_beat(self) -> None:
         self.row.msgs_out = sum(w.records_out for w in self.workers)

@@ -26,6 +26,7 @@ from .runtime.config import BaseConfig, IngestConfig, UpbitConfig
 from .runtime.endpoints import UpbitUrls
 from .runtime.process import Process, start
 from .runtime.roster import WAKE_CONSUMERS
+from .runtime.stamps import LatencyLog
 from .upbit.parsing import parse_frame
 from .upbit.recorder import Recorder
 from .upbit.rest import RateLimiter, RestClient
@@ -46,6 +47,8 @@ class IngestProcess(Process):
         self.waker = Waker(base.instance, self.status, list(WAKE_CONSUMERS["ingest"]))
         self.feed = CandleFeed(base, cfg, fetch=self.rest.candle_history, wake=self.waker.wake, clock=self.clock,
                                universe=self._read_universe())
+        self.latency = LatencyLog(base, self.name)
+        self._to_shm = self.latency.stage("frame -> candle in shm") if self.latency.enabled else None
         self.recorder = None
         if cfg.record:
             self.recorder = Recorder(Path(cfg.record_dir) if cfg.record_dir else base.run_dir / "recordings",
@@ -69,7 +72,9 @@ class IngestProcess(Process):
         self.row.msgs_in += 1
         if self.recorder is not None:
             self.recorder.write(self.clock.time_ns() // 1_000_000, data)
-        self.feed.apply(parse_frame(data), recv_ns)
+        n = self.feed.apply(parse_frame(data), recv_ns)
+        if n and self._to_shm is not None:   # written, published and the consumers woken
+            self._to_shm.add((time.monotonic_ns() - recv_ns) / 1000.0, n)
 
     def _read_universe(self) -> list[str] | None:
         """The symbols table's universe if the table exists and moved since last read, else None."""
@@ -127,6 +132,7 @@ class IngestProcess(Process):
             self.recorder.close()
             self.log.info("recorded %d frames to %s", self.recorder.frames, ", ".join(map(str, self.recorder.files)))
         self.waker.close()
+        self.latency.write()
         self.log.info("stopped: %d trades, drops %s, repairs %d", self.feed.trades, dict(self.feed.drops),
                       self.feed.backfill.repairs)
 

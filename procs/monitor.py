@@ -14,6 +14,7 @@ import time
 
 from .runtime.config import BaseConfig, IndicatorConfig, MonitorConfig, SignalsConfig
 from .runtime.process import Process, start
+from .runtime.stamps import LatencyLog
 from .views.chart_source import ShmChartSource
 
 
@@ -26,6 +27,16 @@ class MonitorProcess(Process):
         self.cfg = cfg
         self.offscreen = offscreen
         self.source = ShmChartSource(base, cfg, indicator, signals, self.report)
+        self.latency = LatencyLog(base, self.name)
+        self._last_frame_ns = 0
+
+    def on_frame(self, draw_ms: float) -> None:
+        """Latency samples (``[latency] samples``): each frame's draw time and the time since the last frame."""
+        now = time.monotonic_ns()
+        self.latency.stage("monitor draw").add(draw_ms * 1000.0)
+        if self._last_frame_ns:
+            self.latency.stage("monitor frame interval").add((now - self._last_frame_ns) / 1000.0)
+        self._last_frame_ns = now
 
     def report(self, stats) -> None:
         """The render loop's figures (twice a second, and at the first frame) → the status row."""
@@ -41,16 +52,20 @@ class MonitorProcess(Process):
         self.log.info("render imported in %.0f ms", (time.perf_counter() - t0) * 1e3)
         c = self.cfg
         running = lambda: not self.stopping
+        on_frame = self.on_frame if self.latency.enabled else None
         if self.offscreen:
             self.base.run_dir.mkdir(parents=True, exist_ok=True)
             self.row.detail = f"offscreen {self.source.snapshot_path}"
             self.log.info("no display: rendering off-screen, snapshots to %s", self.source.snapshot_path)
             run_offscreen(self.source, fps=c.headless_fps, size=(c.width, c.height), max_candles=c.candles_shown,
-                          snapshot_interval_s=c.snapshot_interval_s, should_run=running)
+                          snapshot_interval_s=c.snapshot_interval_s, should_run=running, on_frame=on_frame)
         else:
             self.row.detail = f"window on {os.environ.get('DISPLAY')}"
             run_window(self.source, fps=c.fps, size=(c.width, c.height), max_candles=c.candles_shown,
-                       title=f"SMTM-NG monitor [{self.base.instance}]", should_run=running)
+                       title=f"SMTM-NG monitor [{self.base.instance}]", should_run=running, on_frame=on_frame)
+
+    def on_stop(self) -> None:
+        self.latency.write()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from shm.wake import PhasedWait, open_semaphore
 from .runtime.config import BaseConfig, IndicatorConfig, TraderConfig, UpbitConfig
 from .runtime.endpoints import UpbitUrls
 from .runtime.process import Process, start
+from .runtime.stamps import LatencyLog
 from .trading.commands import CommandHandler, timeline_entry
 from .trading.engine import Engine
 from .trading.fills import FillModel
@@ -45,6 +46,9 @@ class TraderProcess(Process):
         self.outputs = ShmOutputs(base)
         self.probe = LatencyProbe()
         self.inputs.probe = self.probe
+        self.latency = LatencyLog(base, self.name)
+        if self.latency.enabled:
+            self.inputs.stage = self.latency.stage("frame -> trader decision")
         self.ledger = Ledger(ledger_path(base.run_dir, cfg.broker))
         broker = self._broker(upbit or UpbitConfig())
         self.server: CommandServer | None = None
@@ -168,6 +172,10 @@ class TraderProcess(Process):
             self._emit("ENGINE.STATUS.UPDATE", self.handler.status(), None)
 
     def on_stop(self) -> None:
+        if self.latency.enabled:
+            self.latency.stage("frame -> candle-close decision").extend(self.probe.decisions)
+            self.latency.stage("frame -> order at the broker").extend(self.probe.orders)
+            self.latency.write()
         if self.server is not None:
             self.server.stop()
         with self.engine.lock:

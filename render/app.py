@@ -35,9 +35,19 @@ class FrameStats:
     fps: float = 0.0        # frames drawn per second, last second
     draw_ms: float = 0.0    # last frame's draw (or render) time
     max_draw_ms: float = 0.0
+    #: called after every frame with its draw (or render) time in ms (the monitor's latency samples)
+    on_frame: Callable[[float], None] | None = None
     _t0: float = field(default_factory=time.perf_counter)
     _ticks0: int = 0
     _frames0: int = 0
+
+    def frame_done(self, draw_ms: float) -> None:
+        """One frame drawn in ``draw_ms``."""
+        self.frames += 1
+        self.draw_ms = draw_ms
+        self.max_draw_ms = max(self.max_draw_ms, draw_ms)
+        if self.on_frame is not None:
+            self.on_frame(draw_ms)
 
     def roll(self) -> bool:
         now = time.perf_counter()
@@ -94,9 +104,7 @@ def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
         state["draw_start"] = time.perf_counter()
 
     def on_draw_end(ev):
-        stats.frames += 1
-        stats.draw_ms = (time.perf_counter() - state["draw_start"]) * 1000
-        stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
+        stats.frame_done((time.perf_counter() - state["draw_start"]) * 1000)
         if stats.frames == 1:
             source.report(stats)
             chart.show_text(True)
@@ -107,7 +115,7 @@ def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
 
 
 def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
-               should_run: Callable[[], bool] = lambda: True) -> int:
+               should_run: Callable[[], bool] = lambda: True, on_frame: Callable[[float], None] | None = None) -> int:
     """Open the PyQt6 window and run until it is closed or ``should_run()`` turns false (checked
     on every timer tick: the process's stop request). Returns an exit code."""
     import vispy
@@ -120,7 +128,7 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
     canvas = scene.SceneCanvas(title=title, size=size, bgcolor=BACKGROUND, show=True, keys=None)
     chart = CandleChart(canvas, max_candles)
     chart.show_text(False)  # candles first; glyphs on the next frame
-    stats = FrameStats()
+    stats = FrameStats(on_frame=on_frame)
     _time_draws(canvas, chart, source, stats)
     _connect_keys(canvas, source)
     last_status = [0.0]
@@ -177,7 +185,8 @@ def render_once(source, *, size: tuple[int, int], max_candles: int, inspect: Cal
 
 
 def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, snapshot_interval_s: float,
-                  should_run: Callable[[], bool] = lambda: True) -> int:
+                  should_run: Callable[[], bool] = lambda: True, on_frame: Callable[[float], None] | None = None
+                  ) -> int:
     """Render off-screen until ``should_run()`` is false, writing PNG snapshots."""
     import logging
     log = logging.getLogger("smtm.monitor")
@@ -188,7 +197,7 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
     chart = CandleChart(canvas, max_candles)
     t_chart = time.perf_counter()
     chart.show_text(False)  # candles first; glyphs on the next frame
-    stats = FrameStats()
+    stats = FrameStats(on_frame=on_frame)
     period = 1.0 / fps
     last_status = last_snap = 0.0
     img = None
@@ -207,9 +216,7 @@ def run_offscreen(source, *, fps: int, size: tuple[int, int], max_candles: int, 
         if dirty:
             t0 = time.perf_counter()
             img = canvas.render()
-            stats.draw_ms = (time.perf_counter() - t0) * 1000
-            stats.max_draw_ms = max(stats.max_draw_ms, stats.draw_ms)
-            stats.frames += 1
+            stats.frame_done((time.perf_counter() - t0) * 1000)
             dirty = False
             if stats.frames == 1:
                 source.report(stats)  # announce the first frame at once (restart time)

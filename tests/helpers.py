@@ -7,6 +7,7 @@ they got in the run directory (``procs.runtime.endpoints``), so suites never rac
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -335,3 +336,18 @@ class ExchangeThread:
     def close(self):
         self.loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(10)
+
+
+def start_xvfb() -> tuple[subprocess.Popen, str]:
+    """Xvfb on a display number it picks itself (``-displayfd``): two suites never collide."""
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r) as f:
+        ready, _, _ = select.select([f], [], [], 30)
+        num = f.readline().strip() if ready else ""
+    if not num:
+        xvfb.kill()
+        raise AssertionError("Xvfb did not report its display")
+    return xvfb, f":{num}"

@@ -66,6 +66,7 @@ class ExchangeProcess(Process):
                                        account_krw=cfg.account_krw,
                                        keys={cfg.access_key: (cfg.secret_key, ("view", "order"))},
                                        fill_model=FillModel(self.fee_rate, self.slippage_pct))
+        self.exchange.replayer.rate = cfg.rate
 
     def on_tick(self) -> None:  # the asyncio loop below is the work loop
         self.idle(self.heartbeat_s)

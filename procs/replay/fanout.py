@@ -33,6 +33,11 @@ class Replayer:
     def __init__(self, tape: ReplayTape, speed: float, faults: FaultInjector):
         self.tape = tape
         self.speed = float(speed)
+        #: trades per wall second (a load generator): > 0 sends the tape's events evenly at this rate whatever
+        #: their market time, re-stamped so that market time runs at wall time from where the replay stood
+        #: (a storm of the tape's prices at a chosen rate); 0 = paced by ``speed``
+        self.rate = 0.0
+        self._rate_anchor: tuple[float, int, int] | None = None   # (wall monotonic, event index, market ms)
         self.faults = faults
         self.clients: set[Client] = set()
         self.position = 0                      # index of the next event to send
@@ -85,12 +90,18 @@ class Replayer:
                 continue
             for cl in self.clients:   # the events due at this moment: one frame per client in a _LIST format
                 cl.batching = True
+            restamp = self._rate_anchor if self.rate > 0 else None
             # one conversion per batch: numpy scalars cost more than the rest of a trade's work
-            for ck, kind, ix in zip(clock[i:j].tolist(), kinds[i:j].tolist(), index[i:j].tolist()):
-                self.clock_now = ck
+            for e, (ck, kind, ix) in enumerate(zip(clock[i:j].tolist(), kinds[i:j].tolist(), index[i:j].tolist()),
+                                               start=i):
                 if kind == 0:
-                    await self._emit(*tr[ix].tolist())
+                    rec = list(tr[ix].tolist())
+                    if restamp is not None:   # market time = wall time since the anchor, one event every 1/rate s
+                        ck = rec[0] = restamp[2] + int((e - restamp[1]) * 1000.0 / self.rate)
+                    self.clock_now = ck
+                    await self._emit(*rec)
                 else:
+                    self.clock_now = ck
                     await self._emit_ticker(*tape.tickers[ix])
             await self._flush()
             self.position = i = j
@@ -101,6 +112,15 @@ class Replayer:
 
     async def _next_batch(self, clock: np.ndarray, i: int, n: int) -> int | None:
         """End of the next batch of events that are due, or None after sleeping until one is."""
+        if self.rate > 0:
+            if self._rate_anchor is None:
+                self._rate_anchor = (time.monotonic(), i, max(self.clock_now, self.now_ms + 1))
+            wall0, e0, _ = self._rate_anchor
+            due = e0 + int((time.monotonic() - wall0) * self.rate) + 1
+            if due <= i:
+                await asyncio.sleep(min(0.05, max(0.0001, (i - due + 1) / self.rate)))
+                return None
+            return min(n, due, i + 2048)
         if self.speed <= 0:
             return min(n, i + 256)
         wall0, c0 = self._anchor
@@ -112,7 +132,8 @@ class Replayer:
         return min(j, i + 2048)
 
     def control(self, req: dict) -> None:
-        """Change the replay at run time: ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``.
+        """Change the replay at run time: ``{"speed": x}``, ``{"rate": trades_per_s}`` (see :attr:`rate`),
+        ``{"pause": true}``, ``{"resume": true}``.
 
         Raises ValueError for anything else."""
         if "speed" in req:
@@ -120,14 +141,22 @@ class Replayer:
             if not isinstance(sp, (int, float)) or isinstance(sp, bool) or not (sp >= 0 and sp < 1e9):
                 raise ValueError("speed must be a number >= 0 (0 = as fast as consumers keep up)")
             self.speed = float(sp)
+            self.rate, self._rate_anchor = 0.0, None
+            self._anchor = (time.monotonic(), self.clock_now)
+        elif "rate" in req:
+            rt = req["rate"]
+            if not isinstance(rt, (int, float)) or isinstance(rt, bool) or not (0 <= rt <= 1e7):
+                raise ValueError("rate must be a number of trades per second, 0..1e7 (0 = paced by speed)")
+            self.rate, self._rate_anchor = float(rt), None
             self._anchor = (time.monotonic(), self.clock_now)
         elif req.get("pause") is True:
             self.paused = True
         elif req.get("resume") is True:
             self.paused = False
             self._anchor = (time.monotonic(), self.clock_now)
+            self._rate_anchor = None
         else:
-            raise ValueError('expected {"speed": x}, {"pause": true} or {"resume": true}')
+            raise ValueError('expected {"speed": x}, {"rate": x}, {"pause": true} or {"resume": true}')
         log.info("replay control: %s", req)
 
     # -- the fan-out -------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ One aiohttp application on one port serves
 * Upbit's REST quotation API (:mod:`.rest`) and its exchange API (:mod:`.private`: signed requests,
   the account and its orders, matched on the replayed trades by :mod:`.accounts`).
 * ``GET /replay/status`` — replay position, progress and counters (JSON); ``POST
-  /replay/control`` — ``{"speed": x}``, ``{"pause": true}``, ``{"resume": true}``; ``GET``/``POST
+  /replay/control`` — ``{"speed": x}``, ``{"rate": trades_per_s}``, ``{"pause": true}``, ``{"resume": true}``;
+  ``GET``/``POST
   /faults`` — fault injection (:mod:`.faults`).
 
 Trades are synthesized from the real 30-minute candles (:mod:`procs.market.tape`) or read from a recording
@@ -142,7 +143,7 @@ class ReplayExchange:
         percent, replay_time = self._where()
         return {"position": r.position, "trades": len(self.tape.trades), "events": len(self.tape.clock_ms),
                 "percent": percent, "replay_time": replay_time,
-                "speed": r.speed, "paused": r.paused, "started": r.started.is_set(),
+                "speed": r.speed, "rate": r.rate, "paused": r.paused, "started": r.started.is_set(),
                 "finished": r.finished, "faults": self.faults.state(),
                 "rest_status_counts": {str(k): v for k, v in rest.status_counts.items()},
                 "rest_limit_per_s": rest.limits.per_second,

@@ -128,6 +128,9 @@ class ExchangeConfig(Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 0   #: 0 = a free port, published in the run directory
     data_dir: Annotated[str, Field(min_length=1)] = "data/upbit"   #: relative to the repository root unless absolute
     speed: Annotated[float, Field(ge=0.0, le=1e9)] = 1800.0  #: replay s per wall s; 0 = as fast as consumers keep up
+    #: a load generator: trades per wall second, sent evenly and re-stamped so that market time runs at wall
+    #: time (the tape's prices at a chosen rate); 0 = paced by ``speed``
+    rate: Annotated[float, Field(ge=0.0, le=1e7)] = 0.0
     trades_per_candle: Annotated[int, Field(ge=4, le=64)] = 6      #: synthesized trades per source candle
     rest_per_second: Annotated[int, Field(ge=1, le=1000)] = 10     #: REST requests per s and group before 429
     recording: str = ""     #: replay this recording (path or glob) instead of the bundled candles
@@ -315,6 +318,13 @@ class MonitorConfig(Section):
     timeframe: Timeframe = "30m"
 
 
+class LatencyConfig(Section):
+    """Per-stage latency samples (CLOCK_MONOTONIC, from a trade's arrival in ingest), for the benchmarks: ingest,
+    the indicator and the trader each keep the newest ``samples`` of their stage and write them to
+    ``run/<instance>/latency/<process>.npz`` when they stop. 0 = not measured."""
+    samples: Annotated[int, Field(ge=0, le=50_000_000)] = 0
+
+
 @dataclass(frozen=True)
 class BaseConfig:
     """What every process gets: which instance, where its run files go, its markets and tables."""
@@ -323,6 +333,7 @@ class BaseConfig:
     run_dir: Path
     markets: tuple[str, ...]
     shm: ShmConfig
+    latency: LatencyConfig = LatencyConfig()
 
     @property
     def finest_timeframe(self) -> str:
@@ -343,6 +354,7 @@ class Config(Section):
     symbols: SymbolsConfig = SymbolsConfig()
     monitor: MonitorConfig = MonitorConfig()
     trader: TraderConfig = TraderConfig()
+    latency: LatencyConfig = LatencyConfig()
 
     @model_validator(mode="after")
     def _across_sections(self):
@@ -422,7 +434,7 @@ class Config(Section):
 
     @property
     def base(self) -> BaseConfig:
-        return BaseConfig(self.profile, self.instance, self.run_dir, self.markets.codes, self.shm)
+        return BaseConfig(self.profile, self.instance, self.run_dir, self.markets.codes, self.shm, self.latency)
 
     def data_path(self) -> Path:
         p = Path(self.exchange.data_dir)

@@ -89,6 +89,7 @@ class ShmInputs:
         #: CLOCK_MONOTONIC ns at which ingest received the trade behind the decision being made (0: unknown)
         self.trigger_ns = 0
         self.probe = None   # an object with a ``decisions`` deque (µs), when latency is measured
+        self.stage = None   # a StageSamples (procs.runtime.stamps): µs from each trade's arrival to its decision
         self.lag_ns = 0     # the newest trade: ingest's receipt -> the engine had it (CLOCK_MONOTONIC ns)
         self.touched: set[str] = set()      # markets with new trades since the caller last cleared it
         self.closed: list[tuple[str, dict, dict]] = []   # (market, candle, indicators) evaluated since then
@@ -210,7 +211,7 @@ class ShmInputs:
             order = np.argsort(recs["recv_ns"], kind="stable")
             recs, names = recs[order], [parts[k][0] for k in which[order].tolist()]
         self.lag_ns = time.monotonic_ns() - int(recs["recv_ns"].max())
-        tf_ms, bucket_of, on_trade = self.tf_ms, self.bucket, engine.on_trade
+        tf_ms, bucket_of, on_trade, stage = self.tf_ms, self.bucket, engine.on_trade, self.stage
         for k, (t_ms, price, vol, sid, recv) in enumerate(zip(
                 recs["t_ms"].tolist(), recs["price"].tolist(), recs["volume"].tolist(),
                 recs["sequential_id"].tolist(), recs["recv_ns"].tolist())):
@@ -225,6 +226,8 @@ class ShmInputs:
                 bucket_of[market] = bucket
                 if last is not None:     # the market's previous candle has closed
                     self._close(engine, market, bucket)
+            if stage is not None:
+                stage.add((time.monotonic_ns() - recv) / 1000.0)
         self.trigger_ns = 0
 
     def _patient(self, read, *args):

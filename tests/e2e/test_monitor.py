@@ -1,9 +1,6 @@
 """The monitor draws what the rings hold: rendered off-screen from real data (pixel counts),
 and as a PyQt6 window under Xvfb (its render loop runs and reports through its status row)."""
-import os
-import select
 import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -16,7 +13,7 @@ from procs.runtime.roster import STATUS_ROWS
 from procs.views.chart_source import ShmChartSource
 from shm.status import StatusTable
 from shm.tables import CANDLE_DTYPE, CANDLES, CLOSED, INDICATOR_DTYPE, INDICATORS
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, start_xvfb, wait_for
 
 
 def fill_rings(instance, market="KRW-BTC", n=300, start=1000):
@@ -102,21 +99,6 @@ def test_qt_window_runs_its_render_loop(env):
         env.stop_all()
         xvfb.terminate()
         xvfb.wait(timeout=10)
-
-
-def start_xvfb() -> tuple[subprocess.Popen, str]:
-    """Xvfb on a display number it picks itself (``-displayfd``): two suites never collide."""
-    r, w = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    with os.fdopen(r) as f:
-        ready, _, _ = select.select([f], [], [], 30)
-        num = f.readline().strip() if ready else ""
-    if not num:
-        xvfb.kill()
-        raise AssertionError("Xvfb did not report its display")
-    return xvfb, f":{num}"
 
 
 def _open(instance):

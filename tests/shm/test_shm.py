@@ -108,3 +108,33 @@ def test_status_rows_and_unlink(instance):
     assert f"/smtm.{instance}.status" in objs and f"/smtm.{instance}.candles.30m" in objs
     removed = unlink_instance(instance)
     assert set(removed) == set(objs) and not list_instance_objects(instance)
+
+
+def test_a_record_that_does_not_fit_is_refused_before_the_seqlock(instance):
+    """``write`` packs a tuple with struct before the section: a bad value raises, and the row is as it was
+    (count, seq even and unchanged, the record) — a reader never sees half a record."""
+    import struct
+
+    from shm.tables import TRADES
+    from shm.trading import TRADE_DTYPE
+    ring = CANDLES.create(instance, "30m", 2, 16)
+    row = ring.assign_row("KRW-BTC")
+    good = (1_700_000_000, 1.0, 2.0, 0.5, 1.5, 3.0, 4.5, 2, CLOSED)
+    ring.write(row, 0, good)
+    seq, cnt = int(ring.seqs()[row]), ring.count(row)
+    for bad in ((1.5, *good[1:]),                     # a float where the dtype has int64
+                (*good[:7], 2**40, 0),                # int32 overflow
+                ("x", *good[1:]),                     # not a number
+                good[:-1]):                           # a field missing
+        with pytest.raises((struct.error, TypeError, ValueError)):
+            ring.write(row, cnt, bad)
+        assert int(ring.seqs()[row]) == seq and ring.count(row) == cnt
+    rec, _ = ring.read_last(row, 1)
+    assert tuple(rec[0].tolist()) == good
+    ring.write(row, 1, np.array(good, CANDLE_DTYPE)[()])          # a structured scalar is taken as well
+    assert ring.count(row) == 2 and tuple(ring.read_last(row, 1)[0][0].tolist()) == good
+    tape = TRADES.create(instance, None, 2, 16)                    # a raw pad field: bytes, zero-filled
+    r = tape.assign_row("KRW-BTC")
+    tape.write(r, 0, (1, 2.0, 3.0, 4, 5, 1, b""))
+    got = tape.read_last(r, 1)[0][0]
+    assert got.dtype == TRADE_DTYPE and got["recv_ns"] == 5 and got["side"] == 1 and bytes(got["_pad"]) == bytes(7)
