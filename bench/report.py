@@ -394,8 +394,11 @@ def _snapshot(entries, out: Path) -> str:
 
 
 def _monitor_state(v: dict) -> str:
+    """"off", "on", or how the monitor ran ("window", "offscreen")."""
     m = v.get("monitor")
-    return "on" if m is True or str(m).lower() in ("on", "true", "1") else "off"
+    if m is None or m is False or str(m).lower() in ("off", "false", "0", ""):
+        return "off"
+    return "on" if m is True or str(m).lower() in ("on", "true", "1") else str(m)
 
 
 def _rate(v: dict) -> float | None:
@@ -404,7 +407,7 @@ def _rate(v: dict) -> float | None:
 
 def _e2e(entries, out: Path) -> str:
     entries = sorted(entries, key=lambda kv: (_monitor_state(kv[1]), _num(kv[1].get("rate_target")) or 0))
-    stages = list(dict.fromkeys(s for _, v in entries for s in (v.get("stages") or {})))
+    stages = list(dict.fromkeys(s for _, v in entries for s, st in (v.get("stages") or {}).items() if st.get("n")))
     md = ["Latency of each stage from the trade frame's arrival, per offered trade rate "
           "(p99.9 from the samples where the entry has none).\n"]
     for k, v in entries:
@@ -413,20 +416,31 @@ def _e2e(entries, out: Path) -> str:
                   f"{_monitor_state(v)}; load {load_cell(v)}\n")
         md.append(table(["stage", "p50", "p99", "p99.9", "max", "n"],
                         [[s, dur(st.get("p50_us")), dur(st.get("p99_us")), dur(p999(st)), dur(st.get("max_us")),
-                          num(st.get("n"))] for s, st in (v.get("stages") or {}).items()], right=range(1, 6)))
+                          num(st.get("n"))] for s, st in (v.get("stages") or {}).items() if s in stages],
+                        right=range(1, 6)))
     colors = {s: colormaps["tab10"](i % 10) for i, s in enumerate(stages)}
     monitors = list(dict.fromkeys(_monitor_state(v) for _, v in entries))
     rated = [(k, v) for k, v in entries if _rate(v)]
+    if "off" in monitors:   # the load curve is the engine's own; the runs with the monitor are compared in a table
+        monitors = ["off"]
     if rated and stages:
         fig, axes = _fig(max(8.0, 5.6 * len(monitors) + 0.6), 4.8, 1, len(monitors), sharey=True)
         for ax, mon in zip(axes[0], monitors):
             es = sorted((v for _, v in rated if _monitor_state(v) == mon), key=_rate)
+            firsts: dict[float, dict] = {}
+            for v in es:     # a line through the first run at each target rate; repeated runs as markers only
+                firsts.setdefault(_num(v.get("rate_target")) or 0, v)
             for s in stages:
-                pts = [(_rate(v), v["stages"][s]) for v in es if s in (v.get("stages") or {})]
                 for key, style, marker in (("p50_us", "-", "o"), ("p99_us", "--", "s")):
-                    xy = [(r, float(st[key])) for r, st in pts if _num(st.get(key))]
+                    xy = [(_rate(v), float(v["stages"][s][key])) for v in firsts.values()
+                          if _num((v.get("stages") or {}).get(s, {}).get(key))]
                     if xy:
                         ax.plot(*zip(*xy), linestyle=style, marker=marker, markersize=5, color=colors[s])
+                    more = [(_rate(v), float(v["stages"][s][key])) for v in es if v not in firsts.values()
+                            and _num((v.get("stages") or {}).get(s, {}).get(key))]
+                    if more:
+                        ax.plot(*zip(*more), linestyle="none", marker=marker, markersize=6, color=colors[s],
+                                markerfacecolor="none")
             rates = [_rate(v) for v in es]
             if rates and max(rates) / min(rates) > 10:
                 ax.set_xscale("log")
@@ -447,25 +461,24 @@ def _e2e(entries, out: Path) -> str:
         nrows = math.ceil(len(labels) / ncols)
         order = [r * ncols + c for c in range(ncols) for r in range(nrows) if r * ncols + c < len(labels)]
         fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncols=ncols)
-        fig.suptitle("Latency vs load: p50 (solid) and p99 (dashed) per stage", x=0.01, ha="left", fontsize=12)
+        fig.suptitle("Latency vs load: p50 (solid) and p99 (dashed) per stage; hollow: a repeated run",
+                     x=0.01, ha="left", fontsize=12)
         md.append(f"\n![latency vs load]({_save(fig, out, 'e2e_latency_vs_load.png')})\n")
     if stages:
         ncols = 2 if len(stages) in (2, 4) else min(3, len(stages))
         nrows = math.ceil(len(stages) / ncols)
         fig, axes = _fig(4.6 * ncols + 0.4, 3.9 * nrows + 0.9, nrows, ncols, sharex=True, sharey=True)
-        rates = sorted({_num(v.get("rate_target")) or 0 for _, v in entries})
-        cmap = colormaps["viridis"]
+        runs = [k for k, _ in entries]
+        cmap = colormaps["tab10"]
         top = 0.0
         for i, s in enumerate(stages):
             ax = axes[i // ncols, i % ncols]
-            for _, v in entries:
+            for k, v in entries:
                 st = (v.get("stages") or {}).get(s)
                 if st:
-                    r = _num(v.get("rate_target")) or 0
-                    c = cmap(0.85 * rates.index(r) / max(1, len(rates) - 1))
-                    mon = _monitor_state(v)
-                    lab = f"{num(r)} trades/s" + (f", monitor {mon}" if len(monitors) > 1 else "")
-                    top = max(top, _draw_cdf(ax, st, c, lab, "--" if mon == "on" else "-"))
+                    c = cmap(runs.index(k) % 10)
+                    top = max(top, _draw_cdf(ax, st, c, _wrap(label_of(k, v), 40),
+                                             "-" if _monitor_state(v) == "off" else "--"))
             ax.set_title(_wrap(s, 44), fontsize=10.5)
         for i, ax in enumerate(axes.flat):
             if i >= len(stages):
@@ -475,8 +488,9 @@ def _e2e(entries, out: Path) -> str:
             ax.tick_params(labelbottom=True)
             if i % ncols == 0:
                 ax.set_ylabel("share ≤ latency (logit)")
-        _legend(fig, axes, len(rates) if len(monitors) > 1 else 4)
-        fig.suptitle("End-to-end latency CDF per stage, one line per offered rate", x=0.01, ha="left", fontsize=12)
+        _legend(fig, axes, min(3, len(runs)))
+        fig.suptitle("End-to-end latency CDF per stage, one line per run (dashed: the monitor running)", x=0.01,
+                     ha="left", fontsize=12)
         md.append(f"\n![latency CDF per stage]({_save(fig, out, 'e2e_cdf.png')})\n")
     return "\n".join(md)
 
@@ -500,30 +514,36 @@ def _monitor(entries, out: Path, e2e: list[tuple[str, dict]]) -> str:
     def fm(v, q):
         f = v.get("frame_ms") or {}
         return dur((_num(f.get(q)) or math.nan) * 1e3)
-    md = [table(["run", "mode", "trade rate (trades/s)", "fps", "frame p50", "frame p99", "frame max", "load"],
+    def iv(v, q):
+        f = v.get("interval_ms") or {}
+        return dur((_num(f.get(q)) or math.nan) * 1e3)
+    md = [table(["run", "mode", "trade rate (trades/s)", "fps", "draw p50", "draw p99", "draw max",
+                 "frame interval p99", "interval max", "intervals > 50 ms", "exit on SIGTERM", "load"],
                 [[label_of(k, v), str(v.get("mode", "–")), num(v.get("rate")), num(v.get("fps")), fm(v, "p50"),
-                  fm(v, "p99"), fm(v, "max"), load_cell(v)] for k, v in entries], right=range(2, 7))]
+                  fm(v, "p99"), fm(v, "max"), iv(v, "p99"), iv(v, "max"),
+                  f"{num(v.get('over_50ms'))} of {num(v.get('frames'))}" if "over_50ms" in v else "–",
+                  str(v.get("sigterm_exit", "–")), load_cell(v)] for k, v in entries], right=range(2, 10))]
     md.append(_monitor_on_off(e2e))
     return "\n".join(md)
 
 
 def _monitor_on_off(e2e: list[tuple[str, dict]]) -> str:
-    """The engine's latency with the monitor on vs off, at the rates measured both ways."""
-    pairs: dict[float, dict[str, dict]] = {}
-    for _, v in e2e:
-        pairs.setdefault(_num(v.get("rate_target")) or 0, {})[_monitor_state(v)] = v
-    rows = []
-    for r, d in sorted(pairs.items()):
-        if "on" in d and "off" in d:
-            for s, off in (d["off"].get("stages") or {}).items():
-                on = (d["on"].get("stages") or {}).get(s, {})
-                rows.append([num(r), s, dur(off.get("p50_us")), dur(on.get("p50_us")), dur(off.get("p99_us")),
-                             dur(on.get("p99_us"))])
-    if not rows:
-        return ""
-    return ("\nEngine latency with the monitor off vs on (from the end-to-end runs):\n\n"
-            + table(["trade rate target (trades/s)", "stage", "p50 off", "p50 on", "p99 off", "p99 on"], rows,
-                    right=(0, 2, 3, 4, 5)))
+    """The engine's latency with the monitor off and on, at each rate measured both ways: p50 / p99 per run."""
+    by_rate: dict[float, list[tuple[str, dict]]] = {}
+    for k, v in e2e:
+        by_rate.setdefault(_num(v.get("rate_target")) or 0, []).append((k, v))
+    md = []
+    for r, runs in sorted(by_rate.items()):
+        if len({_monitor_state(v) for _, v in runs}) < 2:
+            continue
+        runs = sorted(runs, key=lambda kv: _monitor_state(kv[1]) != "off")
+        stages = list(dict.fromkeys(s for _, v in runs for s in (v.get("stages") or {})))
+        rows = [[s] + [f"{dur(st.get('p50_us'))} / {dur(st.get('p99_us'))}"
+                       for st in ((v.get("stages") or {}).get(s, {}) for _, v in runs)] for s in stages]
+        md.append(f"\nEngine latency at {num(r)} trades/s with the monitor off and on, p50 / p99 (from the "
+                  "end-to-end runs):\n\n"
+                  + table(["stage"] + [f"monitor {_monitor_state(v)}: {label_of(k, v)}" for k, v in runs], rows))
+    return "\n".join(md)
 
 
 def _dict_table(d: dict) -> str:

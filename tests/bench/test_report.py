@@ -119,7 +119,7 @@ def test_report_has_every_group_table_and_plot(tmp_path):
         assert f"| {stage} |" in md
     assert "0.61 → 0.74 · CPU 57 % · 2.4 s" in md                  # the load observed during the measurement
     assert "quiet" in md and "CPU hog on one core" in md
-    assert "monitor off vs on" in md                             # the engine with the monitor on and off
+    assert "with the monitor off and on" in md                             # the engine with the monitor on and off
     assert "| indicators.30m | 224 KiB | 2.19 MiB | 21.9 MiB | 87.5 MiB |" in md   # shared memory per table
 
     tables = _tables(md)
