@@ -77,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     uni = sub.add_parser("universe", help="set or show the market universe (the symbols table)")
     uni.add_argument("action", choices=("set", "show"))
     uni.add_argument("codes", nargs="?", default="", help="comma-separated market codes (set)")
-    rp = sub.add_parser("replay", help="replay exchange: status, speed X, pause, resume")
-    rp.add_argument("action", choices=("status", "speed", "pause", "resume"))
-    rp.add_argument("value", nargs="?", type=float, help="speed: replay seconds per wall second (0 = max)")
+    rp = sub.add_parser("replay", help="replay exchange: status, speed X, rate R, pause, resume")
+    rp.add_argument("action", choices=("status", "speed", "rate", "pause", "resume"))
+    rp.add_argument("value", nargs="?", type=float, help="speed: replay seconds per wall second (0 = max); rate: "
+                                                         "trades per second, market time at wall time (0 = off)")
     fl = sub.add_parser("fault", help="inject a fault into the replay exchange (it lists the types it knows)")
     fl.add_argument("type", help="drop, stall, malformed, duplicate, reorder, rest_429, rest_418, rest_slow; orders: "
                                  "order_hold, order_drop, order_500, order_slow, order_429, order_reject, "

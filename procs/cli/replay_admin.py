@@ -28,8 +28,9 @@ def _progress_line(p: dict) -> str:
     state = ("finished" if p["finished"] else "paused" if p["paused"] else "running" if p["started"]
              else "waiting for a subscriber")
     fastest = " (as fast as consumers keep up)" if p["speed"] == 0 else ""
+    pace = f"rate {p['rate']:,.0f} trades/s" if p.get("rate") else f"speed x{p['speed']:g}{fastest}"
     return (f"replay {state}: {p['replay_time']}  {p['percent']:.1f}% ({p['position']:,}/{p['trades']:,} trades)  "
-            f"speed x{p['speed']:g}{fastest}  clients {p['clients']}")
+            f"{pace}  clients {p['clients']}")
 
 
 def cmd_replay(args, cfg: Config, sup: Supervisor) -> int:
@@ -42,6 +43,12 @@ def cmd_replay(args, cfg: Config, sup: Supervisor) -> int:
                   file=sys.stderr)
             return 2
         body = {"speed": args.value}
+    elif args.action == "rate":
+        if args.value is None:
+            print("replay rate: give a number (trades per wall second, re-stamped to run at wall time; 0 = paced by "
+                  "speed)", file=sys.stderr)
+            return 2
+        body = {"rate": args.value}
     else:
         body = {args.action: True}
     print(_progress_line(_admin(cfg, "POST", "/replay/control", body)))
