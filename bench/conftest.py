@@ -307,7 +307,7 @@ def _new_groups(w, groups: dict[str, str]) -> None:
             stages = "; ".join(f"{s} {report.dur(st.get('p50_us'))} / {report.dur(st.get('p99_us'))}"
                                for s, st in (v.get("stages") or {}).items())
             w(f"  end to end, {report.label_of(k, v)}: {report.num(v.get('rate_sustained'))} trades/s sustained, "
-              f"monitor {'on' if v.get('monitor') in (True, 'on') else 'off'}; p50 / p99 {stages}")
+              f"monitor {report._monitor_state(v)}; p50 / p99 {stages}")
         elif g == "throughput":
             w(f"  throughput {report.label_of(k, v)}: {report.num(v.get('trades_per_s'))} trades/s "
               f"({report.num(v.get('trades'))} trades in {report.num(v.get('wall_s'))} s)")

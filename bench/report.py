@@ -136,7 +136,7 @@ def num(x, digits: int = 3) -> str:
     f = _num(x)
     if f is None:
         return "–"
-    if abs(f) >= 1000 or f == int(f):
+    if abs(f) >= 10 ** digits - 0.5 or f == int(f):   # 999.97 is "1,000", not "1e+03"
         return f"{f:,.0f}"
     return f"{f:.{digits}g}"
 

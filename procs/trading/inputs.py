@@ -5,7 +5,8 @@ What the engine is fed, and in which order — the order a backtest feeds it in
 (:mod:`procs.backtest.runner`), so that a replay through the processes books what the backtest books:
 
 * **trades** — every record appended to ``trades`` since the last poll, all markets merged in the order
-  ingest received them (``recv_ns``, CLOCK_MONOTONIC; Upbit sends one trade per frame), each once, as
+  ingest received them (``recv_ns``, CLOCK_MONOTONIC; the i-th trade of a frame is stamped ``recv_ns + i``, so
+  the several trades of a _LIST frame keep their order too), each once, as
   :meth:`~procs.trading.engine.Engine.on_trade`. A poll takes a consistent cut of the tape: ingest appends
   in receive order, but the rows' counts are read one after another, so a trade received earlier may show
   up in a row read before it was written while a later one shows up in a row read after. The counts are
