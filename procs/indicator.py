@@ -52,7 +52,11 @@ class IndicatorProcess(Process):
                                         self.signals_cfg.rules, self.signals_cfg.rsi_max)
                         for tf, cand in zip(b.shm.timeframes, cands)]
         if self.latency.enabled:
-            self._tape = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
+            try:   # ingest creates the tape after the candle rings
+                self._tape = TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity)
+            except (SegmentNotFound, SegmentNotReady) as e:
+                self.row.detail = f"waiting for ingest: {e}"[:88]
+                return False
             self._tape_seen = {r: self._tape.count(r) for r in range(b.shm.rows)}
         self.log.info("attached to %d candle tables", len(self.workers))
         return True
@@ -71,18 +75,21 @@ class IndicatorProcess(Process):
             counts = self._tape.counts().tolist() if self._tape is not None else None
             updated = 0
             for w in self.workers:
-                if w.changed():
+                if counts is not None or w.changed():   # stamping: every row whose seq moved, published or not
                     updated += w.step()
             self.row.msgs_in += updated
             if counts is not None:
-                self._stamp(counts)
+                self._stamp(counts, set().union(*(w.skipped for w in self.workers)))
 
-    def _stamp(self, counts: list[int]) -> None:
-        """``frame -> indicator values`` for every trade taped before the steps."""
+    def _stamp(self, counts: list[int], skipped: set[int]) -> None:
+        """``frame -> indicator values`` for every trade taped before the steps, but on a row a step left for
+        the next one (a write in progress, a seqlock timeout): those are stamped when it is done."""
         now = self.latency.now_ns()
         stage = self.latency.stage("frame -> indicator values")
         for row, cnt in enumerate(counts):
             seen = self._tape_seen.get(row, 0)
+            if row in skipped:
+                continue
             if cnt > seen:
                 try:
                     recs, _ = self._tape.read_range(row, max(seen, cnt - self._tape.capacity), cnt)

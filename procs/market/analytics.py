@@ -56,6 +56,7 @@ class TimeframeWorker:
         # -1: the first step checks every row's name (a row may have changed hands while we were down)
         self.last_generations = np.full(candles.n_rows, -1, dtype=np.int64)
         self.assigned = [bool(n) for n in indicators.names()]   # our rows that have a market
+        self.skipped: set[int] = set()   # rows the last step left for the next one (their values not written)
         self.last_gseq = -1
         self.rebuilds = 0
         self.records_out = 0
@@ -70,6 +71,7 @@ class TimeframeWorker:
         Only rows whose ``seq`` moved are looked at: a row's history rewrite or reassignment is written
         inside its seqlock section, so it always moves the row's ``seq`` too."""
         self.last_gseq = self.candles.global_seq
+        self.skipped.clear()
         ctrl = self.candles.control
         seqs = ctrl["seq"]
         rows = np.flatnonzero(seqs != self.last_seqs)
@@ -83,6 +85,7 @@ class TimeframeWorker:
                 self.state[row] = None  # history changed under us (backfill, reassigned row): rebuild
                 self.last_rewrites[row] = rew
             if seq & 1:  # a write in progress: leave it for the next step
+                self.skipped.add(row)
                 continue
             if gen != self.last_generations[row] or not self.assigned[row]:
                 names = names or self.candles.names()
@@ -92,12 +95,15 @@ class TimeframeWorker:
                 self._follow_name(row, names[row], gen)
             try:
                 if not self._update_row(row, gen):
+                    self.skipped.add(row)
                     continue   # the row changed hands during the read: follow it next step
             except Overrun:
                 self.state[row] = None  # lapped while reading: rebuild next time
+                self.skipped.add(row)
                 continue
             except SeqlockTimeout:
                 self.seqlock_timeouts += 1  # the writer kept the row busy (a storm): tried again next step
+                self.skipped.add(row)
                 continue
             self.last_seqs[row] = seq
             updated += 1
@@ -108,13 +114,14 @@ class TimeframeWorker:
     def _follow_name(self, row: int, name: str, gen: int) -> None:
         """Give our row the candle row's market: assign it, or reset it if the row changed hands."""
         if not self.ind.name(row):
-            self.ind.assign_row(name, row)
+            self.ind.assign_row(name, row)   # no-op while a row its market left still holds the name
         elif self.ind.name(row) != name:
             self.ind.reassign_row(row, name)
             if self.signals is not None:
                 self.signals.write_rows(row, np.zeros((), self.signals.DTYPE))
         self.last_generations[row] = gen
-        self.assigned[row] = True
+        # not named yet (the old row is renamed when its new market's candles are folded): tried again next time
+        self.assigned[row] = self.ind.name(row) == name
 
     def _update_row(self, row: int, gen: int) -> bool:
         """Fold the row's new candles; False (nothing written) if the row changed hands meanwhile."""

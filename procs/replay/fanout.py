@@ -35,14 +35,19 @@ class Replayer:
         self.speed = float(speed)
         #: trades per wall second (a load generator): > 0 sends the tape's events evenly at this rate whatever
         #: their market time, re-stamped so that market time runs at wall time from where the replay stood
-        #: (a storm of the tape's prices at a chosen rate); 0 = paced by ``speed``
+        #: (a storm of the tape's prices at a chosen rate); 0 = paced by ``speed``. The REST side keeps the tape's
+        #: own candles: a repair during a rate run fetches history that does not match the streamed candles
         self.rate = 0.0
         self._rate_anchor: tuple[float, int, int] | None = None   # (wall monotonic, event index, market ms)
+        self._restamped = False      # a rate run moved market time off the tape's: offset the tape from there on
+        self.ts_offset = 0           # ms added to the tape's times after a rate run (never backwards)
+        self._epoch = 0              # bumped by every control: a batch in flight ends at the next event
         self.faults = faults
         self.clients: set[Client] = set()
         self.position = 0                      # index of the next event to send
         self.now_ms = tape.start_ms - 1        # market time of the last trade sent (REST completeness)
-        self.clock_now = int(tape.clock_ms[0]) if len(tape.clock_ms) else 0  # replay clock
+        self.clock_now = int(tape.clock_ms[0]) if len(tape.clock_ms) else 0  # market time as sent (replay clock)
+        self.tape_now = self.clock_now          # the tape's own clock at the last event sent (the speed clock)
         self.started = asyncio.Event()
         self.finished = False
         self.paused = False
@@ -90,23 +95,34 @@ class Replayer:
                 continue
             for cl in self.clients:   # the events due at this moment: one frame per client in a _LIST format
                 cl.batching = True
-            restamp = self._rate_anchor if self.rate > 0 else None
+            rate, epoch = self.rate, self._epoch     # a control mid-batch (a send yielded) ends the batch
+            restamp = self._rate_anchor if rate > 0 else None
             # one conversion per batch: numpy scalars cost more than the rest of a trade's work
             for e, (ck, kind, ix) in enumerate(zip(clock[i:j].tolist(), kinds[i:j].tolist(), index[i:j].tolist()),
                                                start=i):
+                self.tape_now = ck
                 if kind == 0:
                     rec = list(tr[ix].tolist())
                     if restamp is not None:   # market time = wall time since the anchor, one event every 1/rate s
-                        ck = rec[0] = restamp[2] + int((e - restamp[1]) * 1000.0 / self.rate)
-                    self.clock_now = ck
+                        rec[0] = restamp[2] + int((e - restamp[1]) * 1000.0 / rate)
+                        self._restamped = True
+                    else:
+                        if self._restamped:   # back on the tape's clock after a rate run: never back in time
+                            self.ts_offset = max(self.ts_offset, self.clock_now + 1 - rec[0])
+                            self._restamped = False
+                        rec[0] += self.ts_offset
+                    self.clock_now = rec[0]
                     await self._emit(*rec)
                 else:
-                    self.clock_now = ck
+                    if restamp is None:
+                        self.clock_now = ck + self.ts_offset
                     await self._emit_ticker(*tape.tickers[ix])
+                if self._epoch != epoch:
+                    j = e + 1
+                    break
             await self._flush()
             self.position = i = j
-            if self.speed <= 0:
-                await asyncio.sleep(0)  # let REST handlers and new subscribers in
+            await asyncio.sleep(0)  # let REST handlers, controls and new subscribers in
         self.finished = True
         log.info("replay finished: %d events sent", n)
 
@@ -142,21 +158,22 @@ class Replayer:
                 raise ValueError("speed must be a number >= 0 (0 = as fast as consumers keep up)")
             self.speed = float(sp)
             self.rate, self._rate_anchor = 0.0, None
-            self._anchor = (time.monotonic(), self.clock_now)
+            self._anchor = (time.monotonic(), self.tape_now)
         elif "rate" in req:
             rt = req["rate"]
             if not isinstance(rt, (int, float)) or isinstance(rt, bool) or not (0 <= rt <= 1e7):
                 raise ValueError("rate must be a number of trades per second, 0..1e7 (0 = paced by speed)")
             self.rate, self._rate_anchor = float(rt), None
-            self._anchor = (time.monotonic(), self.clock_now)
+            self._anchor = (time.monotonic(), self.tape_now)
         elif req.get("pause") is True:
             self.paused = True
         elif req.get("resume") is True:
             self.paused = False
-            self._anchor = (time.monotonic(), self.clock_now)
+            self._anchor = (time.monotonic(), self.tape_now)
             self._rate_anchor = None
         else:
             raise ValueError('expected {"speed": x}, {"rate": x}, {"pause": true} or {"resume": true}')
+        self._epoch += 1
         log.info("replay control: %s", req)
 
     # -- the fan-out -------------------------------------------------------------------------------

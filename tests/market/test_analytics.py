@@ -45,3 +45,26 @@ def test_a_row_reclaimed_while_the_indicator_was_down_is_followed(instance):
     assert cnt == 30 and np.array_equal(ind["t"], candles(30, 5000.0)["t"])
     assert np.nanmin(ind["ema_slow"]) > 4000, "X's state was folded into Y's indicators"
     assert not signals.buyable().size, "X's buy signal survived the reclaim"
+
+
+def test_a_market_back_on_another_row_gets_its_name_once_the_old_row_is_renamed(instance):
+    """While the indicator was down, market X's row 5 went to Y and X came back on row 3: the indicator row 3
+    takes X's name as soon as row 5 is renamed Y (the same step), not never."""
+    c = CANDLES.create(instance, "30m", 8, 64)
+    ind = INDICATORS.create(instance, "30m", 8, 64)
+    periods = IndicatorConfig().periods()
+    c.assign_row("KRW-XRP", 5)
+    for k in range(3):
+        c.write(5, k, (1800 * k, 1., 1., 1., 1., 1., 1., 1, CLOSED))
+    TimeframeWorker(c, ind, periods).step()
+    assert ind.row_of("KRW-XRP") == 5
+    c.reassign_row(5, "KRW-SOL")
+    c.write(5, 0, (9000, 2., 2., 2., 2., 1., 2., 1, 0))
+    c.assign_row("KRW-XRP", 3)
+    c.write(3, 0, (9000, 3., 3., 3., 3., 1., 3., 1, 0))
+    w = TimeframeWorker(c, ind, periods)      # the restarted indicator
+    w.step()
+    assert ind.name(5) == "KRW-SOL"
+    c.write(3, 1, (10800, 3., 3., 3., 3., 1., 3., 1, 0))   # X's next trade
+    w.step()
+    assert ind.row_of("KRW-XRP") == 3 and ind.count(3) == 2

@@ -102,5 +102,11 @@ def test_rate_sends_evenly_and_restamps_market_time(env):
         ts = [m["ttms"] for m in msgs]
         assert ts == sorted(ts)
         assert 1600 < ts[-1] - ts[0] < 2400                           # market time ran at wall time
+        # back to speed pacing: the tape goes on at once, and market time never goes back
+        assert requests.post(f"{base}/replay/control", json={"speed": 1800}, timeout=5).status_code == 200
+        t0 = time.monotonic()
+        later = [json.loads(ws.recv()) for _ in range(20)]
+        assert time.monotonic() - t0 < 3.0, "the replay stalled after the rate run"   # 20 trades: ~1.7 s at 1800x
+        assert all(m["ttms"] >= ts[-1] for m in later)
     finally:
         ws.close()
