@@ -161,7 +161,8 @@ class ReplayExchange:
         whose REST statistics scan the request log)."""
         r = self.replayer
         percent, replay_time = self._where()
-        return (f"replay {replay_time} {percent:.1f}% x{r.speed:g}" + (" paused" if r.paused else "")
+        pace = f"{r.rate:,.0f}/s" if r.rate > 0 else f"x{r.speed:g}"
+        return (f"replay {replay_time} {percent:.1f}% {pace}" + (" paused" if r.paused else "")
                 + (" finished" if r.finished else ""))
 
     async def replay_control(self, request: web.Request) -> web.Response:
