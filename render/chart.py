@@ -131,6 +131,7 @@ class CandleChart:
                                       parent=self.view.scene)
         self._marks_idx = np.zeros(0, int)
         self._range: tuple | None = None
+        self._panels_xr: tuple | None = None
         self._xkey: tuple | None = None
         self._status = None
         self._snap: ChartSnapshot | None = None
@@ -242,7 +243,10 @@ class CandleChart:
     def _set_panels(self, candles, rsi, macd, marks) -> None:
         n = min(len(candles), self.max_candles)
         xr = (-1, max(n, 10))
-        self.rsi_view.camera.set_range(x=xr, y=(0, 100), margin=0)
+        if xr != self._panels_xr:   # a camera change recomputes every transform of the scene: only when it moved
+            self._panels_xr = xr
+            self.rsi_view.camera.set_range(x=xr, y=(0, 100), margin=0)
+            self.macd_view.camera.set_range(x=xr, y=(-1.1, 1.1), margin=0)  # MACD values are scaled by their span
         if rsi is not None and n:
             r = rsi[-n:]
             idx = np.flatnonzero(np.isfinite(r))
@@ -256,7 +260,6 @@ class CandleChart:
             ok = np.isfinite(hist)
             span = float(np.nanmax(np.abs(np.r_[line[ok], sig[ok], hist[ok]]))) if ok.any() else 1.0
             span = span or 1.0
-            self.macd_view.camera.set_range(x=xr, y=(-1.1, 1.1), margin=0)  # values scaled by span
             idx = np.flatnonzero(ok)
             x0, x1 = idx - 0.35, idx + 0.35
             y = hist[idx] / span
