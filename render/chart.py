@@ -70,15 +70,16 @@ class CandleChart:
         self.max_candles = max_candles
         self.fonts = font_manager()
         grid = canvas.central_widget.add_grid(spacing=0, margin=6)
-        # the banner, the status line and the right column are drawn into textures when they change
+        # the banner and the right column are drawn into textures when they change; the status line (it changes
+        # twice a second) is drawn each frame: re-rendering a texture makes VisPy recompute every transform of the
+        # scene twice (push and pop of the framebuffer), ~10 ms, while drawing the line costs well under one
         banner_box = grid.add_widget(scene.Widget(), row=0, col=0, col_span=3)
         banner_box.height_min = banner_box.height_max = Banner.HEIGHT
         self.banner = Banner(CachedLayer(banner_box, BACKGROUND), self.fonts)
         status_box = grid.add_widget(scene.Widget(), row=1, col=0, col_span=3)
         status_box.height_min = status_box.height_max = 40
-        self.status_layer = CachedLayer(status_box, BACKGROUND)
         self.status = make_text(self.fonts, "", color=TEXT, font_size=9, anchor_x="left", anchor_y="center",
-                                pos=(6, 20), parent=self.status_layer.root)
+                                pos=(6, 20), parent=status_box)
         side_box = grid.add_widget(scene.Widget(), row=2, col=2, row_span=4)  # its layer paints PANEL
         side_box.width_min = side_box.width_max = PANEL_WIDTH
         self.side = SidePanel(CachedLayer(side_box, PANEL), self.fonts)
@@ -146,7 +147,6 @@ class CandleChart:
         wait for it; the labels follow on the next frame."""
         for t in (self.status, self.price_labels, self.xlabels, self.rsi_label, self.macd_label):
             t.visible = visible
-        self.status_layer.invalidate()
         for b in self.banner.blocks + self.side.blocks:
             b.show(visible)
         self.overlay.show_text(visible)
@@ -175,7 +175,6 @@ class CandleChart:
         if text != self._status:
             self.status.text = text
             self._status = text
-            self.status_layer.invalidate()
 
     def set_data(self, snap: ChartSnapshot) -> None:
         """Show ``snap`` (≤ max_candles candles, oldest first, indicators aligned with them; see
