@@ -117,18 +117,21 @@ class CachedLayer:
         return True
 
     def _draw_into_texture(self, canvas, rect) -> None:
-        # VisPy 0.17 caches the canvas→FBO mapping ('ct0') and skips it when unchanged, but resets the
-        # transform itself without the cache when the last FBO is popped: the same layer drawn twice
-        # in a row (in a window, where no FBO surrounds the frame) would then draw outside its texture.
-        canvas.transforms._mappings["ct0"] = None
-        canvas.push_fbo(self._fbo, rect[:2], rect[2:])
+        # Not through the canvas's FBO stack: pushing (and popping) a framebuffer makes VisPy recompute every
+        # transform of the scene, twice each way (~10 ms with this chart, paid on every re-render). The visuals
+        # keep the transforms they have for the canvas's framebuffer; a viewport offset by the layer's position
+        # puts the layer's rectangle at the texture's origin.
+        vp = canvas._vp_stack[-1] if canvas._vp_stack else (0, 0, *canvas.physical_size)
+        self._fbo.activate()
         try:
+            canvas.context.set_viewport(-rect[0], -rect[1], vp[2], vp[3])
             canvas.context.clear(color=self.background, depth=True)
             # the root stays hidden from the scene's own pass; its children are drawn here, in order
             for node in sorted(self.root.children, key=lambda n: n.order):
                 if node.visible and hasattr(node, "draw"):
                     node.draw()
         finally:
-            canvas.pop_fbo()
+            self._fbo.deactivate()
+            canvas.context.set_viewport(*vp)
         self.dirty = False
         self.renders += 1
