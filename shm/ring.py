@@ -28,7 +28,7 @@ from functools import partialmethod
 
 import numpy as np
 
-from .segment import HEADER_SIZE, Layout, Segment, ShmError
+from .segment import Layout, Segment, ShmError
 from .seqlock import Seqlock, SeqlockTimeout
 
 __all__ = ["CONTROL_DTYPE", "Overrun", "RingTable", "SeqlockTimeout", "TableFull", "ring_layout"]
@@ -68,7 +68,6 @@ def ring_size(dtype: np.dtype, n_rows: int, capacity: int) -> int:
     return _round_up(n_rows * CONTROL_DTYPE.itemsize) + n_rows * capacity * np.dtype(dtype).itemsize
 
 
-_CONTROL_WORDS = CONTROL_DTYPE.itemsize // 8   # 8-byte words per control row: seq is word 0, count word 1
 _STRUCT_CODES = {"i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I", "i8": "q", "u8": "Q",
                  "f4": "f", "f8": "d"}
 
@@ -123,17 +122,17 @@ class RingTable:
         self._rewrites = self.control["rewrites"]
         self._generation = self.control["generation"]
         self.lock = Seqlock(self._seq, seg.name, enabled=seqlock)
-        # The hot paths (one record written, a count read) go through memoryviews: a memoryview item is half
-        # the cost of a numpy element, a struct-packed record a fifth of a structured-scalar assignment.
-        self._words = memoryview(seg.mm)[HEADER_SIZE:HEADER_SIZE + n_rows * _CONTROL_WORDS * 8].cast("Q")
-        rec0 = HEADER_SIZE + _round_up(n_rows * CONTROL_DTYPE.itemsize)
-        self._records = memoryview(seg.mm)[rec0:rec0 + n_rows * capacity * self.dtype.itemsize]
-        self._struct = _record_struct(self.dtype)
         data_off = _round_up(n_rows * CONTROL_DTYPE.itemsize)
         self.data = seg.payload(self.dtype, (n_rows, capacity), data_off)
         # The same bytes as uint8: numpy copies structured records field by field (~13 µs for
         # 200 candles); copying raw bytes and viewing them as records is one memcpy (~1 µs).
         self._raw = seg.payload(np.uint8, (n_rows, capacity * self.dtype.itemsize), data_off)
+        # The hot paths (one record written, a count read) go through memoryviews of those views: an item is
+        # half the cost of a numpy element, a struct-packed record copied in a fifth of a structured-scalar
+        # assignment.
+        self._counts = memoryview(self._count)
+        self._records = memoryview(self._raw.reshape(-1))
+        self._struct = _record_struct(self.dtype)
         self._name_cache: dict[str, int] = {}
 
     # -- construction ---------------------------------------------------------------
@@ -160,7 +159,7 @@ class RingTable:
     def close(self) -> None:
         self.control = self._seq = self._count = self._names = self._rewrites = self._generation = None
         self.data = self._raw = self.lock = None
-        for mv in (self._words, self._records):
+        for mv in (self._counts, self._records):
             mv.release()
         self.seg.close()
 
@@ -230,7 +229,7 @@ class RingTable:
 
     def count(self, row: int) -> int:
         """Records written to ``row`` (one 8-byte load)."""
-        return self._words[row * _CONTROL_WORDS + 1]
+        return self._counts[row]
 
     def generation(self, row: int) -> int:
         """The row's generation (one 8-byte load): moves when the row is reassigned."""
@@ -256,8 +255,8 @@ class RingTable:
         conversion's error (``struct.error``, ``TypeError``, ``ValueError``) for a record that does
         not fit the dtype, before touching the seqlock.
         """
-        words, w = self._words, row * _CONTROL_WORDS
-        cnt = words[w + 1]
+        counts = self._counts
+        cnt = counts[row]
         if not (cnt - self.capacity <= index <= cnt) or index < 0:
             raise IndexError(f"{self.seg.name} row {row}: index {index} outside [{max(cnt - self.capacity, 0)}, {cnt}]")
         if type(record) is tuple and self._struct is not None:
@@ -268,14 +267,14 @@ class RingTable:
             raw = rec.tobytes()
         sz = len(raw)
         off = (row * self.capacity + index % self.capacity) * sz
-        s = words[w]
-        words[w] = s + 1
+        lock = self.lock
+        s = lock.begin(row)
         try:
             self._records[off:off + sz] = raw
             if index == cnt:
-                words[w + 1] = cnt + 1
+                counts[row] = cnt + 1
         finally:
-            words[w] = s + 2
+            lock.end(row, s)
 
     def write_many(self, row: int, start: int, records: np.ndarray, *, truncate: bool = False) -> None:
         """Writer: put consecutive records from absolute index ``start`` (one seqlock section).
@@ -289,7 +288,7 @@ class RingTable:
         """
         records = np.asarray(records, dtype=self.dtype)
         n = len(records)
-        cnt = int(self._count[row])
+        cnt = self._counts[row]
         if n == 0 and not truncate:
             return
         if start < cnt - self.capacity or start < 0:
@@ -312,7 +311,7 @@ class RingTable:
                 i0 = start % cap
                 data[row, slice(i0, i0 + n) if i0 + n <= cap else np.arange(start, start + n) % cap] = records
             if start + n > cnt or truncate:
-                self._count[row] = start + n
+                self._counts[row] = start + n
             if rewrite:
                 self._rewrites[row] += 1
         finally:
@@ -344,7 +343,7 @@ class RingTable:
         failed attempts.
         """
         def copy():
-            cnt = int(self._count[row])
+            cnt = self._counts[row]
             k = min(n, cnt, self.capacity)
             return self._copy(row, cnt - k, cnt), cnt
         return self.lock.read(row, copy, max_spins, f"row {row}")
@@ -361,7 +360,7 @@ class RingTable:
         def copy():
             if bytes(self._names[row]) != raw:
                 return None
-            cnt = int(self._count[row])
+            cnt = self._counts[row]
             k = min(n, cnt, self.capacity)
             return self._copy(row, cnt - k, cnt), cnt
         return self.lock.read(row, copy, max_spins, f"row {row}")
@@ -374,7 +373,7 @@ class RingTable:
         overwritten, :class:`SeqlockTimeout` as :meth:`read_last`.
         """
         def copy():
-            cnt = int(self._count[row])
+            cnt = self._counts[row]
             if start < cnt - self.capacity:
                 return None, cnt   # overwritten: reported once the read proved consistent
             stop = cnt if end is None else min(end, cnt)
