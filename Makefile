@@ -32,8 +32,9 @@ $(VENV)/.dev: $(BIN)/smtm requirements-dev.txt
 venv: $(BIN)/smtm
 dev: $(VENV)/.dev
 
-debs:
-	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# $(call install_debs,PACKAGES): the missing ones installed as root on Debian, else a warning naming them
+define install_debs
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing Debian packages: $$missing"; \
@@ -42,17 +43,13 @@ debs:
 	else \
 	  echo "warning: missing Debian packages (install as root): $$missing" >&2; \
 	fi
+endef
+
+debs:
+	$(call install_debs,$(DEBS))
 
 bench-debs:
-	@missing=$$(for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian packages: $$missing"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	else \
-	  echo "warning: missing Debian packages (install as root): $$missing" >&2; \
-	fi
+	$(call install_debs,$(BENCH_DEBS))
 
 run: venv debs
 	$(BIN)/smtm up --profile replay
