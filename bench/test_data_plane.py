@@ -46,6 +46,7 @@ import pytest
 
 from bench.conftest import RESULTS
 from procs.runtime.roster import STATUS_ROWS
+from procs.trading.latency import LatencyProbe
 from shm.status import StatusRow, StatusTable
 from shm.tables import CANDLE_DTYPE, CANDLES
 from shm.wake import PhasedWait, SpinThenPark, Waker, open_semaphore
@@ -439,8 +440,7 @@ def redis_server():
 
 def _record(name, lat_ns, benchmark):
     us = np.asarray(lat_ns, np.float64) / 1000.0
-    res = {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-           "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()), "n": int(len(us))}
+    res = LatencyProbe.summary(us)
     benchmark.extra_info.update(res)  # scalars only: pytest-benchmark writes extra_info as JSON
     RESULTS[name] = {"group": "wake", **res, "samples_us": us}
 

@@ -43,6 +43,7 @@ from bench.conftest import RESULTS
 from procs.market.tape import load_market_all
 from procs.market.universe import safety_flags
 from procs.runtime.roster import STATUS_ROWS
+from procs.trading.latency import LatencyProbe
 from shm.segment import unlink_instance
 from shm.status import State, StatusTable
 from tests.helpers import ALL_MARKETS, ROOT, Env, attach, get_json, start_xvfb, wait_for
@@ -73,10 +74,7 @@ def _data_dir(tmp: Path) -> tuple[str, list[str], str]:
 
 
 def _summary(us: np.ndarray) -> dict:
-    if not len(us):
-        return {"n": 0}
-    return {"n": int(len(us)), "p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "p999_us": float(np.percentile(us, 99.9)), "max_us": float(us.max()), "samples_us": us}
+    return {**LatencyProbe.summary(us), "samples_us": us} if len(us) else {"n": 0}
 
 
 def _window(npz: Path, name: str, t0: int, t1: int) -> np.ndarray:

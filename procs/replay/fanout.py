@@ -52,7 +52,7 @@ class Replayer:
         self.finished = False
         self.paused = False
         self.messages_sent = 0
-        self.frames_gone = 0                   # data frames sent to connections that have closed since
+        self.frames_gone = 0                   # frames sent to connections that have closed since
         self.clients_dropped = 0
         self._anchor: tuple[float, int] | None = None   # (wall monotonic, replay ms) of the speed clock
         n = len(tape.markets)
@@ -69,9 +69,9 @@ class Replayer:
 
     @property
     def frames_sent(self) -> int:
-        """Frames of messages sent to every connection so far (``messages_sent`` counts the messages: a frame
-        of a _LIST format holds several)."""
-        return self.frames_gone + sum(cl.data_frames for cl in self.clients)
+        """Frames sent to every connection so far (``messages_sent`` counts the messages: a frame of a _LIST
+        format holds several)."""
+        return self.frames_gone + sum(cl.sent for cl in self.clients)
 
     # -- the clock --------------------------------------------------------------------------------
     async def run(self) -> None:

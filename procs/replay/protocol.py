@@ -98,10 +98,9 @@ class Client:
         self.format = "DEFAULT"
         self.ticket = ""
         self.last_activity = time.monotonic()
-        self.sent = 0
+        self.sent = 0          # frames sent (a _LIST frame holds several messages)
         self.batching = False
         self.pending: list = []
-        self.data_frames = 0   # frames of messages sent (a _LIST frame holds several)
 
     def wants(self, ty: str, code: str) -> bool:
         codes = self.types.get(ty)
@@ -130,14 +129,12 @@ class Client:
                 return
             obj = [obj]
         await self._send(orjson.dumps(obj))
-        self.data_frames += 1
 
     async def flush(self) -> None:
         """Send the batched messages as one frame (a JSON array), if any."""
         if self.pending:
             objs, self.pending = self.pending, []
             await self._send(orjson.dumps(objs))
-            self.data_frames += 1
 
     async def send_error(self, name: str, message: str) -> None:
         await self.ws.send_bytes(json.dumps({"error": {"name": name, "message": message}}).encode())

@@ -79,7 +79,7 @@ class ReplayExchange:
         finally:
             watchdog.cancel()
             self.replayer.clients.discard(cl)
-            self.replayer.frames_gone += cl.data_frames
+            self.replayer.frames_gone += cl.sent
         return ws
 
     async def _idle_watchdog(self, cl: Client) -> None:

@@ -31,11 +31,13 @@ class LatencyProbe:
 
     @staticmethod
     def summary(xs) -> dict:
-        a = np.array(list(xs), float)   # list(deque) copies in one C call: safe while the engine appends
+        """``n``, ``p50_us``, ``p99_us``, ``p999_us``, ``max_us`` of latencies in µs (a deque, a list or an array)."""
+        # list(deque) copies in one C call: safe while the engine appends
+        a = xs.astype(float, copy=False) if isinstance(xs, np.ndarray) else np.array(list(xs), float)
         if not len(a):
             return {"n": 0}
-        return {"n": len(a), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
-                "max_us": float(a.max())}
+        p50, p99, p999 = np.percentile(a, [50, 99, 99.9]).tolist()
+        return {"n": len(a), "p50_us": p50, "p99_us": p99, "p999_us": p999, "max_us": float(a.max())}
 
 
 class Timed:
