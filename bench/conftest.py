@@ -188,7 +188,10 @@ def pytest_sessionfinish(session, exitstatus):
     try:
         out.mkdir(parents=True, exist_ok=True)
         m = machine()
-        (out / "results.json").write_text(json.dumps(plain(RESULTS), indent=1) + "\n")
+        # one line per entry: its samples would otherwise take a line each (tens of thousands for a run)
+        entries = plain(RESULTS)
+        (out / "results.json").write_text(
+            "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in entries.items()) + "\n}\n")
         (out / "machine.json").write_text(json.dumps(m, indent=1) + "\n")
         REPORT["path"] = str(report.write(RESULTS, m, out))
     except Exception:  # the figures are printed anyway; the failure is shown and fails the run
