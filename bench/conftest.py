@@ -24,8 +24,25 @@ import pytest
 
 from bench import report
 from shm.segment import unlink_instance
+from tests.helpers import ROOT
 
 RESULTS: dict[str, dict] = {}
+#: the 40 markets × 3 months of 30-minute candles beside the repository (not bundled: benchmarks skip without them)
+SHARED_CANDLES = ROOT.parent / "shared" / "data" / "upbit" / "candles"
+
+
+def shared_markets() -> list[str]:
+    """The market codes of :data:`SHARED_CANDLES` (``minute30/KRW-*.csv*``), sorted."""
+    return sorted({f.name.split("_")[0] for f in (SHARED_CANDLES / "minute30").glob("KRW-*.csv*")})
+
+
+def shared_data_dir(tmp: Path) -> Path:
+    """A replay data directory under ``tmp``: the shared 30-minute candles and the bundled REST files, linked."""
+    d = tmp / "data"
+    d.mkdir()
+    (d / "minute30").symlink_to(SHARED_CANDLES / "minute30")
+    (d / "rest").symlink_to(ROOT / "data" / "upbit" / "rest")
+    return d
 LOAD: dict[str, tuple[float, float, float]] = {}
 #: where the report went (or why it did not), for the terminal summary
 REPORT: dict[str, str] = {}

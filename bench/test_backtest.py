@@ -29,20 +29,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.conftest import RESULTS
+from bench.conftest import RESULTS, SHARED_CANDLES, shared_markets
 from procs.backtest.runner import BacktestSpec, run_backtest
 from procs.market.tape import load_dataset
 from procs.runtime.config import SymbolsConfig, TraderConfig
 from tests.helpers import ROOT
 
-DATA = ROOT.parent / "shared" / "data" / "upbit" / "candles"
+DATA = SHARED_CANDLES
 CACHE = ROOT / "run" / "cache" / "candles"
 pytestmark = pytest.mark.skipif(not (DATA / "minute30").is_dir(), reason=f"no 40-market data at {DATA}")
 ROUNDS = 3
 
 
 def _markets() -> tuple[str, ...]:
-    return tuple(sorted({f.name.split("_")[0] for f in (DATA / "minute30").glob("KRW-*.csv*")}))
+    return tuple(shared_markets())
 
 
 @pytest.fixture

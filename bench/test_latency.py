@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import requests
 
-from bench.conftest import RESULTS
+from bench.conftest import RESULTS, SHARED_CANDLES, shared_data_dir, shared_markets
 from procs.market.tape import load_market_all
 from procs.market.universe import safety_flags
 from procs.runtime.roster import STATUS_ROWS
@@ -49,7 +49,6 @@ from shm.status import State, StatusTable
 from tests.helpers import ALL_MARKETS, ROOT, Env, attach, get_json, start_xvfb, wait_for
 
 SECONDS = float(os.environ.get("SMTM_BENCH_SECONDS", "30"))
-SHARED = ROOT.parent / "shared" / "data" / "upbit" / "candles" / "minute30"
 STAGES = ("frame -> candle in shm", "frame -> indicator values", "frame -> trader decision")
 TRADER = "\n[trader]\narm_on_start = true\n[symbols]\ntop_n = 40\n[latency]\nsamples = 2000000\n"
 #: in this order: the monitor runs between two runs without it, so the spread of the machine shows
@@ -63,14 +62,11 @@ def _data_dir(tmp: Path) -> tuple[str, list[str], str]:
     """The replay's data folder, markets and first day: those of the 40 shared markets (linked beside the bundled
     REST file) that pass the symbol manager's safety filter (35; every trade sent is then subscribed), from the
     first day all of them trade, or the bundled 12."""
-    if not SHARED.is_dir():
+    if not (SHARED_CANDLES / "minute30").is_dir():
         return str(ROOT / "data" / "upbit"), list(ALL_MARKETS), ""
-    d = tmp / "data"
-    d.mkdir()
-    (d / "minute30").symlink_to(SHARED)
-    (d / "rest").symlink_to(ROOT / "data" / "upbit" / "rest")
+    d = shared_data_dir(tmp)
     safe = {c for c, f in safety_flags(load_market_all(d)).items() if f == 0}   # the symbol manager's filter
-    return str(d), sorted({f.name.split("_")[0] for f in SHARED.glob("KRW-*.csv*")} & safe), "2024-12-17"
+    return str(d), [m for m in shared_markets() if m in safe], "2024-12-17"
 
 
 def _summary(us: np.ndarray) -> dict:

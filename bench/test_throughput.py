@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.conftest import RESULTS
+from bench.conftest import RESULTS, SHARED_CANDLES, shared_data_dir, shared_markets
 from procs.runtime.roster import STATUS_ROWS
 from shm.segment import unlink_instance
 from shm.status import StatusTable
-from tests.helpers import ROOT, Env, attach, get_json, wait_for
+from tests.helpers import Env, attach, get_json, wait_for
 
-SHARED = ROOT.parent / "shared" / "data" / "upbit" / "candles" / "minute30"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no 40-market data at {SHARED}")
+pytestmark = pytest.mark.skipif(not (SHARED_CANDLES / "minute30").is_dir(),
+                                reason=f"no 40-market data at {SHARED_CANDLES}")
 FORMATS = {"SIMPLE_LIST (the replay profile)": "SIMPLE_LIST", "SIMPLE (one trade a frame)": "SIMPLE"}
 
 
@@ -35,11 +35,8 @@ def _cpu_s(pid: int) -> float:
 
 
 def _replay(tmp: Path, fmt: str) -> dict:
-    d = tmp / "data"
-    d.mkdir()
-    (d / "minute30").symlink_to(SHARED)
-    (d / "rest").symlink_to(ROOT / "data" / "upbit" / "rest")
-    markets = sorted({f.name.split("_")[0] for f in SHARED.glob("KRW-*.csv*")})
+    d = shared_data_dir(tmp)
+    markets = shared_markets()
     inst = f"b{uuid.uuid4().hex[:10]}"
     env = Env(inst, tmp, run_base=Path(tempfile.mkdtemp(prefix="smtm", dir="/tmp")))
     env.write_overlay(markets=markets, rows=64, capacity=8192, speed=0.0, exchange=f'data_dir = "{d}"',
