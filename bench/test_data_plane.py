@@ -17,8 +17,10 @@
     benchmark starts on a unix socket in a temporary directory (``--save "" --appendonly no``) and stops at the end
     (Debian's ``redis-server``; skipped when it is not installed).
 
-  The writer stamps CLOCK_MONOTONIC ns and the message's index into the record; the reader subtracts on receipt
-  (the clock is system-wide on Linux). The socket and queue transports first send ``WARMUP`` messages the reader
+  The writer takes a CLOCK_MONOTONIC ns stamp, then builds the record with it and the message's index and sends
+  it, each transport in its own form (a tuple into the ring's struct-packed write, the record's bytes, a JSON
+  object), so the latency includes each one's encoding and send; the reader subtracts on receipt (the clock is
+  system-wide on Linux). The socket and queue transports first send ``WARMUP`` messages the reader
   does not count; every reader then counts exactly ``N_MSGS`` messages, in order, and fails on a lost one. Each
   entry keeps p50 / p99 / p99.9 / max and every sample (``samples_us``).
 * A reader's copy of the last 200 candles out of the ring vs ``json.loads``, ``orjson.loads`` and ``pickle.loads``
@@ -35,6 +37,7 @@ import queue
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,16 +75,26 @@ def _pace_yielding(t_next: float) -> None:
         time.sleep(0)
 
 
-def _send_paced(rec: np.ndarray, send, pace=_pace) -> None:
-    """``N_MSGS`` records, one every ``INTERVAL_S``, each stamped with CLOCK_MONOTONIC ns in ``t``
-    (the reader subtracts on receipt) and its index in ``n``."""
+#: the candle record as bytes (:data:`CANDLE_DTYPE`'s layout), for the transports that carry raw bytes
+RECORD = struct.Struct("<q6dii")
+assert RECORD.size == CANDLE_DTYPE.itemsize
+
+
+def _candle(t: int, i: int) -> tuple:
+    """The record as a tuple in :data:`CANDLE_DTYPE` field order: ``t`` the writer's stamp, ``n`` the index."""
+    return (t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, i, 0)
+
+
+def _send_paced(send, pace=_pace) -> None:
+    """``N_MSGS`` records, one every ``INTERVAL_S``: ``send(t, i)`` gets the CLOCK_MONOTONIC ns stamp taken just
+    before (the record's ``t``; the reader subtracts on receipt) and the index (``n``), and builds its transport's
+    message from :func:`_candle` — a tuple for the ring's :meth:`~shm.ring.RingTable.write`, :data:`RECORD` bytes
+    or a JSON object for the others — so each pays for its own encoding."""
     t_next = time.perf_counter()
     for i in range(N_MSGS):
         t_next += INTERVAL_S
         pace(t_next)
-        rec["t"] = time.perf_counter_ns()
-        rec["n"] = i
-        send(rec)
+        send(time.perf_counter_ns(), i)
 
 
 # -- ring transports -------------------------------------------------------------------------
@@ -128,11 +141,11 @@ def _ring_latency(instance, spin_us, strategy="spin"):
     try:
         assert ready.wait(30)
         time.sleep(0.2)
-        def send(rec):
-            ring.write(0, ring.count(0), rec[0])
+        def send(t, i):
+            ring.write(0, ring.count(0), _candle(t, i))
             ring.publish()
             waker.wake()
-        _send_paced(np.zeros(1, CANDLE_DTYPE), send)
+        _send_paced(send)
         lat = out.get(timeout=60)
     finally:
         p.join(timeout=10)
@@ -175,13 +188,10 @@ def _zmq_latency():
     p.start()
     try:
         assert ready.wait(30)
-        rec = np.zeros(1, CANDLE_DTYPE)
-        rec["n"] = -1
         for _ in range(WARMUP):  # the slow-joiner: let the subscription settle
-            rec["t"] = time.perf_counter_ns()
-            pub.send(rec.tobytes())
+            pub.send(RECORD.pack(*_candle(time.perf_counter_ns(), -1)))
             time.sleep(0.001)
-        _send_paced(rec, lambda r: pub.send(r.tobytes()))
+        _send_paced(lambda t, i: pub.send(RECORD.pack(*_candle(t, i))))
         lat = out.get(timeout=60)
     finally:
         p.join(timeout=10)
@@ -311,13 +321,10 @@ def _peer_latency(kind, reader_args, send, ctx=None, pace=_pace):
                 raise AssertionError(_reader_failed(p, out, kind))
             if time.monotonic() > deadline:
                 raise AssertionError(f"{kind} reader not ready in 30 s")
-        rec = np.zeros(1, CANDLE_DTYPE)
-        rec["n"] = -1
         for _ in range(WARMUP):
-            rec["t"] = time.perf_counter_ns()
-            send(rec)
+            send(time.perf_counter_ns(), -1)
             time.sleep(0.001)
-        _send_paced(rec, send, pace)
+        _send_paced(send, pace)
         deadline = time.monotonic() + READER_DEADLINE_S + 10
         while True:
             try:
@@ -353,7 +360,7 @@ def _zmq_json_latency():
     pub = zctx.socket(zmq.PUB)
     pub.bind(addr)
     try:
-        return _peer_latency("zmq-json", (addr,), lambda r: pub.send(orjson.dumps(dict(zip(names, r[0].item())))))
+        return _peer_latency("zmq-json", (addr,), lambda t, i: pub.send(orjson.dumps(dict(zip(names, _candle(t, i))))))
     finally:
         pub.close(0)
         zctx.term()
@@ -363,7 +370,7 @@ def _queue_latency():
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     try:
-        return _peer_latency("mpqueue", (q,), lambda r: q.put(r.tobytes()), ctx, _pace_yielding)
+        return _peer_latency("mpqueue", (q,), lambda t, i: q.put(RECORD.pack(*_candle(t, i))), ctx, _pace_yielding)
     finally:
         q.cancel_join_thread()  # a reader that died leaves the pipe unread: never block on the feeder thread
         q.close()
@@ -374,7 +381,7 @@ def _redis_latency(sock):
     r = redis.Redis(unix_socket_path=sock, socket_timeout=10, socket_connect_timeout=5)
     stream = f"smtm-bench-{uuid.uuid4().hex[:10]}"
     try:
-        return _peer_latency("redis", (sock, stream), lambda rec: r.xadd(stream, {"rec": rec.tobytes()}))
+        return _peer_latency("redis", (sock, stream), lambda t, i: r.xadd(stream, {"rec": RECORD.pack(*_candle(t, i))}))
     finally:
         try:
             r.delete(stream)

@@ -133,6 +133,7 @@ class RingTable:
         self._counts = memoryview(self._count)
         self._records = memoryview(self._raw.reshape(-1))
         self._struct = _record_struct(self.dtype)
+        self._gseq = seg.global_seq_word   # the segment's change counter: read on every look of a spinning consumer
         self._name_cache: dict[str, int] = {}
 
     # -- construction ---------------------------------------------------------------
@@ -158,7 +159,7 @@ class RingTable:
 
     def close(self) -> None:
         self.control = self._seq = self._count = self._names = self._rewrites = self._generation = None
-        self.data = self._raw = self.lock = None
+        self.data = self._raw = self.lock = self._gseq = None
         for mv in (self._counts, self._records):
             mv.release()
         self.seg.close()
@@ -166,7 +167,8 @@ class RingTable:
     # -- rows -----------------------------------------------------------------------
     @property
     def global_seq(self) -> int:
-        return self.seg.global_seq
+        """The segment's change counter (one 8-byte load): moves after each batch of writes (:meth:`publish`)."""
+        return self._gseq[0]
 
     def names(self) -> list[str]:
         """Assigned row names in row order ('' for a free row)."""
@@ -318,8 +320,8 @@ class RingTable:
             lock.end(row, s)
 
     def publish(self) -> None:
-        """Writer: bump the global seq after a batch of writes."""
-        self.seg.bump_global_seq()
+        """Writer: bump the global seq after a batch of writes (one 8-byte store)."""
+        self._gseq[0] += 1
 
     # -- reader ---------------------------------------------------------------------
     def _copy(self, row: int, start: int, end: int) -> np.ndarray:

@@ -130,8 +130,9 @@ class Segment:
         self.created = created  # True when this call created it (no data to keep)
         self.header = np.ndarray((), dtype=HEADER_DTYPE, buffer=mm, offset=0)
         # One aligned 8-byte word; a memoryview item load/store of it is a single mov on x86-64, at half
-        # the cost of a numpy element access (~90 vs ~170 ns a read-modify-write).
-        self._global_seq = memoryview(mm)[GLOBAL_SEQ_OFFSET:GLOBAL_SEQ_OFFSET + 8].cast("Q")
+        # the cost of a numpy element access (~90 vs ~170 ns a read-modify-write). Public for the hot loops of
+        # the tables over this segment (a spinning consumer's look); only the writer stores to it.
+        self.global_seq_word = memoryview(mm)[GLOBAL_SEQ_OFFSET:GLOBAL_SEQ_OFFSET + 8].cast("Q")
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -232,11 +233,11 @@ class Segment:
     @property
     def global_seq(self) -> int:
         """Global change counter (one 8-byte load)."""
-        return self._global_seq[0]
+        return self.global_seq_word[0]
 
     def bump_global_seq(self) -> None:
         """Writer only: announce that a batch of writes is complete."""
-        self._global_seq[0] += 1
+        self.global_seq_word[0] += 1
 
     def payload(self, dtype, shape, offset: int) -> np.ndarray:
         """A numpy view of the payload at ``offset`` bytes after the header.
@@ -249,9 +250,9 @@ class Segment:
         """Drop this process's mapping (the segment itself stays until unlinked)."""
         try:
             self.header = None  # release the exported buffers before closing the mmap
-            if self._global_seq is not None:
-                self._global_seq.release()
-                self._global_seq = None
+            if self.global_seq_word is not None:
+                self.global_seq_word.release()
+                self.global_seq_word = None
             self.mm.close()
         except (BufferError, ValueError):
             # numpy views of the payload are still alive somewhere; the OS unmaps on exit.
