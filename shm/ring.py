@@ -24,7 +24,6 @@ the name again after its copy (:meth:`RingTable.read_last_of`).
 from __future__ import annotations
 
 import struct
-from functools import partialmethod
 
 import numpy as np
 
@@ -242,10 +241,23 @@ class RingTable:
         ``"rewrites"`` (history rewrites) or ``"generation"`` (reassignments)."""
         return self.control[field].copy()
 
-    counts = partialmethod(column, "count")
-    seqs = partialmethod(column, "seq")
-    rewrites = partialmethod(column, "rewrites")
-    generations = partialmethod(column, "generation")
+    # plain methods, not partialmethods: a consumer's poll reads two of them (a partialmethod's descriptor costs
+    # more than the copy)
+    def counts(self) -> np.ndarray:
+        """Copy of every row's ``count``, uint64 shape (n_rows,)."""
+        return self._count.copy()
+
+    def seqs(self) -> np.ndarray:
+        """Copy of every row's seqlock word, uint64 shape (n_rows,)."""
+        return self._seq.copy()
+
+    def rewrites(self) -> np.ndarray:
+        """Copy of every row's history-rewrite counter, uint64 shape (n_rows,)."""
+        return self._rewrites.copy()
+
+    def generations(self) -> np.ndarray:
+        """Copy of every row's generation (moves on reassignment), uint64 shape (n_rows,)."""
+        return self._generation.copy()
 
     # -- writer ---------------------------------------------------------------------
     def write(self, row: int, index: int, record) -> None:

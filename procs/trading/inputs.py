@@ -177,7 +177,7 @@ class ShmInputs:
         if not parts:
             return 0
         now = tr.counts().astype(np.int64)
-        if (now != counts).any():
+        if now.tobytes() != counts.tobytes():     # (a third of the cost of numpy's elementwise compare and any)
             self._cut(parts, now)
         self._apply(engine, parts)
         return sum(len(p[2]) for p in parts)
@@ -207,15 +207,17 @@ class ShmInputs:
             names = None
             recs = parts[0][2]
         else:
-            recs = np.concatenate([p[2] for p in parts])
+            # joined as bytes: numpy concatenates structured arrays promoting their dtypes pairwise, ~7 µs a part
+            recs = np.concatenate([p[2].view(np.uint8) for p in parts]).view(parts[0][2].dtype)
             which = np.repeat(np.arange(len(parts)), [len(p[2]) for p in parts])
             order = np.argsort(recs["recv_ns"], kind="stable")
             recs, names = recs[order], [parts[k][0] for k in which[order].tolist()]
-        self.lag_ns = time.monotonic_ns() - int(recs["recv_ns"].max())
+        recvs = recs["recv_ns"].tolist()
+        self.lag_ns = time.monotonic_ns() - recvs[-1]    # in receive order: the newest is the last
         tf_ms, bucket_of, on_trade, stage = self.tf_ms, self.bucket, engine.on_trade, self.stage
         for k, (t_ms, price, vol, sid, recv) in enumerate(zip(
                 recs["t_ms"].tolist(), recs["price"].tolist(), recs["volume"].tolist(),
-                recs["sequential_id"].tolist(), recs["recv_ns"].tolist())):
+                recs["sequential_id"].tolist(), recvs)):
             if names is not None:
                 market = names[k]
             self.touched.add(market)
