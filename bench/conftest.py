@@ -3,8 +3,9 @@
 
 Around each test's call it records the load observed during the measurement and puts it, as ``"load"``, in every
 entry of RESULTS the test created or updated: ``load1_before`` / ``load1_after`` (1-minute load average),
-``cpu_busy_pct`` (the whole machine's CPU busy during the call, 100 % = every core, from /proc/stat) and ``test_s``
-(the call's wall seconds)."""
+``cpu_busy_pct`` (the whole machine's CPU busy during the call, 100 % = every core, from /proc/stat), ``steal_pct``
+(the share of that time the hypervisor gave this machine's virtual CPUs to others while they had work) and
+``test_s`` (the call's wall seconds)."""
 from __future__ import annotations
 
 import datetime
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import report
+from bench import report, stalls
 from shm.segment import unlink_instance
 from tests.helpers import ROOT
 
@@ -65,8 +66,14 @@ def pytest_addoption(parser):
                           "(default: run/bench/report)")
 
 
+#: seconds of the stall probe (bench/stalls.py) at the start and the end of a session; SMTM_BENCH_STALL_S=0 skips it
+STALL_PROBE_S = float(os.environ.get("SMTM_BENCH_STALL_S", "2"))
+STALLS: dict[str, dict] = {}
+
+
 def pytest_sessionstart(session):
     LOAD["start"] = os.getloadavg()
+    STALLS["start"] = stalls.measure(STALL_PROBE_S)   # before anything runs: it spins every core
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -82,15 +89,18 @@ def instance():
 
 
 # -- the load during each measurement -------------------------------------------------------------------------------
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle + iowait, total) jiffies of all cores since boot, from /proc/stat; None where there is none."""
+def _cpu_times() -> tuple[int, int, int] | None:
+    """(idle + iowait, total, steal) jiffies of all cores since boot, from /proc/stat; None where there is none.
+    Steal is the time the hypervisor ran something else while a virtual CPU of this machine had work: a
+    process can be stalled for milliseconds by it whatever its priority, so it bounds what a tail latency can
+    show."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     # user nice system idle iowait irq softirq steal (guest and guest_nice are counted in user and nice already)
-    return fields[3] + fields[4], sum(fields[:8])
+    return fields[3] + fields[4], sum(fields[:8]), fields[7]
 
 
 def _snapshot() -> dict[str, tuple[dict, list]]:
@@ -117,10 +127,12 @@ def pytest_runtest_call(item):
     finally:
         wall = time.perf_counter() - t0
         load1, cpu1 = os.getloadavg()[0], _cpu_times()
-        busy = None
+        busy = steal = None
         if cpu0 and cpu1 and cpu1[1] > cpu0[1]:
             busy = round(100.0 * (1.0 - (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])), 1)
-        load = {"load1_before": load0, "load1_after": load1, "cpu_busy_pct": busy, "test_s": round(wall, 3)}
+            steal = round(100.0 * (cpu1[2] - cpu0[2]) / (cpu1[1] - cpu0[1]), 1)
+        load = {"load1_before": load0, "load1_after": load1, "cpu_busy_pct": busy, "steal_pct": steal,
+                "test_s": round(wall, 3)}
         for k in _touched(before):
             e = RESULTS[k]
             if isinstance(e, dict):
@@ -130,12 +142,14 @@ def pytest_runtest_call(item):
 
 def _merge_load(old: dict, new: dict) -> dict:
     """The load over two tests that both measured figures of one entry: the first's load average before, the
-    last's after, the CPU busy share weighted by their wall times, the wall times summed."""
-    a, b = old.get("cpu_busy_pct"), new.get("cpu_busy_pct")
+    last's after, the CPU busy and steal shares weighted by their wall times, the wall times summed."""
     ta, tb = old.get("test_s") or 0.0, new.get("test_s") or 0.0
-    busy = a if b is None else b if a is None else round((a * ta + b * tb) / (ta + tb), 1) if ta + tb else b
-    return {"load1_before": old.get("load1_before"), "load1_after": new.get("load1_after"), "cpu_busy_pct": busy,
-            "test_s": round(ta + tb, 3)}
+
+    def weighted(key):
+        a, b = old.get(key), new.get(key)
+        return a if b is None else b if a is None else round((a * ta + b * tb) / (ta + tb), 1) if ta + tb else b
+    return {"load1_before": old.get("load1_before"), "load1_after": new.get("load1_after"),
+            "cpu_busy_pct": weighted("cpu_busy_pct"), "steal_pct": weighted("steal_pct"), "test_s": round(ta + tb, 3)}
 
 
 # -- the report -----------------------------------------------------------------------------------------------------
@@ -193,7 +207,8 @@ def machine() -> dict:
             "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
             "python": f"{platform.python_implementation()} {platform.python_version()}", "libraries": libs,
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "git_commit": _git_commit(),
-            "load_start": list(LOAD.get("start") or os.getloadavg()), "load_end": list(os.getloadavg())}
+            "load_start": list(LOAD.get("start") or os.getloadavg()), "load_end": list(os.getloadavg()),
+            "stalls_start": STALLS.get("start") or {}, "stalls_end": STALLS.get("end") or {}}
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -204,6 +219,7 @@ def pytest_sessionfinish(session, exitstatus):
         out = Path(session.config.invocation_params.dir) / out
     try:
         out.mkdir(parents=True, exist_ok=True)
+        STALLS["end"] = stalls.measure(STALL_PROBE_S)    # after the last measurement
         m = machine()
         # one line per entry: its samples would otherwise take a line each (tens of thousands for a run)
         entries = plain(RESULTS)
@@ -225,6 +241,9 @@ def pytest_terminal_summary(terminalreporter):
     end = os.getloadavg()
     w(f"  machine: {_cpu()}, {os.cpu_count()} cores; load average at start "
       f"{' '.join(f'{x:.2f}' for x in LOAD.get('start', end))}, at end {' '.join(f'{x:.2f}' for x in end)}")
+    for when in ("start", "end"):
+        if STALLS.get(when):
+            w(f"  stalls at {when} (a spin on each core): {stalls.describe(STALLS[when])}")
     groups = {k: report.group_of(k, v) for k, v in RESULTS.items()}
     wake = [(k, v) for k, v in RESULTS.items() if groups[k] == "wake" and k.endswith("]") and "p50_us" in v]
     if wake:

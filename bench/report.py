@@ -41,6 +41,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from bench import stalls
+
 #: the groups in the order the report shows them, with their section titles
 GROUPS = {
     "wake": "One-way wake latency, writer → reader process",
@@ -73,9 +75,11 @@ RC = {"font.size": 10, "axes.titlesize": 11.5, "axes.titlelocation": "left", "ax
       "axes.axisbelow": True, "legend.frameon": False}
 BLUE, ORANGE, GREY = "#2f6fb3", "#e07b39", "#8a8f98"
 LOAD_NOTE = ("*load* — the 1-minute load average before → after the measurement, the whole machine's CPU busy "
-             "during it (100 % = every core, from /proc/stat; the benchmark's own processes included) and its wall "
-             "time. A load average near the core count or a busy share well above what the benchmark itself uses "
-             "means other work shared the machine.")
+             "during it (100 % = every core, from /proc/stat; the benchmark's own processes included), the *steal* "
+             "(the share of that time the hypervisor ran other guests while this machine's virtual CPUs had work: "
+             "a stall of milliseconds that no priority inside the machine avoids, so with 1 % of steal a p99 "
+             "cannot be much below a steal episode) and its wall time. A load average near the core count or a "
+             "busy share well above what the benchmark itself uses means other work shared the machine.")
 
 
 # -- classification and formatting ----------------------------------------------------------------------------------
@@ -151,6 +155,8 @@ def load_cell(v: dict) -> str:
         parts.append(f"{b:.2f} → {a:.2f}")
     if _num(ld.get("cpu_busy_pct")) is not None:
         parts.append(f"CPU {ld['cpu_busy_pct']:.0f} %")
+    if _num(ld.get("steal_pct")) is not None:
+        parts.append(f"steal {ld['steal_pct']:.1f} %")
     if _num(ld.get("test_s")) is not None:
         parts.append(f"{ld['test_s']:.1f} s")
     return " · ".join(parts) or "–"
@@ -409,7 +415,9 @@ def _e2e(entries, out: Path) -> str:
     entries = sorted(entries, key=lambda kv: (_monitor_state(kv[1]), _num(kv[1].get("rate_target")) or 0))
     stages = list(dict.fromkeys(s for _, v in entries for s, st in (v.get("stages") or {}).items() if st.get("n")))
     md = ["Latency of each stage from the trade frame's arrival, per offered trade rate "
-          "(p99.9 from the samples where the entry has none).\n"]
+          "(p99.9 from the samples where the entry has none). The tails sit on the machine's own stalls (the "
+          "*stalls* rows of the machine table, and the *steal* of each run's load): a trade in flight on a core "
+          "that the hypervisor stops for 2 ms is 2 ms late, whatever the processes do.\n"]
     for k, v in entries:
         md.append(f"**{label_of(k, v)}** — target {num(v.get('rate_target'))} trades/s, sustained "
                   f"{num(v.get('rate_sustained'))} trades/s over {num(v.get('duration_s'))} s, monitor "
@@ -769,6 +777,9 @@ def _machine(m: dict) -> str:
             ["kernel", m.get("kernel", "–")], ["Python", m.get("python", "–")], ["date", m.get("date", "–")],
             ["git commit", m.get("git_commit", "–")], ["load average at start", la(m.get("load_start"))],
             ["load average at end", la(m.get("load_end"))]]
+    for when in ("start", "end"):     # bench/stalls.py: what every latency figure sits on
+        if m.get(f"stalls_{when}"):
+            rows.append([f"stalls at {when} (a spin on each core)", stalls.describe(m[f"stalls_{when}"])])
     libs = m.get("libraries") or {}
     md = table(["machine", ""], rows)
     if libs:
