@@ -48,7 +48,7 @@ class MonitorProcess(Process):
 
     def run_loop(self) -> None:
         t0 = time.perf_counter()
-        from render.app import run_offscreen, run_window  # imports VisPy (and Qt for the window)
+        from render.app import resolve_present, run_offscreen, run_window  # imports VisPy (and Qt for the window)
         self.log.info("render imported in %.0f ms", (time.perf_counter() - t0) * 1e3)
         c = self.cfg
         running = lambda: not self.stopping
@@ -60,9 +60,13 @@ class MonitorProcess(Process):
             run_offscreen(self.source, fps=c.headless_fps, size=(c.width, c.height), max_candles=c.candles_shown,
                           snapshot_interval_s=c.snapshot_interval_s, should_run=running, on_frame=on_frame)
         else:
-            self.row.detail = f"window on {os.environ.get('DISPLAY')}"
+            present = resolve_present(c.present)
+            self.row.detail = f"window on {os.environ.get('DISPLAY')} ({present})"
+            self.log.info("window on %s, frames %s", os.environ.get("DISPLAY"),
+                          "drawn by a QOpenGLWidget" if present == "gl" else "rendered off-screen and painted")
             run_window(self.source, fps=c.fps, size=(c.width, c.height), max_candles=c.candles_shown,
-                       title=f"SMTM-NG monitor [{self.base.instance}]", should_run=running, on_frame=on_frame)
+                       title=f"SMTM-NG monitor [{self.base.instance}]", should_run=running, on_frame=on_frame,
+                       present=present)
 
     def on_stop(self) -> None:
         self.latency.write()

@@ -9,7 +9,10 @@ the heartbeat, ``select`` the keyboard navigation, ``snapshot_path`` where the P
 
 * :func:`run_window` — VisPy on PyQt6. A timer at ``fps`` polls; buffers are touched and a
   redraw requested only when ``poll()`` says something changed (dirty flag); the status
-  line is refreshed twice a second. Keys: ←/→ market, ↑/↓ or 1–9 timeframe.
+  line is refreshed twice a second. Keys: ←/→ market, ↑/↓ or 1–9 timeframe. With a GPU the
+  frames are drawn into VisPy's QOpenGLWidget canvas; with software OpenGL (no GPU: llvmpipe)
+  they are rendered off-screen and painted into a plain widget, at half the CPU a frame
+  (``monitor.present``; :func:`_run_image_window` says why).
 * :func:`run_offscreen` — no display: VisPy's EGL backend (``EGL_PLATFORM=surfaceless``,
   no X, no Qt), rendering at ``headless_fps`` when something changed and writing a PNG
   snapshot every ``snapshot_interval_s`` (atomically: write then rename).
@@ -18,6 +21,7 @@ Qt is only imported in window mode: with no display Qt aborts the process.
 """
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Callable
@@ -83,17 +87,9 @@ def _write_png(path: str, img: np.ndarray) -> None:
 
 
 def _connect_keys(canvas, source) -> None:
-    """Keys: ←/→ market, ↑/↓ timeframe, 1–9 timeframe by position."""
-    steps = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}
-
-    def on_key(ev):
-        k = ev.key.name if ev.key is not None else ""
-        if k in steps:
-            source.select(*steps[k])
-        elif ev.text and ev.text.isdigit() and ev.text != "0":
-            source.select(0, None, int(ev.text) - 1)
-
-    canvas.events.key_press.connect(on_key)
+    """Keys of VisPy's canvas (the GL window): :func:`_key_action`."""
+    canvas.events.key_press.connect(lambda ev: _key_action(source, ev.key.name if ev.key is not None else "",
+                                                           ev.text or ""))
 
 
 def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
@@ -114,10 +110,167 @@ def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
     canvas.events.draw.connect(on_draw_end, position="last")
 
 
+def software_gl(env=None) -> bool:
+    """Whether OpenGL would be software here (Mesa's llvmpipe): asked for (``LIBGL_ALWAYS_SOFTWARE``, a software
+    ``GALLIUM_DRIVER``), or no GPU to render on (no ``/dev/dri/renderD*``, no ``/dev/nvidia0``)."""
+    env = os.environ if env is None else env
+    if env.get("LIBGL_ALWAYS_SOFTWARE", "") not in ("", "0", "false") or \
+            env.get("GALLIUM_DRIVER", "") in ("llvmpipe", "softpipe", "swr"):
+        return True
+    return not (glob.glob("/dev/dri/renderD*") or os.path.exists("/dev/nvidia0"))
+
+
+def resolve_present(present: str) -> str:
+    """``monitor.present`` → ``"gl"`` or ``"image"`` (``"auto"``: image with software OpenGL)."""
+    if present == "auto":
+        return "image" if software_gl() else "gl"
+    if present not in ("gl", "image"):
+        raise ValueError(f"monitor.present must be auto, gl or image, not {present!r}")
+    return present
+
+
 def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
-               should_run: Callable[[], bool] = lambda: True, on_frame: Callable[[float], None] | None = None) -> int:
+               should_run: Callable[[], bool] = lambda: True, on_frame: Callable[[float], None] | None = None,
+               present: str = "auto") -> int:
     """Open the PyQt6 window and run until it is closed or ``should_run()`` turns false (checked
-    on every timer tick: the process's stop request). Returns an exit code."""
+    on every timer tick: the process's stop request). Returns an exit code.
+
+    ``present`` (:func:`resolve_present`): ``"gl"`` draws into VisPy's QOpenGLWidget canvas; ``"image"`` renders
+    off-screen through EGL and paints the pixels into a plain widget (:func:`_run_image_window`)."""
+    run = _run_image_window if resolve_present(present) == "image" else _run_gl_window
+    return run(source, fps=fps, size=size, max_candles=max_candles, title=title, should_run=should_run,
+               on_frame=on_frame)
+
+
+def _tick_body(source, chart, stats: FrameStats, last_status: list) -> bool:
+    """One timer tick's work shared by both windows: the data that moved, and twice a second the status line and
+    the heartbeat. True if a new frame is needed."""
+    stats.ticks += 1
+    dirty = _refresh(source, chart)
+    now = time.monotonic()
+    if now - last_status[0] >= 0.5:
+        last_status[0] = now
+        stats.roll()
+        chart.set_status(source.status_text(stats))
+        source.report(stats)
+        dirty = True
+    return dirty
+
+
+def _key_action(source, name: str, text: str) -> None:
+    """←/→ market, ↑/↓ timeframe, 1–9 timeframe by position (both windows)."""
+    steps = {"Left": (-1, 0), "Right": (1, 0), "Up": (0, -1), "Down": (0, 1)}
+    if name in steps:
+        source.select(*steps[name])
+    elif text and text.isdigit() and text != "0":
+        source.select(0, None, int(text) - 1)
+
+
+def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
+                      should_run: Callable[[], bool], on_frame: Callable[[float], None] | None) -> int:
+    """The window for software OpenGL: VisPy renders each frame off-screen (EGL, the same scene as
+    :func:`run_offscreen`) and a plain QWidget paints its pixels (a raster blit, ~1 ms for 1280x720).
+
+    Why: with llvmpipe, Qt composes a QOpenGLWidget in software too — measured here at 1280x720, an *empty*
+    VisPy canvas costs 15 ms of CPU a frame that way; the whole chart costs 28-31 ms a frame in the GL widget and
+    17-19 ms this way. A frame is rendered only when something changed, at most ``fps`` times a second."""
+    from PyQt6 import QtCore, QtGui, QtWidgets, sip  # a plain widget: Qt makes no GL context of its own
+
+    from .chart import CandleChart
+    from .visuals import BACKGROUND
+
+    qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    keys = {QtCore.Qt.Key.Key_Left: "Left", QtCore.Qt.Key.Key_Right: "Right", QtCore.Qt.Key.Key_Up: "Up",
+            QtCore.Qt.Key.Key_Down: "Down"}
+
+    class FrameView(QtWidgets.QWidget):
+        """Shows the newest frame (RGBA, rows bottom-up as OpenGL reads them: painted flipped, no copy)."""
+
+        def __init__(self):
+            super().__init__()
+            self.setWindowTitle(title)
+            self.resize(*size)
+            self.setAttribute(QtCore.Qt.WidgetAttribute.WA_OpaquePaintEvent)   # every pixel is painted
+            self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
+            self.pixels: np.ndarray | None = None   # kept alive while its QImage is painted
+            self.image = None
+            self.closed = False
+
+        def show_frame(self, rgba: np.ndarray) -> None:
+            up = rgba[::-1]    # VisPy's read flips the rows with a view: its base is the GL buffer, bottom row first
+            if not up.flags.c_contiguous:
+                up = np.ascontiguousarray(up)
+            h, w = up.shape[:2]
+            self.pixels = up
+            # RGBX: the framebuffer's alpha is what blending left there; the screen shows the colour only
+            self.image = QtGui.QImage(sip.voidptr(up.ctypes.data), w, h, w * 4, QtGui.QImage.Format.Format_RGBX8888)
+            self.image.setDevicePixelRatio(self.devicePixelRatioF())
+            self.update()
+
+        def paintEvent(self, ev):
+            p = QtGui.QPainter(self)
+            if self.image is None:
+                p.fillRect(self.rect(), QtGui.QColor.fromRgbF(*BACKGROUND))
+            else:
+                p.translate(0, self.height())
+                p.scale(1, -1)
+                p.drawImage(0, 0, self.image)
+            p.end()
+
+        def keyPressEvent(self, ev):
+            _key_action(source, keys.get(ev.key(), ""), ev.text())
+
+        def closeEvent(self, ev):
+            self.closed = True
+            ev.accept()
+
+    view = FrameView()
+    ratio = view.devicePixelRatioF()
+    canvas = make_offscreen_canvas((int(size[0] * ratio), int(size[1] * ratio)))
+    chart = CandleChart(canvas, max_candles)
+    chart.show_text(False)  # candles first; glyphs on the next frame
+    stats = FrameStats(on_frame=on_frame)
+    last_status = [0.0]
+    state = {"dirty": True}
+    view.show()
+
+    def tick():
+        if view.closed or not should_run():
+            qapp.quit()
+            return
+        if _tick_body(source, chart, stats, last_status):
+            state["dirty"] = True
+        want = (max(1, int(view.width() * view.devicePixelRatioF())),
+                max(1, int(view.height() * view.devicePixelRatioF())))
+        if tuple(canvas.size) != want:     # resized: a new surface, and the scene lays out for it
+            canvas.size = want             # (VisPy's EGL backend emits no resize event of its own)
+            canvas.events.resize(size=want, physical_size=want)
+            state["dirty"] = True
+        if not state["dirty"]:
+            return
+        t0 = time.perf_counter()
+        view.show_frame(canvas.render())
+        stats.frame_done((time.perf_counter() - t0) * 1000)
+        state["dirty"] = False
+        if stats.frames == 1:
+            source.report(stats)
+            chart.show_text(True)
+            state["dirty"] = True
+
+    timer = QtCore.QTimer()
+    timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
+    timer.timeout.connect(tick)
+    timer.start(max(1, round(1000 / fps)))
+    qapp.exec()
+    timer.stop()
+    view.close()
+    canvas.close()
+    return 0
+
+
+def _run_gl_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
+                   should_run: Callable[[], bool], on_frame: Callable[[float], None] | None) -> int:
+    """The window for a GPU: VisPy's own PyQt6 canvas (a QOpenGLWidget)."""
     import vispy
     vispy.use(app="pyqt6")
     from vispy import app, scene
@@ -137,16 +290,7 @@ def run_window(source, *, fps: int, size: tuple[int, int], max_candles: int, tit
         if not should_run():
             app.quit()
             return
-        stats.ticks += 1
-        dirty = _refresh(source, chart)
-        now = time.monotonic()
-        if now - last_status[0] >= 0.5:
-            last_status[0] = now
-            stats.roll()
-            chart.set_status(source.status_text(stats))
-            source.report(stats)
-            dirty = True
-        if dirty:
+        if _tick_body(source, chart, stats, last_status):
             canvas.update()
 
     timer = app.Timer(interval=1.0 / fps, connect=tick, start=True)

@@ -316,6 +316,11 @@ class MonitorConfig(Section):
     height: Annotated[int, Field(ge=150, le=8192)] = 720
     market: MarketCode = "KRW-BTC"
     timeframe: Timeframe = "30m"
+    #: how the window shows a frame: "gl" draws into a QOpenGLWidget (a GPU composes it); "image" renders
+    #: off-screen (EGL) and paints the pixels into a plain Qt widget — with software OpenGL (llvmpipe) half the CPU
+    #: a frame, since Qt's composition of a GL widget is itself software then; "auto" = "image" where no GPU is
+    #: found (render/app.py: software_gl)
+    present: Literal["auto", "gl", "image"] = "auto"
 
 
 class LatencyConfig(Section):

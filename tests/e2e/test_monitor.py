@@ -1,5 +1,7 @@
 """The monitor draws what the rings hold: rendered off-screen from real data (pixel counts),
 and as a PyQt6 window under Xvfb (its render loop runs and reports through its status row)."""
+import glob
+import os
 import shutil
 import time
 
@@ -11,6 +13,7 @@ from procs.market.tape import load_dataset
 from procs.runtime.loader import load_config
 from procs.runtime.roster import STATUS_ROWS
 from procs.views.chart_source import ShmChartSource
+from render.app import resolve_present, software_gl
 from shm.status import StatusTable
 from shm.tables import CANDLE_DTYPE, CANDLES, CLOSED, INDICATOR_DTYPE, INDICATORS
 from tests.helpers import ROOT, start_xvfb, wait_for
@@ -77,10 +80,23 @@ def test_offscreen_render_shows_candles_of_both_colours_and_ema_lines(instance, 
     assert count_colour(img2, rgb(chart.RISE)) == 0 and count_colour(img2, rgb(chart.FALL)) == 0
 
 
+def test_the_window_paints_images_where_opengl_is_software():
+    """``monitor.present = "auto"``: frames rendered off-screen and painted where OpenGL would be software (forced,
+    or no GPU device), drawn by VisPy's QOpenGLWidget otherwise; a bad value is refused."""
+    assert software_gl({"LIBGL_ALWAYS_SOFTWARE": "1"}) and software_gl({"GALLIUM_DRIVER": "llvmpipe"})
+    assert resolve_present("gl") == "gl" and resolve_present("image") == "image"
+    gpu = bool(glob.glob("/dev/dri/renderD*") or os.path.exists("/dev/nvidia0"))
+    assert software_gl({}) is not gpu
+    assert resolve_present("auto") == ("gl" if gpu else "image")
+    with pytest.raises(ValueError, match="monitor.present"):
+        resolve_present("vulkan")
+
+
 @pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb not installed (make test installs it as root)")
-def test_qt_window_runs_its_render_loop(env):
+@pytest.mark.parametrize("present", ["image", "gl"])
+def test_qt_window_runs_its_render_loop(env, present):
     fill_rings(env.instance)
-    env.write_overlay()
+    env.write_overlay(tail=f'[monitor]\npresent = "{present}"\n')
     xvfb, display = start_xvfb()
     try:
         env.env["DISPLAY"] = display
@@ -89,7 +105,7 @@ def test_qt_window_runs_its_render_loop(env):
         st = wait_for(lambda: _open(env.instance), 30, "the monitor's status row")
         r0 = wait_for(lambda: (lambda r: r if int(r["msgs_out"]) > 0 else None)(st.read("monitor")), 60,
                       "the first frame in the window")
-        assert bytes(r0["detail"]).startswith(b"window on")
+        assert bytes(r0["detail"]).startswith(b"window on") and f"({present})".encode() in bytes(r0["detail"])
         t0, ticks0 = time.monotonic(), int(r0["msgs_in"])
         time.sleep(3.0)
         r1 = st.read("monitor")
