@@ -91,15 +91,15 @@ def instance():
 # -- the load during each measurement -------------------------------------------------------------------------------
 def _cpu_times() -> tuple[int, int, int] | None:
     """(idle + iowait, total, steal) jiffies of all cores since boot, from /proc/stat; None where there is none.
-    Steal is the time the hypervisor ran something else while a virtual CPU of this machine had work: a
-    process can be stalled for milliseconds by it whatever its priority, so it bounds what a tail latency can
-    show."""
+    Steal is the time the hypervisor ran something else while a virtual CPU of this machine had work (as the
+    guest kernel counts it)."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     # user nice system idle iowait irq softirq steal (guest and guest_nice are counted in user and nice already)
+    fields += [0] * (8 - len(fields))    # an old kernel without steal (or irq) columns
     return fields[3] + fields[4], sum(fields[:8]), fields[7]
 
 
@@ -219,12 +219,12 @@ def pytest_sessionfinish(session, exitstatus):
         out = Path(session.config.invocation_params.dir) / out
     try:
         out.mkdir(parents=True, exist_ok=True)
-        STALLS["end"] = stalls.measure(STALL_PROBE_S)    # after the last measurement
-        m = machine()
         # one line per entry: its samples would otherwise take a line each (tens of thousands for a run)
         entries = plain(RESULTS)
         (out / "results.json").write_text(
             "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in entries.items()) + "\n}\n")
+        STALLS["end"] = stalls.measure(STALL_PROBE_S)    # after the last measurement (never raises)
+        m = machine()
         (out / "machine.json").write_text(json.dumps(m, indent=1) + "\n")
         REPORT["path"] = str(report.write(RESULTS, m, out))
     except Exception:  # the figures are printed anyway; the failure is shown and fails the run

@@ -76,10 +76,9 @@ RC = {"font.size": 10, "axes.titlesize": 11.5, "axes.titlelocation": "left", "ax
 BLUE, ORANGE, GREY = "#2f6fb3", "#e07b39", "#8a8f98"
 LOAD_NOTE = ("*load* — the 1-minute load average before → after the measurement, the whole machine's CPU busy "
              "during it (100 % = every core, from /proc/stat; the benchmark's own processes included), the *steal* "
-             "(the share of that time the hypervisor ran other guests while this machine's virtual CPUs had work: "
-             "a stall of milliseconds that no priority inside the machine avoids, so with 1 % of steal a p99 "
-             "cannot be much below a steal episode) and its wall time. A load average near the core count or a "
-             "busy share well above what the benchmark itself uses means other work shared the machine.")
+             "(the share of that time the hypervisor ran other guests while this machine's virtual CPUs had work, "
+             "as the guest kernel counts it) and its wall time. A load average near the core count or a busy share "
+             "well above what the benchmark itself uses means other work shared the machine.")
 
 
 # -- classification and formatting ----------------------------------------------------------------------------------
@@ -415,9 +414,9 @@ def _e2e(entries, out: Path) -> str:
     entries = sorted(entries, key=lambda kv: (_monitor_state(kv[1]), _num(kv[1].get("rate_target")) or 0))
     stages = list(dict.fromkeys(s for _, v in entries for s, st in (v.get("stages") or {}).items() if st.get("n")))
     md = ["Latency of each stage from the trade frame's arrival, per offered trade rate "
-          "(p99.9 from the samples where the entry has none). The tails sit on the machine's own stalls (the "
-          "*stalls* rows of the machine table, and the *steal* of each run's load): a trade in flight on a core "
-          "that the hypervisor stops for 2 ms is 2 ms late, whatever the processes do.\n"]
+          "(p99.9 from the samples where the entry has none). A trade in flight on a core that the machine "
+          "stops is late by that stall, whatever the processes do: the *stalls* rows of the machine table give "
+          "their size and rate here, and each run's load its *steal*.\n"]
     for k, v in entries:
         md.append(f"**{label_of(k, v)}** — target {num(v.get('rate_target'))} trades/s, sustained "
                   f"{num(v.get('rate_sustained'))} trades/s over {num(v.get('duration_s'))} s, monitor "

@@ -111,13 +111,16 @@ def _time_draws(canvas, chart, source, stats: FrameStats) -> None:
 
 
 def software_gl(env=None) -> bool:
-    """Whether OpenGL would be software here (Mesa's llvmpipe): asked for (``LIBGL_ALWAYS_SOFTWARE``, a software
-    ``GALLIUM_DRIVER``), or no GPU to render on (no ``/dev/dri/renderD*``, no ``/dev/nvidia0``)."""
+    """Whether OpenGL would be software here (Mesa's llvmpipe): asked for (``LIBGL_ALWAYS_SOFTWARE`` true as Mesa
+    reads it, a software ``GALLIUM_DRIVER``), or no GPU this user may render on (no ``/dev/dri/renderD*`` nor
+    ``/dev/nvidia<N>`` it can open). It cannot see a display server that renders in software on a GPU machine
+    (Xvfb, VNC): set ``monitor.present = "image"`` there."""
     env = os.environ if env is None else env
-    if env.get("LIBGL_ALWAYS_SOFTWARE", "") not in ("", "0", "false") or \
+    if env.get("LIBGL_ALWAYS_SOFTWARE", "").strip().lower() in ("1", "true", "t", "yes", "y") or \
             env.get("GALLIUM_DRIVER", "") in ("llvmpipe", "softpipe", "swr"):
         return True
-    return not (glob.glob("/dev/dri/renderD*") or os.path.exists("/dev/nvidia0"))
+    nodes = glob.glob("/dev/dri/renderD*") + glob.glob("/dev/nvidia[0-9]*")
+    return not any(os.access(n, os.R_OK | os.W_OK) for n in nodes)
 
 
 def resolve_present(present: str) -> str:
@@ -169,11 +172,15 @@ def _key_action(source, name: str, text: str) -> None:
 def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: int, title: str,
                       should_run: Callable[[], bool], on_frame: Callable[[float], None] | None) -> int:
     """The window for software OpenGL: VisPy renders each frame off-screen (EGL, the same scene as
-    :func:`run_offscreen`) and a plain QWidget paints its pixels (a raster blit, ~1 ms for 1280x720).
+    :func:`run_offscreen`) and a plain QWidget paints its pixels (a raster draw of the image, flipped: ~1 ms for
+    1280x720 measured here).
 
     Why: with llvmpipe, Qt composes a QOpenGLWidget in software too — measured here at 1280x720, an *empty*
-    VisPy canvas costs 15 ms of CPU a frame that way; the whole chart costs 28-31 ms a frame in the GL widget and
-    17-19 ms this way. A frame is rendered only when something changed, at most ``fps`` times a second."""
+    VisPy canvas costs 15 ms of CPU a frame that way; the whole chart costs 26-31 ms a frame in the GL widget and
+    16-17.5 ms this way. A frame is rendered only when something changed, at most ``fps`` times a second, and not
+    while the window is minimised. The frame time given to ``on_frame`` is the render and the read of its pixels
+    (the paint follows in Qt's loop); in the GL window it is VisPy's draw. An exception in the loop ends it and is
+    raised from here (a Qt slot must not raise)."""
     from PyQt6 import QtCore, QtGui, QtWidgets, sip  # a plain widget: Qt makes no GL context of its own
 
     from .chart import CandleChart
@@ -182,9 +189,10 @@ def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: i
     qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
     keys = {QtCore.Qt.Key.Key_Left: "Left", QtCore.Qt.Key.Key_Right: "Right", QtCore.Qt.Key.Key_Up: "Up",
             QtCore.Qt.Key.Key_Down: "Down"}
+    background = QtGui.QColor.fromRgbF(*BACKGROUND)
 
     class FrameView(QtWidgets.QWidget):
-        """Shows the newest frame (RGBA, rows bottom-up as OpenGL reads them: painted flipped, no copy)."""
+        """Shows the newest frame (RGBA, rows bottom-up as OpenGL reads them: painted flipped, not copied)."""
 
         def __init__(self):
             super().__init__()
@@ -192,29 +200,30 @@ def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: i
             self.resize(*size)
             self.setAttribute(QtCore.Qt.WidgetAttribute.WA_OpaquePaintEvent)   # every pixel is painted
             self.setFocusPolicy(QtCore.Qt.FocusPolicy.StrongFocus)
-            self.pixels: np.ndarray | None = None   # kept alive while its QImage is painted
+            self.pixels: np.ndarray | None = None   # the buffer the QImage points at, kept alive with it
             self.image = None
             self.closed = False
 
-        def show_frame(self, rgba: np.ndarray) -> None:
-            up = rgba[::-1]    # VisPy's read flips the rows with a view: its base is the GL buffer, bottom row first
+        def show_frame(self, rgba: np.ndarray, scale: int) -> None:
+            up = rgba[::-1]   # VisPy flips the rows it read with a view: undone, the buffer is bottom row first
             if not up.flags.c_contiguous:
                 up = np.ascontiguousarray(up)
             h, w = up.shape[:2]
-            self.pixels = up
             # RGBX: the framebuffer's alpha is what blending left there; the screen shows the colour only
-            self.image = QtGui.QImage(sip.voidptr(up.ctypes.data), w, h, w * 4, QtGui.QImage.Format.Format_RGBX8888)
-            self.image.setDevicePixelRatio(self.devicePixelRatioF())
+            image = QtGui.QImage(sip.voidptr(up.ctypes.data), w, h, w * 4, QtGui.QImage.Format.Format_RGBX8888)
+            image.setDevicePixelRatio(scale)
+            self.image, self.pixels = image, up     # the new image first: the old one never outlives its buffer
             self.update()
 
         def paintEvent(self, ev):
             p = QtGui.QPainter(self)
-            if self.image is None:
-                p.fillRect(self.rect(), QtGui.QColor.fromRgbF(*BACKGROUND))
-            else:
+            img = self.image
+            if img is None or img.deviceIndependentSize().toSize() != self.size():
+                p.fillRect(self.rect(), background)   # before the first frame, or resized until the next one
+            if img is not None:
                 p.translate(0, self.height())
                 p.scale(1, -1)
-                p.drawImage(0, 0, self.image)
+                p.drawImage(0, 0, img)
             p.end()
 
         def keyPressEvent(self, ev):
@@ -225,37 +234,44 @@ def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: i
             ev.accept()
 
     view = FrameView()
-    ratio = view.devicePixelRatioF()
-    canvas = make_offscreen_canvas((int(size[0] * ratio), int(size[1] * ratio)))
+    scale = max(1, round(view.devicePixelRatioF()))   # VisPy's pixel scale is an integer
+    canvas = make_offscreen_canvas(size, px_scale=scale)
     chart = CandleChart(canvas, max_candles)
     chart.show_text(False)  # candles first; glyphs on the next frame
     stats = FrameStats(on_frame=on_frame)
     last_status = [0.0]
     state = {"dirty": True}
+    failed: list[BaseException] = []
     view.show()
 
-    def tick():
+    def step():
         if view.closed or not should_run():
             qapp.quit()
             return
         if _tick_body(source, chart, stats, last_status):
             state["dirty"] = True
-        want = (max(1, int(view.width() * view.devicePixelRatioF())),
-                max(1, int(view.height() * view.devicePixelRatioF())))
+        want = (max(1, view.width()), max(1, view.height()))   # logical pixels
         if tuple(canvas.size) != want:     # resized: a new surface, and the scene lays out for it
             canvas.size = want             # (VisPy's EGL backend emits no resize event of its own)
-            canvas.events.resize(size=want, physical_size=want)
+            canvas.events.resize(size=want, physical_size=(want[0] * scale, want[1] * scale))
             state["dirty"] = True
-        if not state["dirty"]:
+        if not state["dirty"] or view.isMinimized():
             return
         t0 = time.perf_counter()
-        view.show_frame(canvas.render())
+        view.show_frame(canvas.render(), scale)
         stats.frame_done((time.perf_counter() - t0) * 1000)
         state["dirty"] = False
         if stats.frames == 1:
             source.report(stats)
             chart.show_text(True)
             state["dirty"] = True
+
+    def tick():
+        try:
+            step()
+        except BaseException as e:   # handed to the caller below: Qt aborts the process on an exception in a slot
+            failed.append(e)
+            qapp.exit(1)
 
     timer = QtCore.QTimer()
     timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
@@ -265,6 +281,8 @@ def _run_image_window(source, *, fps: int, size: tuple[int, int], max_candles: i
     timer.stop()
     view.close()
     canvas.close()
+    if failed:
+        raise failed[0]
     return 0
 
 
@@ -299,15 +317,16 @@ def _run_gl_window(source, *, fps: int, size: tuple[int, int], max_candles: int,
     return 0
 
 
-def make_offscreen_canvas(size: tuple[int, int]):
-    """An off-screen SceneCanvas on VisPy's EGL backend (no X server, no Qt)."""
+def make_offscreen_canvas(size: tuple[int, int], px_scale: int = 1):
+    """An off-screen SceneCanvas on VisPy's EGL backend (no X server, no Qt); ``px_scale`` device pixels a canvas
+    pixel (a HiDPI window's)."""
     os.environ.setdefault("EGL_PLATFORM", "surfaceless")
     import vispy
     vispy.use(app="egl")
     from vispy import scene
 
     from .visuals import BACKGROUND
-    return scene.SceneCanvas(size=size, bgcolor=BACKGROUND, show=False, keys=None)
+    return scene.SceneCanvas(size=size, bgcolor=BACKGROUND, show=False, keys=None, px_scale=px_scale)
 
 
 def render_once(source, *, size: tuple[int, int], max_candles: int, inspect: Callable | None = None) -> np.ndarray:

@@ -155,8 +155,9 @@ class PhasedWait(SpinThenPark):
       keeps happening, shrinking by a quarter after each spin that catches a write), and the consumer parks
       at once, which costs one semaphore wake-up.
 
-    While it backs off it takes the semaphore's own path (one clock read more), and what a wait teaches is learnt
-    at the start of the next one, so neither a spin's catch nor a wake-up carries the bookkeeping to the caller.
+    While it backs off it takes the semaphore's own path (a clock read before and after the park more), and what
+    a wait teaches is learnt at the start of the next one, so neither a spin's catch nor a wake-up carries the
+    bookkeeping to the caller.
 
     No ``sched_yield`` phase between the two: measured here, a consumer that yields to a producer that is
     busy on the same core gets the core back only after the producer's time slice (p50 1.9 ms with a CPU hog
@@ -190,7 +191,8 @@ class PhasedWait(SpinThenPark):
         self.cores = os.cpu_count() or 1      # the machine's, as /proc/loadavg counts the machine's tasks
 
     def wait(self, changed: Callable[[], bool]) -> bool:
-        """Return True as soon as ``changed()`` holds, False after one park timeout (or a signal)."""
+        """Return True as soon as ``changed()`` holds; False after one park timeout, a signal, or a post left over
+        from an earlier park that ended this one early (the caller simply waits again)."""
         if self._waited >= 0:   # what the last wait taught, learnt now: off the path from a write to the caller
             if self._caught:
                 self.backoff_ns = self.backoff_ns * 3 // 4
@@ -200,8 +202,10 @@ class PhasedWait(SpinThenPark):
             return True
         clock = self.clock
         start = now = clock()
-        if now < self.no_spin_until or not self.max_ns:
-            return self._park(changed)    # backing off: the semaphore's own path, nothing learnt
+        if now < self.no_spin_until or not self.max_ns:     # backing off: the semaphore's own path
+            got = self._park(changed)
+            self._caught, self._waited = False, clock() - start   # learnt at the next wait, as below
+            return got
         if now - self._nivcsw_at > 1_000_000:     # switches before this spin are not this spin's
             self._nivcsw, self._nivcsw_at = self.switches(), now
         deadline, last = now + self.budget_ns, now

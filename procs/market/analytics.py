@@ -152,7 +152,11 @@ class TimeframeWorker:
             else:
                 vals = ind.peek(c)
             out.append((t, *vals))
-        self.ind.write_many(row, start, out, truncate=start + n < self.ind.count(row))
+        have = self.ind.count(row)
+        if n == 1 and start <= have <= start + 1:
+            self.ind.write(row, start, out[0])   # the usual step (the open candle again): one struct-packed copy
+        else:
+            self.ind.write_many(row, start, out, truncate=start + n < have)
         self.records_out += n
         return True
 

@@ -28,11 +28,15 @@ class Clock:
 
 
 class Sem:
-    """A semaphore whose post arrives at ``clock.post_at`` (ns): acquire blocks until then (the clock moves)."""
+    """A semaphore whose post arrives at ``clock.post_at`` (ns): acquire blocks until then (the clock moves).
+    ``pending``: posts already made (a producer's late post), each taken at once by an acquire."""
     def __init__(self, clock: Clock):
-        self.clock, self.post_at = clock, None
+        self.clock, self.post_at, self.pending = clock, None, 0
 
     def acquire(self, timeout=None):
+        if self.pending:
+            self.pending -= 1
+            return
         if self.post_at is None or (timeout is not None and timeout == 0):
             if timeout:
                 self.clock.ns += int(timeout * 1e9)      # nothing posted: the park times out
@@ -165,3 +169,15 @@ def test_an_idle_consumer_stops_spinning_whatever_the_settings():
             spun.append(clock.ns - t0 - int(park_s * 1e9))
         assert w.budget_ns == PhasedWait.PROBE_NS, (spin_us, park_s)
         assert max(spun) <= park_s * 1e8 + 1_000 and spun[-1] <= PhasedWait.PROBE_NS + 1_000
+
+
+def test_a_post_left_from_an_earlier_park_does_not_end_the_next_one():
+    """A producer that saw the parked flag of an earlier park may post after that park ended: the post is drained
+    before the next park, which then waits for its own wake-up (here: its timeout) instead of returning at once."""
+    clock = Clock()
+    w = PhasedWait(Sem(clock), None, spin_us=0.0, park_timeout_s=0.5, clock=clock,
+                   switches=lambda: 0, running=lambda: 1)
+    w.sem.pending = 2
+    t0 = clock.ns
+    assert not w.wait(lambda: False)
+    assert w.sem.pending == 0 and clock.ns - t0 >= 0.5e9 and w.parks == 1
