@@ -44,7 +44,7 @@ def shared_data_dir(tmp: Path) -> Path:
     (d / "minute30").symlink_to(SHARED_CANDLES / "minute30")
     (d / "rest").symlink_to(ROOT / "data" / "upbit" / "rest")
     return d
-LOAD: dict[str, tuple[float, float, float]] = {}
+LOAD: dict = {}   # the load average at the start, and the git commit
 #: where the report went (or why it did not), for the terminal summary
 REPORT: dict[str, str] = {}
 #: the entries whose "load" this conftest set, by key: a later test that adds figures to one merges its load in
@@ -73,6 +73,7 @@ STALLS: dict[str, dict] = {}
 
 def pytest_sessionstart(session):
     LOAD["start"] = os.getloadavg()
+    LOAD["commit"] = _git_commit()    # the code measured: before the run writes its report into the tree
     STALLS["start"] = stalls.measure(STALL_PROBE_S)   # before anything runs: it spins every core
 
 
@@ -206,7 +207,8 @@ def machine() -> dict:
     return {"cpu": _cpu(), "cores": os.cpu_count(), "cores_usable": usable, "memory": _memory(),
             "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
             "python": f"{platform.python_implementation()} {platform.python_version()}", "libraries": libs,
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "git_commit": _git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "git_commit": LOAD.get("commit") or _git_commit(),
             "load_start": list(LOAD.get("start") or os.getloadavg()), "load_end": list(os.getloadavg()),
             "stalls_start": STALLS.get("start") or {}, "stalls_end": STALLS.get("end") or {}}
 
