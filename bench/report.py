@@ -6,8 +6,8 @@ again from ``DIR/results.json`` and ``DIR/machine.json``.
 
 An entry of RESULTS is a dict; its ``"group"`` says what it is (:data:`GROUPS`). Entries without one are classified
 from their keys as the terminal summary always did (:func:`group_of`). Every entry may carry ``"load"``:
-``{"load1_before", "load1_after", "cpu_busy_pct", "test_s"}`` (set by the conftest around each test) and ``"label"``
-(the row's name; else its key). The fields per group:
+``{"load1_before", "load1_after", "cpu_busy_pct", "steal_pct", "test_s"}`` (set by the conftest around each test)
+and ``"label"`` (the row's name; else its key). The fields per group:
 
 * ``wake`` — key ``"<transport> [<machine>]"``: ``p50_us``, ``p99_us``, ``max_us``, ``n``, optional ``p999_us``
   and ``samples_us`` (µs, any order);

@@ -184,8 +184,8 @@ def test_load_goes_to_the_entries_a_test_touched(monkeypatch):
     assert "load" not in results["old"]
     for k in ("new", "grown"):
         ld = results[k]["load"]
-        assert set(ld) == {"load1_before", "load1_after", "cpu_busy_pct", "test_s"}
-        assert ld["test_s"] > 0 and 0 <= ld["cpu_busy_pct"] <= 100
+        assert set(ld) == {"load1_before", "load1_after", "cpu_busy_pct", "steal_pct", "test_s"}
+        assert ld["test_s"] > 0 and 0 <= ld["cpu_busy_pct"] <= 100 and 0 <= ld["steal_pct"] <= 100
     first_s = results["grown"]["load"]["test_s"]
 
     _run_hook(lambda: results["grown"].update(shm_bytes=5))     # a second test adds figures to the same entry
