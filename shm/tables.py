@@ -140,3 +140,22 @@ def aligned_indicators(ind: RingTable, market: str, candles: np.ndarray, count: 
     for c in columns:
         out[c][:len(recs)] = np.where(ok, recs[c], np.nan)
     return out
+
+
+def candles_with_indicators(candles: RingTable, ind: RingTable, market: str, n: int,
+                            max_spins: int = 100_000) -> tuple[list[dict], list[dict], int] | None:
+    """The newest ``n`` candles of ``market`` (oldest first) as dicts of Python numbers (``CANDLE_DTYPE``'s
+    fields: ``t`` Unix seconds UTC, candle start; prices float64 KRW), their indicator values aligned 1:1 as
+    dicts (``INDICATOR_DTYPE``'s value fields; None where a value is not computed yet, or NaN), and the count
+    of candles the row had when read; None if no row has that market. What SNAPSHOT.GET and the gateway serve.
+    Raises SeqlockTimeout as :meth:`RingTable.read_range`."""
+    got = candles.read_last_of(market, n, max_spins)
+    if got is None:
+        return None
+    recs, cnt = got
+    cols = INDICATOR_DTYPE.names[1:]
+    vals = aligned_indicators(ind, market, recs, cnt, cols, max_spins)
+    rows = zip(*(vals[c].tolist() for c in cols)) if len(recs) else ()
+    aligned = [{c: (None if x != x else x) for c, x in zip(cols, r, strict=True)} for r in rows]   # NaN -> None
+    names = recs.dtype.names
+    return [dict(zip(names, r, strict=True)) for r in recs.tolist()], aligned, cnt

@@ -38,9 +38,11 @@ class Env:
         self.env.pop("DISPLAY", None)
 
     def write_overlay(self, *, markets=None, capacity=2048, speed=0.0, extra: str = "", exchange: str = "",
-                      rows: int = 32, shm: str = "", tail: str = "") -> None:
+                      rows: int = 32, shm: str = "", tail: str = "", gateway: str = "port = 0") -> None:
         """Config overlay: markets, ring capacity, replay speed; ``extra`` lines go into [ingest],
-        ``exchange`` lines into [exchange], ``shm`` lines into [shm]; ``tail`` is appended (more sections)."""
+        ``exchange`` lines into [exchange], ``shm`` lines into [shm], ``gateway`` into [gateway] (by default any
+        free port: tests run beside each other and beside a user's instance); ``tail`` is appended (more
+        sections)."""
         markets = markets or ALL_MARKETS
         self.overlay.write_text(f"""
 [markets]
@@ -56,6 +58,8 @@ speed = {speed}
 backoff_base_s = 0.2
 backoff_cap_s = 1.0
 {extra}
+[gateway]
+{gateway}
 {tail}
 """.replace("'", '"'))
 

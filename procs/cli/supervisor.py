@@ -151,6 +151,18 @@ def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:
                     print(f"\nreplay exchange: {e}")
                     break
                 time.sleep(0.2)
+    deadline = time.monotonic() + 5.0   # it publishes its port once it listens, just after RUNNING
+    while True:
+        try:
+            gw = lookup(cfg.run_dir, "gateway")
+            print(f"gateway: {gw.http}/docs (the read-only API: /api/health, /api/markets, /api/candles; from "
+                  f"another machine: ssh -L {gw.port}:127.0.0.1:{gw.port} <this host>, then the same URL there)")
+            break
+        except EndpointUnavailable as e:
+            if time.monotonic() > deadline:
+                print(f"gateway: {e}")
+                break
+            time.sleep(0.2)
     if os.environ.get("DISPLAY") and os.environ.get("SMTM_MONITOR_OFFSCREEN") != "1":
         print(f"monitor: a window on display {os.environ['DISPLAY']}")
     else:

@@ -323,6 +323,16 @@ class MonitorConfig(Section):
     present: Literal["auto", "gl", "image"] = "auto"
 
 
+class GatewayConfig(Section):
+    """The read-only gateway for remote observers (``procs.gateway``): where it listens. Port 0 takes a free port;
+    the one bound is published in ``run/<instance>/gateway.json`` either way (``smtm status`` and the tests read
+    it). Keep ``host`` on loopback and reach it through an SSH tunnel from elsewhere (README)."""
+    host: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z.:\-]{1,253}$")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8787
+    #: most candles one /api/candles answer carries
+    max_candles: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
+
 class LatencyConfig(Section):
     """Per-stage latency samples (CLOCK_MONOTONIC, from a trade's arrival in ingest), for the benchmarks: ingest,
     the indicator and the trader each keep the newest ``samples`` of their stage and write them to
@@ -358,6 +368,7 @@ class Config(Section):
     signals: SignalsConfig = SignalsConfig()
     symbols: SymbolsConfig = SymbolsConfig()
     monitor: MonitorConfig = MonitorConfig()
+    gateway: GatewayConfig = GatewayConfig()
     trader: TraderConfig = TraderConfig()
     latency: LatencyConfig = LatencyConfig()
 

@@ -28,6 +28,7 @@ PROGRAMS: tuple[Program, ...] = (
     Program("indicator", "procs.indicator", 30, "candles -> indicators.<tf> and the signals table"),
     Program("symbols", "procs.symbols", 40, "safety filter and 24 h top-N ranking -> the symbols table"),
     Program("trader", "procs.trader", 50, "the engine: strategy, risk, orders, ledger, command socket"),
+    Program("gateway", "procs.gateway", 60, "read-only HTTP access to shared memory for remote observers"),
     Program("monitor", "procs.monitor", 90, "read-only VisPy view; may die at any time"),
 )
 

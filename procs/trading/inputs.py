@@ -41,7 +41,7 @@ import numpy as np
 from shm.ring import Overrun, RingTable, SeqlockTimeout
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.symbols import TRADABLE, SymbolsTable
-from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES, aligned_indicators
+from shm.tables import CANDLES, INDICATOR_DTYPE, INDICATORS, TRADES, candles_with_indicators
 
 from ..market.indicators import IndicatorSet
 from ..runtime.config import BaseConfig, IndicatorConfig, tf_seconds
@@ -346,16 +346,8 @@ class ShmInputs:
             b = self.base
             self._views[tf] = (CANDLES.open(b.instance, tf, b.shm.rows, b.shm.capacity),
                                INDICATORS.open(b.instance, tf, b.shm.rows, b.shm.capacity))
-        cand, ind = self._views[tf]
-        got = cand.read_last_of(market, count)
-        if got is None:
-            return [], []
-        recs, cnt = got
-        cols = _COLUMNS[1:]
-        vals = aligned_indicators(ind, market, recs, cnt, cols)
-        rows = zip(*(vals[c].tolist() for c in cols)) if len(recs) else ()
-        aligned = [{c: (None if x != x else x) for c, x in zip(cols, r)} for r in rows]   # NaN -> None
-        return [candle_dict(r) for r in recs], aligned
+        got = candles_with_indicators(*self._views[tf], market, count)
+        return ([], []) if got is None else got[:2]
 
     def close(self) -> None:
         for t in (self.trades, self.candles, self.symbols, *(t for v in self._views.values() for t in v)):

@@ -59,7 +59,7 @@ def test_stop_ingest_stops_only_ingest(supervised):
     assert "ingest: stopped" in out.stdout
     states = {p["name"]: p["statename"] for p in sup.processes()}
     assert states == {"exchange": "RUNNING", "ingest": "STOPPED", "indicator": "RUNNING", "symbols": "RUNNING",
-                      "trader": "RUNNING", "monitor": "RUNNING"}
+                      "trader": "RUNNING", "gateway": "RUNNING", "monitor": "RUNNING"}
     assert st.read("ingest")["state"] == State.STOPPED
     out = subprocess.run([*ctl, "start", "ingest"], capture_output=True, text=True, timeout=30)
     assert "ingest: started" in out.stdout

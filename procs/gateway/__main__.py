@@ -1,0 +1,71 @@
+"""The gateway process (wiring only): uvicorn serves :func:`procs.gateway.app.make_app` on a worker thread while
+the process's own loop beats its status row; the bound address is published in ``run/<instance>/gateway.json``.
+A port already in use stops start-up with an error naming ``gateway.port``."""
+from __future__ import annotations
+
+import threading
+
+import uvicorn
+
+from shm.status import State
+
+from ..runtime.config import BaseConfig, GatewayConfig
+from ..runtime.endpoints import publish, withdraw
+from ..runtime.process import Process, start
+from ..views.gateway_source import ShmGatewaySource
+from .app import make_app
+
+
+class GatewayProcess(Process):
+    name = "gateway"
+
+    def __init__(self, base: BaseConfig, cfg: GatewayConfig, **kw):
+        super().__init__(base, **kw)
+        self.cfg = cfg
+        self.source = ShmGatewaySource(base)
+        app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]")
+        self.server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.port = 0
+        self._thread: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        # on a thread of its own uvicorn installs no signal handlers: SIGTERM stays the process's (request_stop)
+        self._thread = self.start_worker(self.server.run, "http")
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"gateway.port = {self.cfg.port}: the server did not start on "
+                                   f"{self.cfg.host}:{self.cfg.port} (in use?)")
+            self.idle(0.02)
+            if self.stopping:
+                return
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        publish(self.base.run_dir, "gateway", self.cfg.host, self.port)
+        self.log.info("serving http://%s:%d (API at /docs)", self.cfg.host, self.port)
+        self.on_beat()
+        self.set_state(State.RUNNING)
+
+    def on_tick(self) -> None:
+        self.idle(self.heartbeat_s)
+
+    def on_beat(self) -> None:
+        self.row.detail = f"http://{self.cfg.host}:{self.port}/docs"[:88]
+
+    def on_stop_requested(self) -> None:
+        self.server.should_exit = True
+
+    def on_stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        withdraw(self.base.run_dir, "gateway")
+        self.source.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, _ = start("gateway", "read-only HTTP access to shared memory for remote observers", argv)
+    return 2 if cfg is None else GatewayProcess(cfg.base, cfg.gateway).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

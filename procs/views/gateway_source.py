@@ -1,0 +1,125 @@
+"""What the gateway serves, read from shared memory only (every table mapped **read-only**: the gateway is never
+a second writer, and never reads the ledger).
+
+Each answer is a plain dict (JSON-ready) built from one consistent copy of the tables it reads, with the global
+``seq`` of the table it came from, so a client (and the tests) can tell which state of shared memory it saw.
+Tables that do not exist yet (their writer not started) answer as empty — ``available: false`` — rather than
+failing: the gateway may start before the engine. Thread-safe: the web server calls it from a pool of threads;
+mappings are attached once, under a lock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from shm.ring import RingTable
+from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
+from shm.status import State, StatusTable
+from shm.symbols import IN_UNIVERSE, TRADABLE, SymbolsTable
+from shm.tables import CANDLES, INDICATORS, candles_with_indicators
+
+from ..runtime.config import BaseConfig
+from ..runtime.roster import STATUS_ROWS
+
+_MISSING = (SegmentNotFound, SegmentNotReady, LayoutMismatch)
+
+
+class UnknownMarket(LookupError):
+    """No row of the candle table holds that market."""
+
+
+class ShmGatewaySource:
+    """The gateway's read-only view of an instance's shared memory (``base``: its tables' sizes)."""
+
+    def __init__(self, base: BaseConfig):
+        self.base = base
+        self._lock = threading.Lock()
+        self._status: StatusTable | None = None
+        self._symbols: SymbolsTable | None = None
+        self._rings: dict[str, tuple[RingTable, RingTable]] = {}
+
+    # -- attaching ------------------------------------------------------------------------------------
+    def _attach(self, what: str):
+        with self._lock:
+            b = self.base
+            try:
+                if what == "status":
+                    self._status = self._status or StatusTable.open(b.instance, STATUS_ROWS)
+                    return self._status
+                if what == "symbols":
+                    self._symbols = self._symbols or SymbolsTable.open(b.instance, b.shm.rows)
+                    return self._symbols
+                if what not in self._rings:
+                    self._rings[what] = (CANDLES.open(b.instance, what, b.shm.rows, b.shm.capacity),
+                                         INDICATORS.open(b.instance, what, b.shm.rows, b.shm.capacity))
+                return self._rings[what]
+            except _MISSING:
+                return None
+
+    def close(self) -> None:
+        with self._lock:
+            for t in (self._status, self._symbols, *(t for pair in self._rings.values() for t in pair)):
+                if t is not None:
+                    t.close()
+            self._status = self._symbols = None
+            self._rings.clear()
+
+    # -- answers --------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        """Every program's status row: ``state`` (name), ``pid``, ``heartbeat_age_s`` (seconds since its last
+        heartbeat, CLOCK_MONOTONIC), the cumulative counters, ``lag_ms``, ``detail``. ``ok``: every program that
+        has a row is RUNNING and beat within the last 5 s."""
+        st = self._attach("status")
+        if st is None:
+            return {"instance": self.base.instance, "available": False, "ok": False, "programs": []}
+        now = time.monotonic_ns()
+        programs = []
+        for name in STATUS_ROWS:
+            r = st.read(name)
+            if not int(r["pid"]):
+                continue     # never started in this instance
+            state = State(int(r["state"]))
+            age = (now - int(r["heartbeat_ns"])) / 1e9
+            programs.append({"name": name, "state": state.name, "pid": int(r["pid"]), "heartbeat_age_s": round(age, 3),
+                             "msgs_in": int(r["msgs_in"]), "msgs_out": int(r["msgs_out"]), "errors": int(r["errors"]),
+                             "dropped": int(r["dropped"]), "reconnects": int(r["reconnects"]),
+                             "lag_ms": int(r["lag_ns"]) / 1e6, "detail": bytes(r["detail"]).decode(errors="replace")})
+        ok = bool(programs) and all(p["state"] == "RUNNING" and p["heartbeat_age_s"] < 5.0 for p in programs)
+        return {"instance": self.base.instance, "available": True, "ok": ok, "programs": programs}
+
+    def markets(self) -> dict:
+        """The symbol manager's table: each market's ``rank`` (0 = not ranked), 24 h traded ``value_24h`` (KRW),
+        ``in_universe`` (ingest subscribes it) and ``tradable`` (in the top N the trader may buy); ``version`` is
+        the table's, which moves on every write. Before the first ranking: the configured markets, unranked."""
+        sym = self._attach("symbols")
+        if sym is None:
+            return {"available": False, "version": -1,
+                    "markets": [{"market": m, "rank": 0, "value_24h": 0.0, "in_universe": True, "tradable": False}
+                                for m in self.base.markets]}
+        rows, version = sym.read()
+        out = [{"market": bytes(r["code"]).decode(), "rank": int(r["rank"]), "value_24h": float(r["value_24h"]),
+                "in_universe": bool(int(r["flags"]) & IN_UNIVERSE), "tradable": bool(int(r["flags"]) & TRADABLE)}
+               for r in rows]
+        return {"available": True, "version": int(version), "markets": out}
+
+    def candles(self, market: str, tf: str, count: int) -> dict:
+        """The newest ``count`` candles of ``market`` in timeframe ``tf`` (oldest first; ``t`` Unix seconds UTC,
+        candle start; prices float64 KRW; ``v`` base volume; ``value`` KRW) with their indicator values aligned
+        1:1 (None where not computed yet), ``seq`` the candle table's global seq before the read and ``count``
+        the candles the row holds. Raises ValueError for a timeframe the instance does not keep and
+        :class:`UnknownMarket` for a market without a row."""
+        if tf not in self.base.shm.timeframes:
+            kept = ", ".join(self.base.shm.timeframes)
+            raise ValueError(f"timeframe {tf!r} is not kept here (shm.timeframes: {kept})")
+        pair = self._attach(tf)
+        if pair is None:
+            return {"market": market, "tf": tf, "available": False, "seq": -1, "count": 0, "candles": [],
+                    "indicators": []}
+        cand, ind = pair
+        seq = cand.global_seq
+        got = candles_with_indicators(cand, ind, market, count)
+        if got is None:
+            raise UnknownMarket(f"no candle row holds {market!r}")
+        rows, values, total = got
+        return {"market": market, "tf": tf, "available": True, "seq": int(seq), "count": int(total), "candles": rows,
+                "indicators": values}
