@@ -92,6 +92,17 @@ def text(raw: bytes) -> str:
     return bytes(raw).rstrip(b"\0").decode("utf-8", "ignore")
 
 
+def record_dict(rec: np.void) -> dict:
+    """One record of these tables as a dict of Python values: byte fields as text (:func:`text`), numbers as
+    int / float, padding (fields named ``_…``) left out."""
+    out = {}
+    for name, value in zip(rec.dtype.names, rec.tolist(), strict=True):
+        if name.startswith("_"):
+            continue
+        out[name] = text(value) if isinstance(value, bytes) else value
+    return out
+
+
 def fit(s: str, n: int) -> bytes:
     """``s`` as UTF-8 cut to at most ``n`` bytes at a character boundary."""
     raw = s.encode("utf-8")

@@ -16,12 +16,30 @@ from shm.ring import RingTable
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.status import State, StatusTable
 from shm.symbols import IN_UNIVERSE, TRADABLE, SymbolsTable
-from shm.tables import CANDLES, INDICATORS, candles_with_indicators
+from shm.tables import CANDLES, INDICATORS, TIMELINE, TIMELINE_ROW, candles_with_indicators
+from shm.trading import (
+    MODE_NAMES,
+    RISK_FLAG_NAMES,
+    SEVERITY_NAMES,
+    OrdersTable,
+    PositionsTable,
+    TraderTable,
+    record_dict,
+)
 
 from ..runtime.config import BaseConfig
 from ..runtime.roster import STATUS_ROWS
 
 _MISSING = (SegmentNotFound, SegmentNotReady, LayoutMismatch)
+
+
+#: the trader's tables, read-only (the trader writes them; the gateway never reads the ledger)
+_TRADING = {
+    "trader": lambda b: TraderTable.open(b.instance, 1),
+    "positions": lambda b: PositionsTable.open(b.instance, b.shm.rows),
+    "orders": lambda b: OrdersTable.open(b.instance, b.shm.orders_rows),
+    "timeline": lambda b: TIMELINE.open(b.instance, None, 1, b.shm.timeline_capacity),
+}
 
 
 class UnknownMarket(LookupError):
@@ -37,6 +55,7 @@ class ShmGatewaySource:
         self._status: StatusTable | None = None
         self._symbols: SymbolsTable | None = None
         self._rings: dict[str, tuple[RingTable, RingTable]] = {}
+        self._trading: dict = {}
 
     # -- attaching ------------------------------------------------------------------------------------
     def _attach(self, what: str):
@@ -49,6 +68,10 @@ class ShmGatewaySource:
                 if what == "symbols":
                     self._symbols = self._symbols or SymbolsTable.open(b.instance, b.shm.rows)
                     return self._symbols
+                if what in _TRADING:
+                    if what not in self._trading:
+                        self._trading[what] = _TRADING[what](b)
+                    return self._trading[what]
                 if what not in self._rings:
                     self._rings[what] = (CANDLES.open(b.instance, what, b.shm.rows, b.shm.capacity),
                                          INDICATORS.open(b.instance, what, b.shm.rows, b.shm.capacity))
@@ -58,11 +81,13 @@ class ShmGatewaySource:
 
     def close(self) -> None:
         with self._lock:
-            for t in (self._status, self._symbols, *(t for pair in self._rings.values() for t in pair)):
+            for t in (self._status, self._symbols, *(t for pair in self._rings.values() for t in pair),
+                      *self._trading.values()):
                 if t is not None:
                     t.close()
             self._status = self._symbols = None
             self._rings.clear()
+            self._trading.clear()
 
     # -- answers --------------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -123,3 +148,56 @@ class ShmGatewaySource:
         rows, values, total = got
         return {"market": market, "tf": tf, "available": True, "seq": int(seq), "count": int(total), "candles": rows,
                 "indicators": values}
+
+    # -- the engine's tables -------------------------------------------------------------------------------
+    def engine(self) -> dict:
+        """The trader's row: ``mode`` (DISARMED / ARMED / KILLED), ``risk_flags`` by name, the account
+        (``cash``, ``equity``, ``realized``, ``unrealized``, ``daily_pnl``, ``fees``, ``hwm`` float64 KRW;
+        ``drawdown_pct``), ``reason`` of the last mode change, ``market_ms``, ``age_s`` since the trader wrote it;
+        ``version`` the table's. ``available: false`` until the trader runs."""
+        t = self._attach("trader")
+        if t is None:
+            return {"available": False, "mode": None}
+        rows, version = t.read_all()
+        rec = rows[0]
+        d = record_dict(rec)
+        d["mode"] = MODE_NAMES.get(d["mode"], str(d["mode"]))
+        d["risk_flags"] = [n for bit, n in RISK_FLAG_NAMES.items() if int(rec["risk_flags"]) & bit]
+        d["age_s"] = round((time.monotonic_ns() - int(rec["updated_ns"])) / 1e9, 3)
+        del d["updated_ns"]
+        return {"available": True, "version": int(version), **d}
+
+    def positions(self) -> dict:
+        """The open positions: ``code``, ``qty`` (base units), ``avg_price`` / ``cost`` / ``tp`` / ``sl`` /
+        ``last_price`` / ``unrealized`` (float64 KRW), ``entry_tag``, ``opened_ms`` (market time), ``exiting``."""
+        t = self._attach("positions")
+        if t is None:
+            return {"available": False, "version": -1, "positions": []}
+        rows, version = t.used("code")
+        return {"available": True, "version": int(version), "positions": [record_dict(r) for r in rows]}
+
+    def orders(self) -> dict:
+        """The open orders and the most recent closed ones, newest first (``identifier``, ``code``, ``side``,
+        ``ord_type``, ``price`` / ``avg_fill`` / ``fee`` KRW, ``volume`` / ``filled`` base units, ``state``,
+        ``reason``, ``created_ms`` / ``updated_ms`` market time)."""
+        t = self._attach("orders")
+        if t is None:
+            return {"available": False, "version": -1, "orders": []}
+        rows, version = t.used("identifier")
+        return {"available": True, "version": int(version), "orders": [record_dict(r) for r in rows]}
+
+    def timeline(self, n: int) -> dict:
+        """The newest ``n`` entries of the trader's timeline, oldest first: ``wall_ns`` (Unix ns UTC),
+        ``market_ms``, ``severity`` (info / warn / alert), ``kind``, ``market``, ``text`` (the why); ``count``
+        the entries written so far."""
+        t = self._attach("timeline")
+        got = t.read_last_of(TIMELINE_ROW, n) if t is not None else None
+        if got is None:
+            return {"available": False, "count": 0, "timeline": []}
+        recs, count = got
+        out = []
+        for r in recs:
+            d = record_dict(r)
+            d["severity"] = SEVERITY_NAMES.get(d["severity"], str(d["severity"]))
+            out.append(d)
+        return {"available": True, "count": int(count), "timeline": out}

@@ -65,3 +65,47 @@ def test_a_port_in_use_stops_start_up_naming_the_key(env):
         p = env.start("gateway")
         assert p.wait(timeout=30) != 0
     assert f"gateway.port = {port}" in env.log("gateway")
+
+
+def test_the_engine_answers_are_the_trader_tables(env):
+    from procs.runtime.loader import load_config
+    from shm.tables import TIMELINE, TIMELINE_ROW
+    from shm.trading import OrdersTable, PositionsTable, TraderTable, record_dict
+    from tests.e2e.test_monitor_trading import fill_trader
+
+    src = fill_rings(env.instance)
+    fill_trader(env.instance, src, reason="armed by operator")
+    env.write_overlay(markets=["KRW-BTC", "KRW-ETH", "KRW-XRP"])
+    env.start("gateway")
+    try:
+        base = _url(env)
+        get = lambda path, **p: requests.get(f"{base}{path}", params=p, timeout=10).json()
+        sh = load_config("replay").base.shm    # the sizes fill_trader wrote the tables with
+        trader = TraderTable.open(env.instance, 1)
+        rows, version = trader.read_all()
+        eng = get("/api/engine")
+        assert eng["available"] and eng["version"] == version and eng["mode"] == "ARMED"
+        assert eng["equity"] == float(rows[0]["equity"]) and eng["reason"] == "armed by operator"
+        assert eng["risk_flags"] == [] and eng["preset"] == "BALANCED" and 0 <= eng["age_s"] < 60
+        pnl = get("/api/pnl")
+        assert pnl["realized"] == float(rows[0]["realized"]) and "reason" not in pnl
+
+        pos, pver = PositionsTable.open(env.instance, sh.rows).used("code")
+        got = get("/api/positions")
+        assert got["version"] == pver and got["positions"] == [record_dict(r) for r in pos]
+        assert [p["code"] for p in got["positions"]] == ["KRW-BTC", "KRW-ETH"]
+
+        orders, over = OrdersTable.open(env.instance, sh.orders_rows).used("identifier")
+        got = get("/api/orders")
+        assert got["version"] == over and got["orders"] == [record_dict(r) for r in orders]
+        assert [o["created_ms"] for o in got["orders"]] == sorted((o["created_ms"] for o in got["orders"]),
+                                                                 reverse=True)
+
+        tl = get("/api/timeline", n=5)
+        recs, count = TIMELINE.open(env.instance, None, 1, sh.timeline_capacity).read_last_of(TIMELINE_ROW, 5)
+        assert tl["count"] == count == 8 and [e["text"] for e in tl["timeline"]] == [record_dict(r)["text"]
+                                                                                   for r in recs]
+        assert [e["severity"] for e in tl["timeline"]] == ["info", "warn", "info", "info", "alert"]
+        assert requests.get(f"{base}/api/timeline", params={"n": 0}, timeout=10).status_code == 422
+    finally:
+        env.stop_all()
