@@ -3,6 +3,8 @@ the process's own loop beats its status row; the bound address is published in `
 A port already in use stops start-up with an error naming ``gateway.port``."""
 from __future__ import annotations
 
+import logging
+import os
 import threading
 
 import uvicorn
@@ -15,15 +17,25 @@ from ..runtime.process import Process, start
 from ..views.gateway_source import ShmGatewaySource
 from .app import make_app
 
+#: the environment variable that holds the commands' token (never a file: config files are read by many)
+TOKEN_ENV = "SMTM_GATEWAY_TOKEN"
+MIN_TOKEN_CHARS = 16
+
 
 class GatewayProcess(Process):
     name = "gateway"
 
     def __init__(self, base: BaseConfig, cfg: GatewayConfig, **kw):
+        token = os.environ.get(TOKEN_ENV) or None     # checked before anything is opened
+        if token is not None and len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{TOKEN_ENV}: a token of at least {MIN_TOKEN_CHARS} characters, or none "
+                             f"(commands stay off)")
         super().__init__(base, **kw)
         self.cfg = cfg
         self.source = ShmGatewaySource(base)
-        app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]")
+        self.commands_on = token is not None
+        app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]",
+                       trader_socket=base.run_dir / "trader.sock", token=token)
         self.server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                                     lifespan="off", access_log=False))
         self.port = 0
@@ -41,7 +53,8 @@ class GatewayProcess(Process):
                 return
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
         publish(self.base.run_dir, "gateway", self.cfg.host, self.port)
-        self.log.info("serving http://%s:%d (API at /docs)", self.cfg.host, self.port)
+        self.log.info("serving http://%s:%d (API at /docs); commands %s", self.cfg.host, self.port,
+                      f"accepted with the token of {TOKEN_ENV}" if self.commands_on else f"off ({TOKEN_ENV} not set)")
         self.on_beat()
         self.set_state(State.RUNNING)
 
@@ -64,7 +77,14 @@ class GatewayProcess(Process):
 
 def main(argv: list[str] | None = None) -> int:
     cfg, _ = start("gateway", "read-only HTTP access to shared memory for remote observers", argv)
-    return 2 if cfg is None else GatewayProcess(cfg.base, cfg.gateway).run()
+    if cfg is None:
+        return 2
+    try:
+        proc = GatewayProcess(cfg.base, cfg.gateway)
+    except ValueError as e:      # a bad token: named, and nothing served
+        logging.getLogger("smtm.gateway").error("%s", e)
+        return 2
+    return proc.run()
 
 
 if __name__ == "__main__":

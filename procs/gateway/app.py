@@ -16,23 +16,85 @@ Routes (JSON; every answer from one consistent read of the table it names, with 
 The P&L by day, market or exit reason (the trader's PNL.GET) is computed from the ledger, which the gateway never
 reads: ``/api/pnl`` gives what the trader publishes in shared memory.
 
+``GET /api/snapshot?market=&tf=&count=`` is the trader's SNAPSHOT.GET document, asked of its command socket — at
+most once a second for the same question (answers are cached that long, one question at a time), so no number
+of clients can load the engine.
+
+**Commands** (``POST /api/commands/<TYPE>``, body ``{"payload": {...}, "symbol": "KRW-…"?}``, every command of the
+trader's protocol but EVENT.SUBSCRIBE) are **off** unless the gateway was started with a token in its environment
+(``SMTM_GATEWAY_TOKEN``, never in a file, never logged): without one each answers 403; with one a request needs
+``Authorization: Bearer <token>`` (compared in constant time; 401 otherwise) and is proxied to the trader's socket,
+where the engine's rules apply unchanged (a refusal comes back as 409 with the engine's error; the audit trail
+names the gateway and the client's address). 503 when the trader cannot be reached.
+
 Errors: 400 for a timeframe the instance does not keep, 404 for a market without a candle row, 422 for a
 malformed parameter (FastAPI's validation: a market code that is not ``KRW-…``, a count out of range).
 Route handlers are plain functions: FastAPI runs them in its thread pool, so a read never blocks the event loop.
 """
 # no `from __future__ import annotations` here: FastAPI evaluates the route signatures, whose bounds (max_candles)
 # are closure variables
-from typing import Annotated
+import hmac
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
+from ..trading.client import TraderClient, TraderUnavailable
+from ..trading.protocol import COMMANDS
 from ..views.gateway_source import ShmGatewaySource, UnknownMarket
+
+#: the commands the gateway proxies (a subscription is a stream: the WebSocket channels carry the events)
+COMMAND_TYPES = tuple(c for c in COMMANDS if c != "EVENT.SUBSCRIBE")
+SNAPSHOT_TTL_S = 1.0
+
+
+class CommandBody(BaseModel):
+    """The body of ``POST /api/commands/<TYPE>``: the command's ``payload`` and, for the commands that take one,
+    its ``symbol`` (a market)."""
+    model_config = ConfigDict(extra="forbid")
+    payload: dict[str, Any] = {}
+    symbol: str | None = None
+
+
+class _Snapshots:
+    """SNAPSHOT.GET answers cached ``SNAPSHOT_TTL_S`` per question, one question to the trader at a time."""
+
+    def __init__(self, socket_path: Path | None):
+        self.path = socket_path
+        self.lock = threading.Lock()
+        self.cache: dict[tuple, tuple[float, dict]] = {}
+
+    def get(self, market: str | None, tf: str | None, count: int) -> dict:
+        key = (market, tf, count)
+        with self.lock:
+            hit = self.cache.get(key)
+            if hit is not None and time.monotonic() - hit[0] < SNAPSHOT_TTL_S:
+                return hit[1]
+            if self.path is None:
+                raise TraderUnavailable("no trader socket configured")
+            payload = {"count": count, **({"tf": tf} if tf else {})}
+            with TraderClient(self.path, timeout_s=10.0, run_id="gateway") as c:
+                ack = c.request("SNAPSHOT.GET", payload, market)
+            if not ack.get("ok"):
+                raise HTTPException(status_code=400, detail=ack.get("error"))
+            if len(self.cache) > 256:
+                self.cache.clear()
+            self.cache[key] = (time.monotonic(), ack["payload"])
+            return ack["payload"]
 
 MARKET_PATTERN = r"^KRW-[A-Z0-9]{1,12}$"
 
 
-def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = "SMTM-NG gateway") -> FastAPI:
-    """The application over ``source``; ``max_candles`` bounds ``count`` of ``/api/candles``."""
+def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = "SMTM-NG gateway",
+             trader_socket: Path | None = None, token: str | None = None) -> FastAPI:
+    """The application over ``source``; ``max_candles`` bounds ``count`` of ``/api/candles``; ``trader_socket``:
+    the trader's command socket (snapshot and commands); ``token``: commands are accepted with it, refused
+    (403) without one."""
+    snapshots = _Snapshots(trader_socket)
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
                   version="1")
     default_tf = source.base.shm.timeframes[0]
@@ -78,5 +140,37 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
     @app.get("/api/timeline", summary="The trader's timeline, oldest first")
     def timeline(n: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict:
         return source.timeline(n)
+
+    @app.get("/api/snapshot", summary="The trader's SNAPSHOT.GET document (cached 1 s)")
+    def snapshot(market: Annotated[str | None, Query(pattern=MARKET_PATTERN)] = None, tf: str | None = None,
+                 count: Annotated[int, Query(ge=1, le=max_candles)] = 200) -> dict:
+        try:
+            return snapshots.get(market, tf, count)
+        except TraderUnavailable as e:
+            raise HTTPException(status_code=503, detail=str(e)) from None
+
+    @app.post("/api/commands/{name}", summary="A command to the trader (needs the gateway's token)")
+    def command(name: str, request: Request, body: CommandBody | None = None,
+                authorization: Annotated[str | None, Header()] = None) -> Any:
+        if token is None:
+            raise HTTPException(status_code=403, detail="commands through the gateway are off: the gateway runs "
+                                                        "without SMTM_GATEWAY_TOKEN")
+        given = authorization[7:] if authorization and authorization.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="a command needs Authorization: Bearer <the gateway's token>",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if name not in COMMAND_TYPES:
+            raise HTTPException(status_code=404, detail=f"{name!r} is not a command of the trader "
+                                                        f"({', '.join(COMMAND_TYPES)})")
+        if trader_socket is None:
+            raise HTTPException(status_code=503, detail="no trader socket configured")
+        body = body or CommandBody()
+        peer = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        try:
+            with TraderClient(trader_socket, timeout_s=10.0, run_id=f"gateway {peer}") as c:
+                ack = c.request(name, body.payload, body.symbol)
+        except TraderUnavailable as e:
+            raise HTTPException(status_code=503, detail=str(e)) from None
+        return ack if ack.get("ok") else JSONResponse(status_code=409, content=ack)
 
     return app

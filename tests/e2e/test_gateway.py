@@ -109,3 +109,47 @@ def test_the_engine_answers_are_the_trader_tables(env):
         assert requests.get(f"{base}/api/timeline", params={"n": 0}, timeout=10).status_code == 422
     finally:
         env.stop_all()
+
+
+def test_without_a_token_no_command_gets_through(env):
+    from procs.gateway.app import COMMAND_TYPES
+
+    env.write_overlay()
+    env.start("gateway")
+    try:
+        base = _url(env)
+        for name in COMMAND_TYPES:
+            for headers in ({}, {"Authorization": "Bearer " + "x" * 32}):
+                r = requests.post(f"{base}/api/commands/{name}", json={"payload": {}}, headers=headers, timeout=10)
+                assert r.status_code == 403, (name, r.status_code, r.text)
+                assert "SMTM_GATEWAY_TOKEN" in r.json()["detail"]
+    finally:
+        env.stop_all()
+
+
+def test_with_the_token_commands_reach_the_trader_and_its_rules_still_apply(env):
+    token = "t0k3n-" + "a" * 26
+    env.write_overlay()
+    env.start("trader")
+    env.env["SMTM_GATEWAY_TOKEN"] = token
+    env.start("gateway")
+    try:
+        base = _url(env)
+        wait_for((env.run_dir / "trader.sock").exists, 30, "the trader's socket")
+        auth = {"Authorization": f"Bearer {token}"}
+        post = lambda name, headers=auth, **payload: requests.post(
+            f"{base}/api/commands/{name}", json={"payload": payload}, headers=headers, timeout=15)
+        assert post("PING", headers={}).status_code == 401
+        assert post("PING", headers={"Authorization": f"Bearer {token[:-1]}x"}).status_code == 401
+        assert post("NOT.A.COMMAND").status_code == 404
+        assert post("PING").json()["ok"] is True
+        assert post("KILL.SWITCH", reason="gateway test").json()["payload"]["mode"] == "KILLED"
+        r = post("LIVE.ARM", reason="from the gateway")          # the engine's rule: KILL.RESET first
+        assert r.status_code == 409 and "KILL.RESET" in r.json()["error"]["message"]
+        assert post("KILL.RESET", reason="gateway test").json()["payload"]["mode"] == "DISARMED"
+        status = post("ENGINE.STATUS").json()["payload"]
+        assert status["mode"] == "DISARMED"
+        log = env.log("gateway") + env.log("trader")
+        assert token not in log          # never logged
+    finally:
+        env.stop_all()
