@@ -34,10 +34,12 @@ class GatewayProcess(Process):
         self.cfg = cfg
         self.source = ShmGatewaySource(base)
         self.commands_on = token is not None
-        app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]",
-                       trader_socket=base.run_dir / "trader.sock", token=token)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                                    lifespan="off", access_log=False))
+        self.app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]",
+                            trader_socket=base.run_dir / "trader.sock", token=token, client_queue=cfg.client_queue,
+                            poll_s=cfg.poll_s)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=cfg.host, port=cfg.port, log_level="warning",
+                                                    lifespan="off", access_log=False, ws_max_size=1 << 16,
+                                                    ws_ping_interval=cfg.ping_s, ws_ping_timeout=cfg.ping_s))
         self.port = 0
         self._thread: threading.Thread | None = None
 
@@ -62,7 +64,10 @@ class GatewayProcess(Process):
         self.idle(self.heartbeat_s)
 
     def on_beat(self) -> None:
-        self.row.detail = f"http://{self.cfg.host}:{self.port}/docs"[:88]
+        hub = self.app.state.hub
+        n = sum(len(c) for c in hub.clients.values())
+        self.row.msgs_out, self.row.dropped = sum(hub.sent.values()), hub.dropped
+        self.row.detail = f"http://{self.cfg.host}:{self.port}/docs clients={n}"[:88]
 
     def on_stop_requested(self) -> None:
         self.server.should_exit = True

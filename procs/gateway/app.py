@@ -11,6 +11,8 @@ Routes (JSON; every answer from one consistent read of the table it names, with 
 ``GET /api/positions``     the open positions
 ``GET /api/orders``        the open orders and the most recent closed ones, newest first
 ``GET /api/timeline``      ``?n=50``: the trader's timeline (the "why" of every decision), oldest first
+``GET /api/clients``       the WebSocket channels' clients, messages sent, clients dropped
+``WS /ws/<channel>``       ``market``, ``orders``, ``positions``, ``timeline``, ``stats``: :mod:`.channels`
 =========================  ===========================================================================
 
 The P&L by day, market or exit reason (the trader's PNL.GET) is computed from the ledger, which the gateway never
@@ -39,13 +41,14 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ..trading.client import TraderClient, TraderUnavailable
 from ..trading.protocol import COMMANDS
 from ..views.gateway_source import ShmGatewaySource, UnknownMarket
+from .channels import CHANNELS, Hub
 
 #: the commands the gateway proxies (a subscription is a stream: the WebSocket channels carry the events)
 COMMAND_TYPES = tuple(c for c in COMMANDS if c != "EVENT.SUBSCRIBE")
@@ -90,11 +93,13 @@ MARKET_PATTERN = r"^KRW-[A-Z0-9]{1,12}$"
 
 
 def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = "SMTM-NG gateway",
-             trader_socket: Path | None = None, token: str | None = None) -> FastAPI:
+             trader_socket: Path | None = None, token: str | None = None, client_queue: int = 256,
+             poll_s: float = 0.05) -> FastAPI:
     """The application over ``source``; ``max_candles`` bounds ``count`` of ``/api/candles``; ``trader_socket``:
     the trader's command socket (snapshot and commands); ``token``: commands are accepted with it, refused
-    (403) without one."""
+    (403) without one; ``client_queue`` and ``poll_s``: the WebSocket channels' (:mod:`.channels`)."""
     snapshots = _Snapshots(trader_socket)
+    hub = Hub(source, poll_s=poll_s, queue_size=client_queue)
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
                   version="1")
     default_tf = source.base.shm.timeframes[0]
@@ -173,4 +178,14 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
             raise HTTPException(status_code=503, detail=str(e)) from None
         return ack if ack.get("ok") else JSONResponse(status_code=409, content=ack)
 
+    for channel in CHANNELS:
+        async def endpoint(ws: WebSocket, channel: str = channel) -> None:
+            await hub.serve(ws, channel)
+        app.add_api_websocket_route(f"/ws/{channel}", endpoint, name=f"ws_{channel}")
+
+    @app.get("/api/clients", summary="WebSocket clients per channel, messages sent, clients dropped")
+    def clients() -> dict:
+        return hub.stats()
+
+    app.state.hub = hub
     return app

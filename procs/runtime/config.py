@@ -331,6 +331,12 @@ class GatewayConfig(Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 8787
     #: most candles one /api/candles answer carries
     max_candles: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    #: messages a WebSocket client may fall behind before it is dropped (close code 4008)
+    client_queue: Annotated[int, Field(ge=1, le=100_000)] = 256
+    #: how often the WebSocket channels look at shared memory (s)
+    poll_s: Annotated[float, Field(ge=0.005, le=5.0)] = 0.05
+    #: WebSocket keep-alive: a ping this often, the connection closed if no pong within as long (s)
+    ping_s: Annotated[float, Field(ge=1.0, le=300.0)] = 20.0
 
 
 class LatencyConfig(Section):

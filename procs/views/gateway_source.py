@@ -201,3 +201,20 @@ class ShmGatewaySource:
             d["severity"] = SEVERITY_NAMES.get(d["severity"], str(d["severity"]))
             out.append(d)
         return {"available": True, "count": int(count), "timeline": out}
+
+    # -- cheap looks for the WebSocket poller (one 8-byte load each) ---------------------------------------
+    def version(self, table: str) -> int:
+        """The version of a trader table (``orders``, ``positions``, ``trader``); -1 while it does not exist."""
+        t = self._attach(table)
+        return -1 if t is None else int(t.version)
+
+    def timeline_count(self) -> int:
+        """Entries written to the trader's timeline so far; -1 while it does not exist."""
+        t = self._attach("timeline")
+        row = t.row_of(TIMELINE_ROW) if t is not None else None
+        return -1 if row is None else int(t.count(row))
+
+    def candle_seq(self, tf: str) -> int:
+        """The global seq of ``candles.<tf>``; -1 while it does not exist."""
+        pair = self._attach(tf)
+        return -1 if pair is None else int(pair[0].global_seq)

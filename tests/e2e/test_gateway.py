@@ -2,6 +2,7 @@
 parameters get clear errors, it publishes the port it bound, and a port already in use stops it naming the key."""
 import json
 import socket
+import time
 
 import requests
 
@@ -151,5 +152,122 @@ def test_with_the_token_commands_reach_the_trader_and_its_rules_still_apply(env)
         assert status["mode"] == "DISARMED"
         log = env.log("gateway") + env.log("trader")
         assert token not in log          # never logged
+    finally:
+        env.stop_all()
+
+
+def _ws(base: str, channel: str, **kw):
+    import websocket
+    return websocket.create_connection(base.replace("http://", "ws://") + f"/ws/{channel}", timeout=10, **kw)
+
+
+def _recv(ws, want: str, limit: int = 50) -> dict:
+    """The next message of type ``want`` (others skipped, at most ``limit``)."""
+    for _ in range(limit):
+        msg = json.loads(ws.recv())
+        if msg["type"] == want:
+            return msg
+    raise AssertionError(f"no {want} in {limit} messages")
+
+
+def test_websocket_channels_carry_what_shared_memory_holds(env):
+    import numpy as np
+
+    from shm.tables import CANDLE_DTYPE
+    from shm.trading import OrdersTable, record_dict
+    from tests.e2e.test_monitor_trading import fill_trader
+
+    src = fill_rings(env.instance)
+    fill_trader(env.instance, src)
+    env.write_overlay(markets=["KRW-BTC", "KRW-ETH", "KRW-XRP"])
+    env.start("gateway")
+    try:
+        base = _url(env)
+        cand = CANDLES.create(env.instance, "4h", 32, 2048)     # the test is the writer (as ingest would be)
+        ind = INDICATORS.open(env.instance, "4h", 32, 2048)
+        m = _ws(base, "market")
+        m.send(json.dumps({"subscribe": [{"market": "KRW-BTC", "tf": "4h"}, {"market": "KRW-BTC", "tf": "9h"}]}))
+        assert "needs a market and a tf" in _recv(m, "error")["error"]
+        assert _recv(m, "subscribed")["subscriptions"] == [{"market": "KRW-BTC", "tf": "4h"}]
+        up = _recv(m, "candle.update")
+        rows, values, _ = candles_with_indicators(cand, ind, "KRW-BTC", 1)
+        assert up["candle"] == rows[-1] and up["indicators"] == values[-1] and up["seq"] == cand.global_seq
+
+        # a new candle begins: the one before it is sent as closed, the new one as an update
+        row = cand.row_of("KRW-BTC")
+        last = rows[-1]
+        rec = np.zeros(1, CANDLE_DTYPE)
+        rec[0] = (last["t"] + 4 * 3600, 100.0, 101.0, 99.0, 100.5, 2.0, 201.0, 3, 0)
+        cand.write_many(row, cand.count(row), rec)
+        cand.publish()
+        closed = _recv(m, "candle.close")
+        assert closed["candle"] == last
+        new = _recv(m, "candle.update")
+        assert new["candle"]["t"] == last["t"] + 4 * 3600 and new["candle"]["c"] == 100.5
+        m.send(json.dumps({"type": "ping"}))
+        assert _recv(m, "pong")["channel"] == "market"
+        m.close()
+
+        o = _ws(base, "orders")
+        first = _recv(o, "orders")
+        table = OrdersTable.open(env.instance, 64)
+        rows, version = table.used("identifier")
+        assert first["version"] == version and first["orders"] == [record_dict(r) for r in rows]
+        writer = OrdersTable.writer(env.instance, 64)
+        all_rows, _ = writer.read_all()
+        all_rows[0]["state"] = b"filled"
+        writer.write_rows(slice(None), all_rows)
+        second = _recv(o, "orders")
+        assert second["version"] > first["version"] and second["orders"][0]["state"] == "filled"
+        o.close()
+
+        t = _ws(base, "timeline")
+        assert len(_recv(t, "timeline")["timeline"]) == 8
+        t.close()
+        stats = requests.get(f"{base}/api/clients", timeout=10).json()
+        assert stats["messages_sent"]["market"] >= 4 and stats["dropped"] == 0
+    finally:
+        env.stop_all()
+
+
+def test_a_client_that_stops_reading_is_dropped(env):
+    import socket as sk
+
+    import numpy as np
+    import websocket
+
+    from shm.trading import ORDER_DTYPE, OrdersTable
+
+    env.write_overlay(gateway="port = 0\nclient_queue = 4\npoll_s = 0.01")
+    writer = OrdersTable.writer(env.instance, 64)
+    rows = np.zeros(64, ORDER_DTYPE)
+    rows["identifier"] = [f"order-{i:04d}-{'x' * 30}".encode() for i in range(64)]
+    rows["code"], rows["state"], rows["reason"] = b"KRW-BTC", b"accepted", b"r" * 48
+    writer.write_rows(slice(None), rows)
+    env.start("gateway")
+    try:
+        base = _url(env)
+        slow = _ws(base, "orders", sockopt=((sk.SOL_SOCKET, sk.SO_RCVBUF, 4096),))
+        fast = _ws(base, "stats")
+        assert _recv(slow, "orders")["orders"]
+        deadline = time.monotonic() + 60         # the table keeps moving; the slow client reads nothing more: once
+        i = 0                                     # the socket buffers between them are full its queue fills
+        while time.monotonic() < deadline:
+            i += 1
+            rows["filled"] = i
+            writer.write_rows(slice(None), rows)
+            if i % 50 == 0 and requests.get(f"{base}/api/clients", timeout=10).json()["dropped"]:
+                break
+            time.sleep(0.005)
+        stats = requests.get(f"{base}/api/clients", timeout=10).json()
+        assert stats["dropped"] == 1 and stats["clients"]["orders"] == 0 and stats["clients"]["stats"] == 1, stats
+        code = None
+        for _ in range(10_000):                    # what was already on its way, then the close frame
+            frame = slow.recv_data_frame(True)[1]
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big")
+                break
+        assert code == 4008
+        assert any(_recv(fast, "stats")["dropped"] == 1 for _ in range(10))     # the others go on
     finally:
         env.stop_all()

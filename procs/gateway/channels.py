@@ -1,0 +1,272 @@
+"""The gateway's WebSocket channels: shared memory polled (read-only) on the server's event loop, each change put
+on the queue of every client that wants it.
+
+Channels (``/ws/<name>``; every message is a JSON object with ``channel`` and ``type``):
+
+* ``market`` — the client subscribes (``{"subscribe": [{"market": "KRW-BTC", "tf": "30m"}, ...]}``, and
+  ``unsubscribe`` likewise); for each subscription: ``candle.update`` when its newest candle changed and
+  ``candle.close`` when a newer one began (the closed candle, final), each with its indicator values
+  (the gateway's ``/api/candles`` fields) and the candle table's ``seq``;
+* ``orders`` / ``positions`` — the whole table (as ``/api/orders`` / ``/api/positions``) on connect and whenever
+  its version moves;
+* ``timeline`` — the newest entries on connect, then every new entry (``/api/timeline``'s fields);
+* ``stats`` — every second: clients per channel, messages sent, clients dropped, the poll's own time.
+
+Every client may send ``{"type": "ping"}`` (answered ``{"type": "pong"}``); the server pings at the WebSocket level
+too (uvicorn's keep-alive). Each client has a bounded queue (``gateway.client_queue`` messages): a client that
+falls that far behind — it stopped reading — is dropped with close code :data:`CLOSE_TOO_SLOW`, and neither the
+gateway nor the engine ever waits for it. The poll reads only tables whose ``seq``/version moved.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+
+import orjson
+from fastapi import WebSocket, WebSocketDisconnect
+
+from ..views.gateway_source import ShmGatewaySource, UnknownMarket
+
+log = logging.getLogger("smtm.gateway")
+
+CLOSE_TOO_SLOW = 4008        #: close code for a client whose queue overflowed (it stopped reading)
+CHANNELS = ("market", "orders", "positions", "timeline", "stats")
+TIMELINE_ON_CONNECT = 50
+
+
+class Client:
+    """One WebSocket connection on one channel, with its bounded queue and its market subscriptions."""
+
+    def __init__(self, ws: WebSocket, channel: str, queue_size: int):
+        self.ws = ws
+        self.channel = channel
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.subs: set[tuple[str, str]] = set()
+        self.sent = 0
+        self.dropped = False
+
+    def put(self, msg: dict) -> bool:
+        """Queue ``msg``; False if the queue is full (the caller drops the client)."""
+        try:
+            self.queue.put_nowait(orjson.dumps(msg))
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+class Hub:
+    """Every client by channel, and the poller that feeds them (``poll_s`` apart)."""
+
+    def __init__(self, source: ShmGatewaySource, *, poll_s: float = 0.05, queue_size: int = 256):
+        self.source = source
+        self.poll_s = poll_s
+        self.queue_size = queue_size
+        self.clients: dict[str, set[Client]] = {c: set() for c in CHANNELS}
+        self.sent = Counter()
+        self.dropped = 0
+        self.poll_ms = 0.0
+        self._versions: dict[str, int] = {}
+        self._timeline_count = -1
+        self._candle_seq: dict[str, int] = {}
+        self._last_candle: dict[tuple[str, str], tuple[int, dict]] = {}
+        self._stats_at = 0.0
+        self.started = time.monotonic()
+        self._task: asyncio.Task | None = None
+        self.errors = 0
+
+    # -- clients ---------------------------------------------------------------------------------------
+    def add(self, ws: WebSocket, channel: str) -> Client:
+        c = Client(ws, channel, self.queue_size)
+        self.clients[channel].add(c)
+        self._greet(c)
+        return c
+
+    def remove(self, c: Client) -> None:
+        self.clients[c.channel].discard(c)
+
+    def _greet(self, c: Client) -> None:
+        """What a client gets on connect: the current state of its channel."""
+        if c.channel == "orders":
+            c.put({"channel": "orders", "type": "orders", **self.source.orders()})
+        elif c.channel == "positions":
+            c.put({"channel": "positions", "type": "positions", **self.source.positions()})
+        elif c.channel == "timeline":
+            c.put({"channel": "timeline", "type": "timeline", **self.source.timeline(TIMELINE_ON_CONNECT)})
+        elif c.channel == "stats":
+            c.put(self.stats())
+
+    def _send(self, c: Client, msg: dict) -> None:
+        if c.dropped:
+            return
+        if not c.put(msg):
+            self._drop(c)
+
+    def _drop(self, c: Client) -> None:
+        """``c`` fell ``queue_size`` messages behind: close it (without waiting) and forget it."""
+        c.dropped = True
+        self.dropped += 1
+        self.remove(c)
+
+        async def close():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(c.ws.close(code=CLOSE_TOO_SLOW, reason="too slow: stopped reading"), 1.0)
+        asyncio.get_running_loop().create_task(close())
+
+    def stats(self) -> dict:
+        return {"channel": "stats", "type": "stats", "clients": {ch: len(cs) for ch, cs in self.clients.items()},
+                "messages_sent": dict(self.sent), "dropped": self.dropped, "poll_ms": round(self.poll_ms, 3),
+                "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    # -- the poller -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                self.poll()
+            except Exception as e:   # a read that failed (a writer restarting): counted, tried again next time
+                self.errors += 1
+                if self.errors == 1 or self.errors % 1000 == 0:
+                    log.warning("WebSocket poll failed (%d so far): %r", self.errors, e)
+            self.poll_ms = (time.perf_counter() - t0) * 1000
+            await asyncio.sleep(self.poll_s)
+
+    def poll(self) -> None:
+        """One look at the tables the connected clients want; what changed goes on their queues."""
+        src = self.source
+        for channel, read in (("orders", src.orders), ("positions", src.positions)):
+            if not self.clients[channel]:
+                continue
+            version = src.version(channel)
+            if version != self._versions.get(channel):
+                self._versions[channel] = version
+                msg = {"channel": channel, "type": channel, **read()}
+                for c in list(self.clients[channel]):
+                    self._send(c, msg)
+        if self.clients["timeline"]:
+            self._poll_timeline()
+        if self.clients["market"]:
+            self._poll_market()
+        now = time.monotonic()
+        if self.clients["stats"] and now - self._stats_at >= 1.0:
+            self._stats_at = now
+            msg = self.stats()
+            for c in list(self.clients["stats"]):
+                self._send(c, msg)
+
+    def _poll_timeline(self) -> None:
+        count = self.source.timeline_count()
+        if count == self._timeline_count:
+            return
+        new = count - self._timeline_count if self._timeline_count >= 0 else 0
+        self._timeline_count = count
+        if new <= 0:
+            return
+        entries = self.source.timeline(min(new, 1000))["timeline"]
+        for e in entries:
+            msg = {"channel": "timeline", "type": "timeline.entry", "entry": e}
+            for c in list(self.clients["timeline"]):
+                self._send(c, msg)
+
+    def _poll_market(self) -> None:
+        wanted: dict[tuple[str, str], list[Client]] = {}
+        for c in self.clients["market"]:
+            for key in c.subs:
+                wanted.setdefault(key, []).append(c)
+        for tf in {tf for _, tf in wanted}:
+            seq = self.source.candle_seq(tf)
+            if seq == self._candle_seq.get(tf):
+                continue
+            self._candle_seq[tf] = seq
+            for (market, t), clients in wanted.items():
+                if t == tf:
+                    for msg in self._candle_messages(market, tf):
+                        for c in clients:
+                            self._send(c, msg)
+
+    def _candle_messages(self, market: str, tf: str) -> list[dict]:
+        """``candle.close`` for a candle that was open at the last look and is now followed by a newer one, and
+        ``candle.update`` for the newest if it changed."""
+        try:
+            doc = self.source.candles(market, tf, 2)
+        except (UnknownMarket, ValueError):
+            return []
+        rows = list(zip(doc["candles"], doc["indicators"], strict=True))
+        if not rows:
+            return []
+        out = []
+        last = self._last_candle.get((market, tf))
+        if last is not None and len(rows) == 2 and rows[1][0]["t"] > last[0]:
+            closed, ind = rows[0]
+            if closed["t"] == last[0]:
+                out.append({"channel": "market", "type": "candle.close", "market": market, "tf": tf,
+                            "seq": doc["seq"], "candle": closed, "indicators": ind})
+        newest, ind = rows[-1]
+        if last is None or newest != last[1]:
+            out.append({"channel": "market", "type": "candle.update", "market": market, "tf": tf,
+                        "seq": doc["seq"], "candle": newest, "indicators": ind})
+        self._last_candle[(market, tf)] = (newest["t"], newest)
+        return out
+
+    # -- a connection ---------------------------------------------------------------------------------
+    async def serve(self, ws: WebSocket, channel: str) -> None:
+        """One client's life: accept, greet, then its sender and its reader until either ends."""
+        if self._task is None or self._task.done():   # the poller runs on the server's loop from the first client on
+            self._task = asyncio.get_running_loop().create_task(self.run())
+        await ws.accept()
+        c = self.add(ws, channel)
+        sender = asyncio.create_task(self._sender(c))
+        try:
+            while not c.dropped:
+                try:
+                    msg = orjson.loads(await ws.receive_text())
+                except orjson.JSONDecodeError:
+                    self._send(c, {"channel": channel, "type": "error", "error": "messages are JSON objects"})
+                    continue
+                self._handle(c, msg)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self.remove(c)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    async def _sender(self, c: Client) -> None:
+        while True:
+            data = await c.queue.get()
+            await c.ws.send_text(data.decode())
+            c.sent += 1
+            self.sent[c.channel] += 1
+
+    def _handle(self, c: Client, msg) -> None:
+        if not isinstance(msg, dict):
+            self._send(c, {"channel": c.channel, "type": "error", "error": "messages are JSON objects"})
+        elif msg.get("type") == "ping":
+            self._send(c, {"channel": c.channel, "type": "pong", "ts": time.time()})
+        elif c.channel == "market" and ("subscribe" in msg or "unsubscribe" in msg):
+            self._subscribe(c, msg)
+        else:
+            self._send(c, {"channel": c.channel, "type": "error",
+                           "error": "unknown message: send {\"type\": \"ping\"}"
+                                    + (" or {\"subscribe\": [{\"market\", \"tf\"}]}" if c.channel == "market" else "")})
+
+    def _subscribe(self, c: Client, msg: dict) -> None:
+        for verb in ("subscribe", "unsubscribe"):
+            for s in msg.get(verb) or []:
+                market, tf = (s.get("market"), s.get("tf")) if isinstance(s, dict) else (None, None)
+                if not isinstance(market, str) or tf not in self.source.base.shm.timeframes:
+                    self._send(c, {"channel": "market", "type": "error",
+                                   "error": f"{verb}: {s!r} needs a market and a tf of "
+                                            f"{', '.join(self.source.base.shm.timeframes)}"})
+                    continue
+                if verb == "subscribe":
+                    c.subs.add((market, tf))
+                    self._last_candle.pop((market, tf), None)   # the next look sends its newest candle
+                    self._candle_seq.pop(tf, None)
+                else:
+                    c.subs.discard((market, tf))
+        self._send(c, {"channel": "market", "type": "subscribed",
+                       "subscriptions": [{"market": m, "tf": t} for m, t in sorted(c.subs)]})
