@@ -11,6 +11,7 @@ import uvicorn
 
 from shm.status import State
 
+from ..market.surge import SurgeRule
 from ..runtime.config import BaseConfig, GatewayConfig
 from ..runtime.endpoints import publish, withdraw
 from ..runtime.process import Process, start
@@ -36,7 +37,9 @@ class GatewayProcess(Process):
         self.commands_on = token is not None
         self.app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]",
                             trader_socket=base.run_dir / "trader.sock", token=token, client_queue=cfg.client_queue,
-                            poll_s=cfg.poll_s)
+                            poll_s=cfg.poll_s, surge=(cfg.surge_tf or base.finest_timeframe, SurgeRule(
+                                cfg.surge_window, cfg.surge_baseline, cfg.surge_min_return_pct,
+                                cfg.surge_min_value_ratio)))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=cfg.host, port=cfg.port, log_level="warning",
                                                     lifespan="off", access_log=False, ws_max_size=1 << 16,
                                                     ws_ping_interval=cfg.ping_s, ws_ping_timeout=cfg.ping_s))

@@ -11,8 +11,9 @@ Routes (JSON; every answer from one consistent read of the table it names, with 
 ``GET /api/positions``     the open positions
 ``GET /api/orders``        the open orders and the most recent closed ones, newest first
 ``GET /api/timeline``      ``?n=50``: the trader's timeline (the "why" of every decision), oldest first
+``GET /api/surge``         every market judged by the surge rule (procs/market/surge.py) on its newest candle
 ``GET /api/clients``       the WebSocket channels' clients, messages sent, clients dropped
-``WS /ws/<channel>``       ``market``, ``orders``, ``positions``, ``timeline``, ``stats``: :mod:`.channels`
+``WS /ws/<channel>``       ``market``, ``orders``, ``positions``, ``timeline``, ``surge``, ``stats``: :mod:`.channels`
 =========================  ===========================================================================
 
 The P&L by day, market or exit reason (the trader's PNL.GET) is computed from the ledger, which the gateway never
@@ -45,6 +46,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from ..market.surge import SurgeRule
 from ..trading.client import TraderClient, TraderUnavailable
 from ..trading.protocol import COMMANDS
 from ..views.gateway_source import ShmGatewaySource, UnknownMarket
@@ -94,12 +96,13 @@ MARKET_PATTERN = r"^KRW-[A-Z0-9]{1,12}$"
 
 def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = "SMTM-NG gateway",
              trader_socket: Path | None = None, token: str | None = None, client_queue: int = 256,
-             poll_s: float = 0.05) -> FastAPI:
+             poll_s: float = 0.05, surge: tuple[str, SurgeRule] | None = None) -> FastAPI:
     """The application over ``source``; ``max_candles`` bounds ``count`` of ``/api/candles``; ``trader_socket``:
     the trader's command socket (snapshot and commands); ``token``: commands are accepted with it, refused
-    (403) without one; ``client_queue`` and ``poll_s``: the WebSocket channels' (:mod:`.channels`)."""
+    (403) without one; ``client_queue`` and ``poll_s``: the WebSocket channels' (:mod:`.channels`); ``surge``: the
+    timeframe and rule of the surge alerts (default: the finest timeframe, :class:`SurgeRule`'s defaults)."""
     snapshots = _Snapshots(trader_socket)
-    hub = Hub(source, poll_s=poll_s, queue_size=client_queue)
+    hub = Hub(source, poll_s=poll_s, queue_size=client_queue, surge=surge)
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
                   version="1")
     default_tf = source.base.shm.timeframes[0]
@@ -182,6 +185,10 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
         async def endpoint(ws: WebSocket, channel: str = channel) -> None:
             await hub.serve(ws, channel)
         app.add_api_websocket_route(f"/ws/{channel}", endpoint, name=f"ws_{channel}")
+
+    @app.get("/api/surge", summary="Every market judged by the surge rule on its newest candle")
+    def surge_now() -> dict:
+        return source.surge(hub.surge_tf, hub.surge_rule)
 
     @app.get("/api/clients", summary="WebSocket clients per channel, messages sent, clients dropped")
     def clients() -> dict:

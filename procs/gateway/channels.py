@@ -10,6 +10,8 @@ Channels (``/ws/<name>``; every message is a JSON object with ``channel`` and ``
 * ``orders`` / ``positions`` — the whole table (as ``/api/orders`` / ``/api/positions``) on connect and whenever
   its version moves;
 * ``timeline`` — the newest entries on connect, then every new entry (``/api/timeline``'s fields);
+* ``surge`` — the markets firing now on connect (``surge.state``, as ``/api/surge``), then ``surge`` each time a
+  market starts firing (procs/market/surge.py, the ``gateway.surge_*`` rule);
 * ``stats`` — every second: clients per channel, messages sent, clients dropped, the poll's own time.
 
 Every client may send ``{"type": "ping"}`` (answered ``{"type": "pong"}``); the server pings at the WebSocket level
@@ -28,12 +30,13 @@ from collections import Counter
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
 
+from ..market.surge import SurgeRule
 from ..views.gateway_source import ShmGatewaySource, UnknownMarket
 
 log = logging.getLogger("smtm.gateway")
 
 CLOSE_TOO_SLOW = 4008        #: close code for a client whose queue overflowed (it stopped reading)
-CHANNELS = ("market", "orders", "positions", "timeline", "stats")
+CHANNELS = ("market", "orders", "positions", "timeline", "surge", "stats")
 TIMELINE_ON_CONNECT = 50
 
 
@@ -60,8 +63,12 @@ class Client:
 class Hub:
     """Every client by channel, and the poller that feeds them (``poll_s`` apart)."""
 
-    def __init__(self, source: ShmGatewaySource, *, poll_s: float = 0.05, queue_size: int = 256):
+    def __init__(self, source: ShmGatewaySource, *, poll_s: float = 0.05, queue_size: int = 256,
+                 surge: tuple[str, SurgeRule] | None = None):
         self.source = source
+        self.surge_tf, self.surge_rule = surge or (source.base.finest_timeframe, SurgeRule())
+        self._firing: dict[str, int] = {}      # market -> start of the candle it fired on, while it fires
+        self._surge_seq = -1
         self.poll_s = poll_s
         self.queue_size = queue_size
         self.clients: dict[str, set[Client]] = {c: set() for c in CHANNELS}
@@ -95,6 +102,10 @@ class Hub:
             c.put({"channel": "positions", "type": "positions", **self.source.positions()})
         elif c.channel == "timeline":
             c.put({"channel": "timeline", "type": "timeline", **self.source.timeline(TIMELINE_ON_CONNECT)})
+        elif c.channel == "surge":
+            doc = self.source.surge(self.surge_tf, self.surge_rule)
+            c.put({"channel": "surge", "type": "surge.state", **doc,
+                   "markets": [m for m in doc["markets"] if m["fired"]]})
         elif c.channel == "stats":
             c.put(self.stats())
 
@@ -149,6 +160,8 @@ class Hub:
             self._poll_timeline()
         if self.clients["market"]:
             self._poll_market()
+        if self.clients["surge"]:
+            self._poll_surge()
         now = time.monotonic()
         if self.clients["stats"] and now - self._stats_at >= 1.0:
             self._stats_at = now
@@ -168,6 +181,24 @@ class Hub:
         for e in entries:
             msg = {"channel": "timeline", "type": "timeline.entry", "entry": e}
             for c in list(self.clients["timeline"]):
+                self._send(c, msg)
+
+    def _poll_surge(self) -> None:
+        seq = self.source.candle_seq(self.surge_tf)
+        if seq == self._surge_seq:
+            return
+        self._surge_seq = seq
+        doc = self.source.surge(self.surge_tf, self.surge_rule)
+        for m in doc["markets"]:
+            market = m["market"]
+            if not m["fired"]:
+                self._firing.pop(market, None)
+                continue
+            if market in self._firing:
+                continue          # still firing: announced when it began
+            self._firing[market] = m["t"]
+            msg = {"channel": "surge", "type": "surge", "tf": self.surge_tf, "seq": doc["seq"], **m}
+            for c in list(self.clients["surge"]):
                 self._send(c, msg)
 
     def _poll_market(self) -> None:

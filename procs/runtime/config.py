@@ -337,6 +337,14 @@ class GatewayConfig(Section):
     poll_s: Annotated[float, Field(ge=0.005, le=5.0)] = 0.05
     #: WebSocket keep-alive: a ping this often, the connection closed if no pong within as long (s)
     ping_s: Annotated[float, Field(ge=1.0, le=300.0)] = 20.0
+    #: surge alerts (procs/market/surge.py): the timeframe ("" = the finest of shm.timeframes), the candles the
+    #: return and traded value are measured over, the candles before them whose mean traded value is the
+    #: reference, and the two thresholds
+    surge_tf: Literal["", "1m", "3m", "5m", "10m", "15m", "30m", "1h", "4h", "1d"] = ""
+    surge_window: Annotated[int, Field(ge=1, le=1000)] = 2
+    surge_baseline: Annotated[int, Field(ge=1, le=1000)] = 24
+    surge_min_return_pct: Annotated[float, Field(gt=0.0, le=1000.0)] = 5.0
+    surge_min_value_ratio: Annotated[float, Field(gt=0.0, le=1000.0)] = 3.0
 
 
 class LatencyConfig(Section):
@@ -394,7 +402,8 @@ class Config(Section):
                                  f"(coarser candles are rolled up from it)")
         if self.symbols.top_n > self.shm.rows:
             raise ValueError(f"symbols.top_n = {self.symbols.top_n} is more than shm.rows = {self.shm.rows}")
-        for key, tf in (("signals.timeframe", self.signals.timeframe), ("monitor.timeframe", self.monitor.timeframe)):
+        for key, tf in (("signals.timeframe", self.signals.timeframe), ("monitor.timeframe", self.monitor.timeframe),
+                        ("gateway.surge_tf", self.gateway.surge_tf)):
             if tf and tf not in tfs:
                 raise ValueError(f"{key} = {tf!r}: allowed values are the tables' timeframes shm.timeframes = "
                                  f"{', '.join(tfs)}")

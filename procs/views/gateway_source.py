@@ -27,6 +27,7 @@ from shm.trading import (
     record_dict,
 )
 
+from ..market.surge import SurgeRule, surge_at
 from ..runtime.config import BaseConfig
 from ..runtime.roster import STATUS_ROWS
 
@@ -218,3 +219,22 @@ class ShmGatewaySource:
         """The global seq of ``candles.<tf>``; -1 while it does not exist."""
         pair = self._attach(tf)
         return -1 if pair is None else int(pair[0].global_seq)
+
+    def surge(self, tf: str, rule: SurgeRule) -> dict:
+        """Every market of ``candles.<tf>`` judged on its newest candle by ``rule`` (procs/market/surge.py):
+        ``return_pct``, ``value_ratio``, ``fired`` (None for a market without a full window and baseline);
+        the firing ones first, then by return. ``seq``: the candle table's."""
+        pair = self._attach(tf)
+        if pair is None:
+            return {"tf": tf, "available": False, "seq": -1, "markets": []}
+        cand = pair[0]
+        seq = cand.global_seq
+        need = rule.window + rule.baseline
+        out = []
+        for market in (n for n in cand.names() if n):
+            got = cand.read_last_of(market, need)
+            judged = surge_at(got[0], rule) if got is not None else None
+            out.append({"market": market, **(judged or {"t": None, "return_pct": None, "value_ratio": None,
+                                                       "fired": None})})
+        out.sort(key=lambda m: (not m["fired"], -(m["return_pct"] or 0.0)))
+        return {"tf": tf, "available": True, "seq": int(seq), "rule": rule.__dict__, "markets": out}

@@ -271,3 +271,41 @@ def test_a_client_that_stops_reading_is_dropped(env):
         assert any(_recv(fast, "stats")["dropped"] == 1 for _ in range(10))     # the others go on
     finally:
         env.stop_all()
+
+
+def test_surge_alerts_from_the_candle_ring(env):
+    import numpy as np
+
+    from procs.market.surge import SurgeRule, surge_at
+    from shm.tables import CANDLE_DTYPE
+
+    fill_rings(env.instance, n=300)
+    env.write_overlay(markets=["KRW-BTC"])
+    env.start("gateway")
+    try:
+        base = _url(env)
+        cand = CANDLES.create(env.instance, "30m", 32, 2048)
+        row = cand.row_of("KRW-BTC")
+        recs, _ = cand.read_last(row, 26)
+        before = requests.get(f"{base}/api/surge", timeout=10).json()
+        assert before["tf"] == "30m" and before["markets"][0]["market"] == "KRW-BTC"
+        assert before["markets"][0]["fired"] == surge_at(recs, SurgeRule())["fired"] is False
+        s = _ws(base, "surge")
+        assert _recv(s, "surge.state")["markets"] == []
+        # two candles: +10 % on ten times the traded value of the 12 hours before
+        last = recs[-1]
+        add = np.zeros(2, CANDLE_DTYPE)
+        value = float(recs["value"][-24:].mean()) * 10
+        p0 = float(last["c"])
+        add[0] = (int(last["t"]) + 1800, p0, p0 * 1.05, p0, p0 * 1.05, 1.0, value, 10, 0)
+        add[1] = (int(last["t"]) + 3600, p0 * 1.05, p0 * 1.11, p0 * 1.05, p0 * 1.10, 1.0, value, 10, 0)
+        cand.write_many(row, cand.count(row), add)
+        cand.publish()
+        alert = _recv(s, "surge")
+        assert alert["market"] == "KRW-BTC" and alert["t"] == int(add[1]["t"]) and alert["fired"] is True
+        assert alert["return_pct"] > 9.9 and alert["value_ratio"] > 9.9
+        now = requests.get(f"{base}/api/surge", timeout=10).json()
+        assert now["markets"][0]["fired"] is True and now["rule"]["min_return_pct"] == 5.0
+        s.close()
+    finally:
+        env.stop_all()
