@@ -11,6 +11,7 @@ Routes (JSON; every answer from one consistent read of the table it names, with 
 ``GET /api/positions``     the open positions
 ``GET /api/orders``        the open orders and the most recent closed ones, newest first
 ``GET /api/timeline``      ``?n=50``: the trader's timeline (the "why" of every decision), oldest first
+``GET /``                  the web dashboard (``static/``: lightweight-charts, live over the channels below)
 ``GET /api/surge``         every market judged by the surge rule (procs/market/surge.py) on its newest candle
 ``GET /api/clients``       the WebSocket channels' clients, messages sent, clients dropped
 ``WS /ws/<channel>``       ``market``, ``orders``, ``positions``, ``timeline``, ``surge``, ``stats``: :mod:`.channels`
@@ -43,7 +44,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
 
 from ..market.surge import SurgeRule
@@ -55,6 +57,8 @@ from .channels import CHANNELS, Hub
 #: the commands the gateway proxies (a subscription is a stream: the WebSocket channels carry the events)
 COMMAND_TYPES = tuple(c for c in COMMANDS if c != "EVENT.SUBSCRIBE")
 SNAPSHOT_TTL_S = 1.0
+#: the dashboard: index.html, its script and style, and the vendored charting library (with its licence)
+STATIC = Path(__file__).parent / "static"
 
 
 class CommandBody(BaseModel):
@@ -194,5 +198,10 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
     def clients() -> dict:
         return hub.stats()
 
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.hub = hub
     return app

@@ -116,17 +116,19 @@ class ShmGatewaySource:
     def markets(self) -> dict:
         """The symbol manager's table: each market's ``rank`` (0 = not ranked), 24 h traded ``value_24h`` (KRW),
         ``in_universe`` (ingest subscribes it) and ``tradable`` (in the top N the trader may buy); ``version`` is
-        the table's, which moves on every write. Before the first ranking: the configured markets, unranked."""
+        the table's, which moves on every write; ``timeframes`` the candle tables kept. Before the symbol manager
+        runs: the configured markets, unranked."""
         sym = self._attach("symbols")
+        tfs = list(self.base.shm.timeframes)
         if sym is None:
-            return {"available": False, "version": -1,
+            return {"available": False, "version": -1, "timeframes": tfs,
                     "markets": [{"market": m, "rank": 0, "value_24h": 0.0, "in_universe": True, "tradable": False}
                                 for m in self.base.markets]}
         rows, version = sym.read()
         out = [{"market": bytes(r["code"]).decode(), "rank": int(r["rank"]), "value_24h": float(r["value_24h"]),
                 "in_universe": bool(int(r["flags"]) & IN_UNIVERSE), "tradable": bool(int(r["flags"]) & TRADABLE)}
                for r in rows]
-        return {"available": True, "version": int(version), "markets": out}
+        return {"available": True, "version": int(version), "timeframes": tfs, "markets": out}
 
     def candles(self, market: str, tf: str, count: int) -> dict:
         """The newest ``count`` candles of ``market`` in timeframe ``tf`` (oldest first; ``t`` Unix seconds UTC,
