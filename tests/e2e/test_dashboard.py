@@ -78,6 +78,7 @@ def test_the_dashboard_follows_the_replay_and_the_engine(env, browser, tmp_path)
             wait_for(lambda: closed in browser.execute_script("return window.smtm.closes"), 5,   # noqa: B023
                      "the closed candle on the page")
             seen.append(time.monotonic() - t_new)
+        print(f"closed candles on the page {[round(s * 1000) for s in seen]} ms after the ring had them")
         assert max(seen) < 1.0, seen
 
         # the banner follows the engine

@@ -60,8 +60,12 @@ async function loadHistory() {
   const doc = await getJSON(`/api/candles?market=${smtm.market}&tf=${smtm.tf}&count=300`);
   if (doc.candles.length) {
     const precision = pricePrecision(doc.candles.at(-1).c);
+    // the axes in the market's digits, with thousands separators (KRW prices run to 9 digits)
+    chart.applyOptions({localization: {priceFormatter: (p) => fmt(p, precision)}});
     const priceFormat = {type: "price", precision, minMove: 10 ** -precision};
-    for (const k of ["candles", "ema_fast", "ema_slow", "bb_upper", "bb_lower"]) series[k].applyOptions({priceFormat});
+    for (const k of ["candles", "ema_fast", "ema_slow", "bb_upper", "bb_lower", "macd", "macd_signal", "macd_hist"]) {
+      series[k].applyOptions({priceFormat});
+    }
   }
   series.candles.setData(doc.candles.map(bar));
   for (const k of IND_KEYS) series[k].setData(doc.candles.map((c, i) => point(c, doc.indicators[i], k)));
@@ -104,15 +108,19 @@ function rows(tbody, items, cells) {
 }
 
 function onPositions(msg) {
-  rows($("positions").tBodies[0], msg.positions, (p) => [[p.code], [fmt(p.qty, 6), "num"], [fmt(p.avg_price), "num"],
-    [fmt(p.last_price), "num"], [fmt(p.unrealized), p.unrealized >= 0 ? "num rise" : "num fall"],
-    [`${fmt(p.tp)} / ${fmt(p.sl)}`, "num"]]);
+  const px = (x) => fmt(x, pricePrecision(x));
+  const qty = (q) => fmt(q, q >= 100 ? 1 : q >= 1 ? 3 : 6);
+  const pct = (x, ref) => x && ref ? `${x >= ref ? "+" : "−"}${Math.abs((x / ref - 1) * 100).toFixed(1)} %` : "–";
+  rows($("positions").tBodies[0], msg.positions, (p) => [[p.code.replace("KRW-", "")], [qty(p.qty), "num"],
+    [px(p.avg_price), "num"], [px(p.last_price), "num"],
+    [fmt(p.unrealized), p.unrealized >= 0 ? "num rise" : "num fall"],
+    [`${pct(p.tp, p.avg_price)} / ${pct(p.sl, p.avg_price)}`, "num"]]);
 }
 
 function onOrders(msg) {
-  rows($("orders").tBodies[0], msg.orders.slice(0, 20), (o) => [[hhmm(o.created_ms)], [o.code],
+  rows($("orders").tBodies[0], msg.orders.slice(0, 20), (o) => [[hhmm(o.created_ms)], [o.code.replace("KRW-", "")],
     [o.side === "bid" ? "buy" : "sell", o.side === "bid" ? "rise" : "fall"], [o.ord_type],
-    [fmt(o.avg_fill || o.price), "num"], [o.state]]);
+    [fmt(o.avg_fill || o.price, pricePrecision(o.avg_fill || o.price)), "num"], [o.state]]);
 }
 
 function addTimeline(entries) {
@@ -147,7 +155,8 @@ async function pollEngine() {
     $("banner").className = `banner ${mode}`;
     $("mode").textContent = mode;
     $("account").textContent = e.available
-      ? `equity ${fmt(e.equity)} KRW · daily ${fmt(e.daily_pnl)} · drawdown ${fmt(e.drawdown_pct, 2)} % · ${e.reason}`
+      ? [`equity ${fmt(e.equity)} KRW`, `daily ${fmt(e.daily_pnl)}`, `drawdown ${fmt(e.drawdown_pct, 2)} %`,
+         `${e.open_positions} positions`, ...e.risk_flags.map((f) => `risk: ${f}`), e.reason].filter(Boolean).join(" · ")
       : "engine: not running";
   } catch (err) {
     $("mode").textContent = "NO GATEWAY";
