@@ -27,9 +27,13 @@ bundled ones).
 """
 from __future__ import annotations
 
+import json
 import os
+import resource
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -56,6 +60,9 @@ RUNS = {"1,000 trades/s": (1000.0, None), "10,000 trades/s": (10000.0, None),
         "10,000 trades/s, monitor window": (10000.0, "window"),
         "10,000 trades/s, monitor off-screen": (10000.0, "offscreen"),
         "10,000 trades/s, again without the monitor": (10000.0, None)}
+#: the gateway at 10,000 trades/s without a client, then with 50 on /ws/market (issue #12: the engine's latency
+#: with observers connected against without)
+GATEWAY_RUNS = {"10,000 trades/s, gateway, no client": 0, "10,000 trades/s, gateway, 50 WebSocket clients": 50}
 
 
 def _data_dir(tmp: Path) -> tuple[str, list[str], str]:
@@ -73,6 +80,13 @@ def _summary(us: np.ndarray) -> dict:
     return {**LatencyProbe.summary(us), "samples_us": us} if len(us) else {"n": 0}
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _window(npz: Path, name: str, t0: int, t1: int) -> np.ndarray:
     with np.load(npz) as z:
         if name not in z:
@@ -81,7 +95,9 @@ def _window(npz: Path, name: str, t0: int, t1: int) -> np.ndarray:
     return us[(at >= t0) & (at < t1)]
 
 
-def _run(tmp: Path, rate: float, monitor: str | None) -> dict:
+def _run(tmp: Path, rate: float, monitor: str | None, clients: int | None = None) -> dict:
+    """One measured window; ``clients``: run the gateway too, with that many WebSocket clients on ``/ws/market``
+    (bench/ws_clients.py, its own process) during the window."""
     inst = f"b{uuid.uuid4().hex[:10]}"
     env = Env(inst, tmp, run_base=Path(tempfile.mkdtemp(prefix="smtm", dir="/tmp")))
     data, markets, first_day = _data_dir(tmp)
@@ -102,6 +118,7 @@ def _run(tmp: Path, rate: float, monitor: str | None) -> dict:
             else:
                 env.env["SMTM_MONITOR_OFFSCREEN"] = "1"
             mon = env.start("monitor")
+        gateway = env.start("gateway") if clients is not None else None
         env.start("ingest")
         st = wait_for(lambda: attach(StatusTable.open, env.instance, STATUS_ROWS), 30, "the status table")
         wait_for(lambda: st.read("trader")["state"] == State.RUNNING, 60, "the trader to attach")
@@ -112,12 +129,34 @@ def _run(tmp: Path, rate: float, monitor: str | None) -> dict:
         with TraderClient(env.run_dir / "trader.sock") as c:   # the first ranking: the trader trades from here
             wait_for(lambda: c.request("ENGINE.STATUS")["payload"]["tradable"] is not None, 60, "the first ranking")
         time.sleep(1.0)
+        observers = None
+        if clients:
+            ep = json.loads((env.run_dir / "gateway.json").read_text())
+            observers = subprocess.Popen([sys.executable, "-m", "bench.ws_clients",
+                                          f"ws://{ep['host']}:{ep['port']}/ws/market", str(clients), str(SECONDS),
+                                          ",".join(markets), str(tmp / "clients.json")], cwd=ROOT)
+            time.sleep(1.0)     # connected and subscribed before the window
         t0 = time.monotonic_ns()
         load0 = os.getloadavg()[0]
+        gw_cpu0 = _cpu_s(gateway.pid) if gateway is not None else 0.0
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         time.sleep(SECONDS)
         t1 = time.monotonic_ns()
         load1 = os.getloadavg()[0]
         out = {"load1": (load0, load1)}
+        if gateway is not None:
+            out["gateway_cpu_pct"] = 100.0 * (_cpu_s(gateway.pid) - gw_cpu0) / SECONDS
+        if observers is not None:
+            assert observers.wait(timeout=60) == 0
+            kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)    # the observers' process: waited for just now
+            out["observers_cpu_pct"] = 100.0 * (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime
+                                                - kids0.ru_stime) / SECONDS
+            per = json.loads((tmp / "clients.json").read_text())
+            rates = [c["per_s"] for c in per]
+            out["clients"] = {"n": clients, "held": sum(c["closed"] is None for c in per),
+                              "gateway_cpu_pct": out["gateway_cpu_pct"], "observers_cpu_pct": out["observers_cpu_pct"],
+                              "per_s": [min(rates), float(np.mean(rates)), max(rates)],
+                              "messages": sum(c["messages"] for c in per)}
         if mon is not None:        # SIGTERM in the middle of the storm: a clean exit, its frames saved
             os.killpg(mon.pid, signal.SIGTERM)
             out["monitor_exit"] = mon.wait(timeout=30)
@@ -172,3 +211,26 @@ def test_end_to_end_latency_under_load(benchmark, tmp_path, run):
             "interval_ms": dict(zip(("p50", "p99", "max"), f["interval_ms"])), "over_50ms": f["over_50ms"],
             "sigterm_exit": out["monitor_exit"]}
         assert out["monitor_exit"] == 0, f"the monitor exited with {out['monitor_exit']} on SIGTERM"
+
+
+@pytest.mark.parametrize("run", list(GATEWAY_RUNS))
+def test_engine_latency_with_the_gateways_clients(benchmark, tmp_path, run):
+    n = GATEWAY_RUNS[run]
+    out = benchmark.pedantic(_run, args=(tmp_path, 10000.0, None, n), rounds=1, iterations=1)
+    assert out["health"]["trades_missed"] == 0
+    RESULTS[f"end to end, {run}"] = {
+        "group": "e2e", "label": run, "rate_target": 10000.0, "rate_sustained": out["rate_sustained"],
+        "duration_s": SECONDS, "monitor": "off", "markets": out["markets"], "stages": out["stages"]}
+    if n:
+        c = out["clients"]
+        RESULTS[f"gateway, {n} WebSocket clients at 10,000 trades/s"] = {
+            "group": "other", "label": f"gateway: {n} /ws/market clients at 10,000 trades/s",
+            "clients": c["n"], "clients_held": c["held"], "messages_per_s_per_client_min": c["per_s"][0],
+            "messages_per_s_per_client_mean": c["per_s"][1], "messages_per_s_per_client_max": c["per_s"][2],
+            "messages": c["messages"], "gateway_cpu_pct": c["gateway_cpu_pct"],
+            "observers_cpu_pct": c["observers_cpu_pct"]}
+        assert c["held"] == n, c
+    else:
+        RESULTS[f"end to end, {run}"]["gateway_cpu_pct"] = out["gateway_cpu_pct"]
+    benchmark.extra_info.update({"rate_sustained": out["rate_sustained"], **{
+        f"{s} p99_us": v.get("p99_us") for s, v in out["stages"].items()}})

@@ -51,10 +51,10 @@ class Client:
         self.sent = 0
         self.dropped = False
 
-    def put(self, msg: dict) -> bool:
-        """Queue ``msg``; False if the queue is full (the caller drops the client)."""
+    def put(self, data: bytes) -> bool:
+        """Queue one encoded message; False if the queue is full (the caller drops the client)."""
         try:
-            self.queue.put_nowait(orjson.dumps(msg))
+            self.queue.put_nowait(data)
             return True
         except asyncio.QueueFull:
             return False
@@ -97,23 +97,29 @@ class Hub:
     def _greet(self, c: Client) -> None:
         """What a client gets on connect: the current state of its channel."""
         if c.channel == "orders":
-            c.put({"channel": "orders", "type": "orders", **self.source.orders()})
+            self._send(c, {"channel": "orders", "type": "orders", **self.source.orders()})
         elif c.channel == "positions":
-            c.put({"channel": "positions", "type": "positions", **self.source.positions()})
+            self._send(c, {"channel": "positions", "type": "positions", **self.source.positions()})
         elif c.channel == "timeline":
-            c.put({"channel": "timeline", "type": "timeline", **self.source.timeline(TIMELINE_ON_CONNECT)})
+            self._send(c, {"channel": "timeline", "type": "timeline", **self.source.timeline(TIMELINE_ON_CONNECT)})
         elif c.channel == "surge":
             doc = self.source.surge(self.surge_tf, self.surge_rule)
-            c.put({"channel": "surge", "type": "surge.state", **doc,
-                   "markets": [m for m in doc["markets"] if m["fired"]]})
+            self._send(c, {"channel": "surge", "type": "surge.state", **doc,
+                           "markets": [m for m in doc["markets"] if m["fired"]]})
         elif c.channel == "stats":
-            c.put(self.stats())
+            self._send(c, self.stats())
 
-    def _send(self, c: Client, msg: dict) -> None:
+    def _send(self, c: Client, msg: dict | bytes) -> None:
+        """Queue ``msg`` for ``c`` (a dict, or one already encoded: a message for many clients is encoded once)."""
         if c.dropped:
             return
-        if not c.put(msg):
+        if not c.put(msg if isinstance(msg, bytes) else orjson.dumps(msg)):
             self._drop(c)
+
+    def _fan_out(self, clients, msg: dict) -> None:
+        data = orjson.dumps(msg)
+        for c in list(clients):
+            self._send(c, data)
 
     def _drop(self, c: Client) -> None:
         """``c`` fell ``queue_size`` messages behind: close it (without waiting) and forget it."""
@@ -153,9 +159,7 @@ class Hub:
             version = src.version(channel)
             if version != self._versions.get(channel):
                 self._versions[channel] = version
-                msg = {"channel": channel, "type": channel, **read()}
-                for c in list(self.clients[channel]):
-                    self._send(c, msg)
+                self._fan_out(self.clients[channel], {"channel": channel, "type": channel, **read()})
         if self.clients["timeline"]:
             self._poll_timeline()
         if self.clients["market"]:
@@ -165,9 +169,7 @@ class Hub:
         now = time.monotonic()
         if self.clients["stats"] and now - self._stats_at >= 1.0:
             self._stats_at = now
-            msg = self.stats()
-            for c in list(self.clients["stats"]):
-                self._send(c, msg)
+            self._fan_out(self.clients["stats"], self.stats())
 
     def _poll_timeline(self) -> None:
         count = self.source.timeline_count()
@@ -179,9 +181,7 @@ class Hub:
             return
         entries = self.source.timeline(min(new, 1000))["timeline"]
         for e in entries:
-            msg = {"channel": "timeline", "type": "timeline.entry", "entry": e}
-            for c in list(self.clients["timeline"]):
-                self._send(c, msg)
+            self._fan_out(self.clients["timeline"], {"channel": "timeline", "type": "timeline.entry", "entry": e})
 
     def _poll_surge(self) -> None:
         seq = self.source.candle_seq(self.surge_tf)
@@ -197,9 +197,8 @@ class Hub:
             if market in self._firing:
                 continue          # still firing: announced when it began
             self._firing[market] = m["t"]
-            msg = {"channel": "surge", "type": "surge", "tf": self.surge_tf, "seq": doc["seq"], **m}
-            for c in list(self.clients["surge"]):
-                self._send(c, msg)
+            self._fan_out(self.clients["surge"], {"channel": "surge", "type": "surge", "tf": self.surge_tf,
+                                                  "seq": doc["seq"], **m})
 
     def _poll_market(self) -> None:
         wanted: dict[tuple[str, str], list[Client]] = {}
@@ -214,8 +213,7 @@ class Hub:
             for (market, t), clients in wanted.items():
                 if t == tf:
                     for msg in self._candle_messages(market, tf):
-                        for c in clients:
-                            self._send(c, msg)
+                        self._fan_out(clients, msg)
 
     def _candle_messages(self, market: str, tf: str) -> list[dict]:
         """``candle.close`` for a candle that was open at the last look and is now followed by a newer one, and
