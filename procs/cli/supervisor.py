@@ -155,8 +155,8 @@ def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:
     while True:
         try:
             gw = lookup(cfg.run_dir, "gateway")
-            print(f"gateway: {gw.http}/docs (the read-only API: /api/health, /api/markets, /api/candles; from "
-                  f"another machine: ssh -L {gw.port}:127.0.0.1:{gw.port} <this host>, then the same URL there)")
+            print(f"dashboard: {gw.http}/   (the gateway's read-only API: {gw.http}/docs; from another machine: "
+                  f"ssh -L {gw.port}:127.0.0.1:{gw.port} <this host>, then the same URLs there)")
             break
         except EndpointUnavailable as e:
             if time.monotonic() > deadline:
