@@ -21,6 +21,7 @@ from .app import make_app
 #: the environment variable that holds the commands' token (never a file: config files are read by many)
 TOKEN_ENV = "SMTM_GATEWAY_TOKEN"
 MIN_TOKEN_CHARS = 16
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class GatewayProcess(Process):
@@ -31,6 +32,9 @@ class GatewayProcess(Process):
         if token is not None and len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"{TOKEN_ENV}: a token of at least {MIN_TOKEN_CHARS} characters, or none "
                              f"(commands stay off)")
+        if token is not None and cfg.host not in LOOPBACK:
+            raise ValueError(f"gateway.host = {cfg.host!r} with {TOKEN_ENV} set: the token would cross the network "
+                             f"in clear text; keep the gateway on loopback and reach it through an SSH tunnel")
         super().__init__(base, **kw)
         self.cfg = cfg
         self.source = ShmGatewaySource(base)
@@ -42,6 +46,7 @@ class GatewayProcess(Process):
                                 cfg.surge_min_value_ratio)))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=cfg.host, port=cfg.port, log_level="warning",
                                                     lifespan="off", access_log=False, ws_max_size=1 << 16,
+                                                    proxy_headers=False, server_header=False,
                                                     ws_ping_interval=cfg.ping_s, ws_ping_timeout=cfg.ping_s))
         self.port = 0
         self._thread: threading.Thread | None = None

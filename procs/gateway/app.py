@@ -20,9 +20,9 @@ Routes (JSON; every answer from one consistent read of the table it names, with 
 The P&L by day, market or exit reason (the trader's PNL.GET) is computed from the ledger, which the gateway never
 reads: ``/api/pnl`` gives what the trader publishes in shared memory.
 
-``GET /api/snapshot?market=&tf=&count=`` is the trader's SNAPSHOT.GET document, asked of its command socket — at
-most once a second for the same question (answers are cached that long, one question at a time), so no number
-of clients can load the engine.
+``GET /api/snapshot?market=&tf=&count=`` is the trader's SNAPSHOT.GET document, asked of its command socket: an
+answer is cached a second, one question is asked at a time and at most two a second whatever they are (429 with
+``Retry-After`` otherwise), so clients cannot load the engine with it.
 
 **Commands** (``POST /api/commands/<TYPE>``, body ``{"payload": {...}, "symbol": "KRW-…"?}``, every command of the
 trader's protocol but EVENT.SUBSCRIBE) are **off** unless the gateway was started with a token in its environment
@@ -43,10 +43,13 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from shm.seqlock import SeqlockTimeout
 
 from ..market.surge import SurgeRule
 from ..trading.client import TraderClient, TraderUnavailable
@@ -76,15 +79,24 @@ class _Snapshots:
         self.path = socket_path
         self.lock = threading.Lock()
         self.cache: dict[tuple, tuple[float, dict]] = {}
+        self.asked = -1e9     # when the trader was last asked (monotonic s)
 
     def get(self, market: str | None, tf: str | None, count: int) -> dict:
         key = (market, tf, count)
-        with self.lock:
+        if not self.lock.acquire(timeout=SNAPSHOT_TTL_S):   # one question at a time; nobody queues for long
+            raise HTTPException(status_code=429, detail="the trader is being asked already: try again in a second",
+                                headers={"Retry-After": "1"})
+        try:
             hit = self.cache.get(key)
-            if hit is not None and time.monotonic() - hit[0] < SNAPSHOT_TTL_S:
+            now = time.monotonic()
+            if hit is not None and now - hit[0] < SNAPSHOT_TTL_S:
                 return hit[1]
+            if now - self.asked < SNAPSHOT_TTL_S / 2:      # at most two questions a second, whatever they are
+                raise HTTPException(status_code=429, detail="the trader was asked just now: try again in a second",
+                                    headers={"Retry-After": "1"})
             if self.path is None:
                 raise TraderUnavailable("no trader socket configured")
+            self.asked = now
             payload = {"count": count, **({"tf": tf} if tf else {})}
             with TraderClient(self.path, timeout_s=10.0, run_id="gateway") as c:
                 ack = c.request("SNAPSHOT.GET", payload, market)
@@ -94,6 +106,8 @@ class _Snapshots:
                 self.cache.clear()
             self.cache[key] = (time.monotonic(), ack["payload"])
             return ack["payload"]
+        finally:
+            self.lock.release()
 
 MARKET_PATTERN = r"^KRW-[A-Z0-9]{1,12}$"
 
@@ -110,6 +124,12 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
                   version="1")
     default_tf = source.base.shm.timeframes[0]
+
+    @app.exception_handler(SeqlockTimeout)
+    async def busy(request: Request, exc: SeqlockTimeout) -> JSONResponse:
+        # a writer held the row through every retry (a storm on two cores, or a writer killed mid-write)
+        return JSONResponse(status_code=503, content={"detail": f"shared memory busy: {exc}"},
+                            headers={"Retry-After": "1"})
 
     @app.get("/api/health", summary="Every program's status row")
     def health() -> dict:
@@ -161,26 +181,36 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
         except TraderUnavailable as e:
             raise HTTPException(status_code=503, detail=str(e)) from None
 
-    @app.post("/api/commands/{name}", summary="A command to the trader (needs the gateway's token)")
-    def command(name: str, request: Request, body: CommandBody | None = None,
-                authorization: Annotated[str | None, Header()] = None) -> Any:
+    @app.post("/api/commands/{name}", summary="A command to the trader (needs the gateway's token)",
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": CommandBody.model_json_schema()}}}})
+    async def command(name: str, request: Request) -> Any:
+        # the token first, the body after: nothing about the request is looked at before it is authorized
         if token is None:
             raise HTTPException(status_code=403, detail="commands through the gateway are off: the gateway runs "
                                                         "without SMTM_GATEWAY_TOKEN")
-        given = authorization[7:] if authorization and authorization.startswith("Bearer ") else ""
+        authorization = request.headers.get("authorization", "")
+        given = authorization[7:] if authorization.startswith("Bearer ") else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(status_code=401, detail="a command needs Authorization: Bearer <the gateway's token>",
                                 headers={"WWW-Authenticate": "Bearer"})
         if name not in COMMAND_TYPES:
             raise HTTPException(status_code=404, detail=f"{name!r} is not a command of the trader "
                                                         f"({', '.join(COMMAND_TYPES)})")
+        raw = await request.body()
+        try:
+            body = CommandBody.model_validate_json(raw) if raw.strip() else CommandBody()
+        except ValidationError as e:
+            raise HTTPException(status_code=422, detail=e.errors(include_url=False, include_input=False)) from None
         if trader_socket is None:
             raise HTTPException(status_code=503, detail="no trader socket configured")
-        body = body or CommandBody()
         peer = f"{request.client.host}:{request.client.port}" if request.client else "?"
-        try:
+
+        def send() -> dict:
             with TraderClient(trader_socket, timeout_s=10.0, run_id=f"gateway {peer}") as c:
-                ack = c.request(name, body.payload, body.symbol)
+                return c.request(name, body.payload, body.symbol)
+        try:
+            ack = await run_in_threadpool(send)
         except TraderUnavailable as e:
             raise HTTPException(status_code=503, detail=str(e)) from None
         return ack if ack.get("ok") else JSONResponse(status_code=409, content=ack)

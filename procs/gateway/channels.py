@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 
@@ -38,6 +39,9 @@ log = logging.getLogger("smtm.gateway")
 CLOSE_TOO_SLOW = 4008        #: close code for a client whose queue overflowed (it stopped reading)
 CHANNELS = ("market", "orders", "positions", "timeline", "surge", "stats")
 TIMELINE_ON_CONNECT = 50
+MAX_CLOSES = 500             #: most closed candles sent for one key at one look (a long backfill)
+MAX_SUBSCRIPTIONS = 64       #: (market, timeframe) pairs one client may follow
+MARKET_RE = re.compile(r"^KRW-[A-Z0-9]{1,12}$")
 
 
 class Client:
@@ -48,6 +52,7 @@ class Client:
         self.channel = channel
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.subs: set[tuple[str, str]] = set()
+        self.timeline_next = 0      # index of the next timeline entry this client gets
         self.sent = 0
         self.dropped = False
 
@@ -67,7 +72,7 @@ class Hub:
                  surge: tuple[str, SurgeRule] | None = None):
         self.source = source
         self.surge_tf, self.surge_rule = surge or (source.base.finest_timeframe, SurgeRule())
-        self._firing: dict[str, int] = {}      # market -> start of the candle it fired on, while it fires
+        self._firing: dict[str, int] = {}      # market -> start of the last candle announced as firing
         self._surge_seq = -1
         self.poll_s = poll_s
         self.queue_size = queue_size
@@ -85,12 +90,6 @@ class Hub:
         self.errors = 0
 
     # -- clients ---------------------------------------------------------------------------------------
-    def add(self, ws: WebSocket, channel: str) -> Client:
-        c = Client(ws, channel, self.queue_size)
-        self.clients[channel].add(c)
-        self._greet(c)
-        return c
-
     def remove(self, c: Client) -> None:
         self.clients[c.channel].discard(c)
 
@@ -101,7 +100,9 @@ class Hub:
         elif c.channel == "positions":
             self._send(c, {"channel": "positions", "type": "positions", **self.source.positions()})
         elif c.channel == "timeline":
-            self._send(c, {"channel": "timeline", "type": "timeline", **self.source.timeline(TIMELINE_ON_CONNECT)})
+            doc = self.source.timeline(TIMELINE_ON_CONNECT)
+            c.timeline_next = max(doc["count"], 0)
+            self._send(c, {"channel": "timeline", "type": "timeline", **doc})
         elif c.channel == "surge":
             doc = self.source.surge(self.surge_tf, self.surge_rule)
             self._send(c, {"channel": "surge", "type": "surge.state", **doc,
@@ -172,16 +173,26 @@ class Hub:
             self._fan_out(self.clients["stats"], self.stats())
 
     def _poll_timeline(self) -> None:
+        """New entries for each client from its own cursor (set by its greeting), in one message per look; a
+        client more than 1000 behind gets the newest 1000 and ``skipped``."""
         count = self.source.timeline_count()
         if count == self._timeline_count:
             return
-        new = count - self._timeline_count if self._timeline_count >= 0 else 0
-        self._timeline_count = count
-        if new <= 0:
+        clients = list(self.clients["timeline"])
+        behind = min((c.timeline_next for c in clients), default=count)
+        if behind >= count:
+            self._timeline_count = count
             return
-        entries = self.source.timeline(min(new, 1000))["timeline"]
-        for e in entries:
-            self._fan_out(self.clients["timeline"], {"channel": "timeline", "type": "timeline.entry", "entry": e})
+        doc = self.source.timeline(min(count - behind, 1000))
+        count = doc["count"]                 # the read's own count: entries are the newest before it
+        first = count - len(doc["timeline"])
+        for c in clients:
+            start = max(c.timeline_next, first)
+            if start < count:
+                self._send(c, {"channel": "timeline", "type": "timeline.entries", "skipped": start - c.timeline_next,
+                               "entries": doc["timeline"][start - first:]})
+            c.timeline_next = count
+        self._timeline_count = count
 
     def _poll_surge(self) -> None:
         seq = self.source.candle_seq(self.surge_tf)
@@ -191,11 +202,8 @@ class Hub:
         doc = self.source.surge(self.surge_tf, self.surge_rule)
         for m in doc["markets"]:
             market = m["market"]
-            if not m["fired"]:
-                self._firing.pop(market, None)
-                continue
-            if market in self._firing:
-                continue          # still firing: announced when it began
+            if not m["fired"] or self._firing.get(market) == m["t"]:
+                continue          # not firing, or announced already for this candle (its open one wavers)
             self._firing[market] = m["t"]
             self._fan_out(self.clients["surge"], {"channel": "surge", "type": "surge", "tf": self.surge_tf,
                                                   "seq": doc["seq"], **m})
@@ -216,27 +224,32 @@ class Hub:
                         self._fan_out(clients, msg)
 
     def _candle_messages(self, market: str, tf: str) -> list[dict]:
-        """``candle.close`` for a candle that was open at the last look and is now followed by a newer one, and
-        ``candle.update`` for the newest if it changed."""
+        """``candle.close`` for every candle that was open at the last look (or began since) and is now followed by
+        a newer one, oldest first, and ``candle.update`` for the newest if it changed. A key seen for the first
+        time gets its newest candle only."""
+        last = self._last_candle.get((market, tf))
         try:
             doc = self.source.candles(market, tf, 2)
+            if last is not None and doc["candles"] and doc["candles"][0]["t"] > last[0]:
+                # more than one candle began since the last look: read back to the one that was open then
+                need = min(doc["count"] - last[2] + 1, MAX_CLOSES + 1)
+                doc = self.source.candles(market, tf, max(need, 2))
         except (UnknownMarket, ValueError):
             return []
         rows = list(zip(doc["candles"], doc["indicators"], strict=True))
         if not rows:
             return []
         out = []
-        last = self._last_candle.get((market, tf))
-        if last is not None and len(rows) == 2 and rows[1][0]["t"] > last[0]:
-            closed, ind = rows[0]
-            if closed["t"] == last[0]:
-                out.append({"channel": "market", "type": "candle.close", "market": market, "tf": tf,
-                            "seq": doc["seq"], "candle": closed, "indicators": ind})
+        if last is not None:
+            for closed, ind in rows[:-1]:
+                if closed["t"] >= last[0]:
+                    out.append({"channel": "market", "type": "candle.close", "market": market, "tf": tf,
+                                "seq": doc["seq"], "candle": closed, "indicators": ind})
         newest, ind = rows[-1]
         if last is None or newest != last[1]:
             out.append({"channel": "market", "type": "candle.update", "market": market, "tf": tf,
                         "seq": doc["seq"], "candle": newest, "indicators": ind})
-        self._last_candle[(market, tf)] = (newest["t"], newest)
+        self._last_candle[(market, tf)] = (newest["t"], newest, doc["count"])
         return out
 
     # -- a connection ---------------------------------------------------------------------------------
@@ -245,18 +258,28 @@ class Hub:
         if self._task is None or self._task.done():   # the poller runs on the server's loop from the first client on
             self._task = asyncio.get_running_loop().create_task(self.run())
         await ws.accept()
-        c = self.add(ws, channel)
+        c = Client(ws, channel, self.queue_size)
         sender = asyncio.create_task(self._sender(c))
         try:
+            self._greet(c)
+            self.clients[channel].add(c)
             while not c.dropped:
+                frame = await ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                text = frame.get("text")
                 try:
-                    msg = orjson.loads(await ws.receive_text())
+                    msg = orjson.loads(text) if text is not None else None
                 except orjson.JSONDecodeError:
-                    self._send(c, {"channel": channel, "type": "error", "error": "messages are JSON objects"})
+                    msg = None
+                if not isinstance(msg, dict):
+                    self._send(c, {"channel": channel, "type": "error", "error": "messages are JSON objects (text)"})
                     continue
                 self._handle(c, msg)
         except (WebSocketDisconnect, RuntimeError):
             pass
+        except Exception as e:     # a message this code did not foresee: the client goes, the gateway stays
+            log.warning("WebSocket client on /ws/%s closed: %r", channel, e)
         finally:
             self.remove(c)
             sender.cancel()
@@ -282,19 +305,38 @@ class Hub:
                            "error": "unknown message: send {\"type\": \"ping\"}"
                                     + (" or {\"subscribe\": [{\"market\", \"tf\"}]}" if c.channel == "market" else "")})
 
+    def _greet_market(self, c: Client, market: str, tf: str) -> None:
+        """A new subscription's newest candle, to this client alone (the others' state is left as it is)."""
+        try:
+            doc = self.source.candles(market, tf, 1)
+        except (UnknownMarket, ValueError) as e:
+            self._send(c, {"channel": "market", "type": "error", "error": str(e)})
+            return
+        if doc["candles"]:
+            self._send(c, {"channel": "market", "type": "candle.update", "market": market, "tf": tf, "seq": doc["seq"],
+                           "candle": doc["candles"][-1], "indicators": doc["indicators"][-1]})
+
     def _subscribe(self, c: Client, msg: dict) -> None:
         for verb in ("subscribe", "unsubscribe"):
-            for s in msg.get(verb) or []:
+            items = msg.get(verb) or []
+            if not isinstance(items, list):
+                self._send(c, {"channel": "market", "type": "error", "error": f"{verb}: a list of {{market, tf}}"})
+                continue
+            for s in items:
                 market, tf = (s.get("market"), s.get("tf")) if isinstance(s, dict) else (None, None)
-                if not isinstance(market, str) or tf not in self.source.base.shm.timeframes:
+                if not isinstance(market, str) or not MARKET_RE.match(market) or \
+                        tf not in self.source.base.shm.timeframes:
                     self._send(c, {"channel": "market", "type": "error",
                                    "error": f"{verb}: {s!r} needs a market and a tf of "
                                             f"{', '.join(self.source.base.shm.timeframes)}"})
                     continue
                 if verb == "subscribe":
+                    if (market, tf) not in c.subs and len(c.subs) >= MAX_SUBSCRIPTIONS:
+                        self._send(c, {"channel": "market", "type": "error",
+                                       "error": f"at most {MAX_SUBSCRIPTIONS} subscriptions a client"})
+                        continue
                     c.subs.add((market, tf))
-                    self._last_candle.pop((market, tf), None)   # the next look sends its newest candle
-                    self._candle_seq.pop(tf, None)
+                    self._greet_market(c, market, tf)
                 else:
                     c.subs.discard((market, tf))
         self._send(c, {"channel": "market", "type": "subscribed",

@@ -119,11 +119,12 @@ def test_without_a_token_no_command_gets_through(env):
     env.start("gateway")
     try:
         base = _url(env)
-        for name in COMMAND_TYPES:
-            for headers in ({}, {"Authorization": "Bearer " + "x" * 32}):
-                r = requests.post(f"{base}/api/commands/{name}", json={"payload": {}}, headers=headers, timeout=10)
-                assert r.status_code == 403, (name, r.status_code, r.text)
-                assert "SMTM_GATEWAY_TOKEN" in r.json()["detail"]
+        for name in (*COMMAND_TYPES, "NOT.A.COMMAND"):
+            for headers in ({}, {"Authorization": "Bearer " + "x" * 32}, {"Authorization": "Basic eDp5"}):
+                for body in ({"json": {"payload": {}}}, {"data": b"{not json"}, {"json": {"payload": 1, "x": 2}}):
+                    r = requests.post(f"{base}/api/commands/{name}", headers=headers, timeout=10, **body)
+                    assert r.status_code == 403, (name, headers, body, r.status_code, r.text)   # before anything else
+                    assert "SMTM_GATEWAY_TOKEN" in r.json()["detail"]
     finally:
         env.stop_all()
 
@@ -141,6 +142,8 @@ def test_with_the_token_commands_reach_the_trader_and_its_rules_still_apply(env)
         post = lambda name, headers=auth, **payload: requests.post(
             f"{base}/api/commands/{name}", json={"payload": payload}, headers=headers, timeout=15)
         assert post("PING", headers={}).status_code == 401
+        bad = requests.post(f"{base}/api/commands/PING", data=b"{not json", headers=auth, timeout=10)
+        assert bad.status_code == 422 and "not json" not in bad.text      # the body is looked at once authorized
         assert post("PING", headers={"Authorization": f"Bearer {token[:-1]}x"}).status_code == 401
         assert post("NOT.A.COMMAND").status_code == 404
         assert post("PING").json()["ok"] is True
@@ -204,8 +207,21 @@ def test_websocket_channels_carry_what_shared_memory_holds(env):
         assert closed["candle"] == last
         new = _recv(m, "candle.update")
         assert new["candle"]["t"] == last["t"] + 4 * 3600 and new["candle"]["c"] == 100.5
+        # two candles begin between two looks: both candles that closed are sent, oldest first
+        two = np.zeros(2, CANDLE_DTYPE)
+        t_new = last["t"] + 4 * 3600
+        two[0] = (t_new + 4 * 3600, 100.5, 102.0, 100.0, 101.0, 1.0, 101.0, 2, 0)
+        two[1] = (t_new + 8 * 3600, 101.0, 103.0, 100.5, 102.5, 1.0, 102.5, 2, 0)
+        cand.write_many(row, cand.count(row), two)
+        cand.publish()
+        assert [_recv(m, "candle.close")["candle"]["t"] for _ in range(2)] == [t_new, t_new + 4 * 3600]
+        assert _recv(m, "candle.update")["candle"]["t"] == t_new + 8 * 3600
         m.send(json.dumps({"type": "ping"}))
         assert _recv(m, "pong")["channel"] == "market"
+        m.send(b"\x00binary")
+        assert "JSON" in _recv(m, "error")["error"]
+        m.send(json.dumps({"subscribe": 5}))
+        assert "list" in _recv(m, "error")["error"]
         m.close()
 
         o = _ws(base, "orders")
@@ -223,6 +239,24 @@ def test_websocket_channels_carry_what_shared_memory_holds(env):
 
         t = _ws(base, "timeline")
         assert len(_recv(t, "timeline")["timeline"]) == 8
+        t.close()
+        # 600 entries while nobody watches, then a client: the newest 50 on connect, then only what is new
+        from shm.tables import TIMELINE, TIMELINE_DTYPE, TIMELINE_ROW
+        tl = TIMELINE.create(env.instance, None, 1, 1024)
+        trow = tl.row_of(TIMELINE_ROW)
+
+        def entries(n, tag):
+            recs = np.zeros(n, TIMELINE_DTYPE)
+            recs["kind"], recs["text"] = b"note", [f"{tag} {i}".encode() for i in range(n)]
+            tl.write_many(trow, tl.count(trow), recs)
+            tl.publish()
+        entries(600, "quiet")
+        t = _ws(base, "timeline")
+        greeting = _recv(t, "timeline")
+        assert greeting["count"] == 608 and greeting["timeline"][-1]["text"] == "quiet 599"
+        entries(3, "new")
+        got = _recv(t, "timeline.entries")
+        assert [e["text"] for e in got["entries"]] == ["new 0", "new 1", "new 2"] and got["skipped"] == 0
         t.close()
         stats = requests.get(f"{base}/api/clients", timeout=10).json()
         assert stats["messages_sent"]["market"] >= 4 and stats["dropped"] == 0

@@ -5,7 +5,8 @@ const LWC = window.LightweightCharts;
 const $ = (id) => document.getElementById(id);
 const fmt = (x, d = 0) => x == null ? "–" : Number(x).toLocaleString("en-US", {maximumFractionDigits: d, minimumFractionDigits: d});
 const hhmm = (ms) => new Date(ms).toISOString().slice(5, 16).replace("T", " ");
-const smtm = window.smtm = {closes: [], updates: 0, mode: null, market: null, tf: null, sockets: {}};
+const smtm = window.smtm = {closes: [], updates: 0, mode: null, market: null, tf: null, sockets: {}, marketOpens: 0,
+                            lastT: null};
 
 const chart = LWC.createChart($("chart"), {
   autoSize: true,
@@ -43,7 +44,12 @@ function histPoint(c, ind) {
 }
 const IND_KEYS = ["ema_fast", "ema_slow", "bb_upper", "bb_lower", "rsi", "macd", "macd_signal"];
 
-function showCandle(c, ind, whole) {
+function showCandle(c, ind) {
+  if (smtm.lastT != null && c.t < smtm.lastT) {   // history moved under us (a rewrite, a replay restarted)
+    loadHistory();
+    return;
+  }
+  smtm.lastT = c.t;
   series.candles.update(bar(c));
   for (const k of IND_KEYS) series[k].update(point(c, ind, k));
   series.macd_hist.update(histPoint(c, ind));
@@ -57,7 +63,9 @@ async function getJSON(path) {
 }
 
 async function loadHistory() {
-  const doc = await getJSON(`/api/candles?market=${smtm.market}&tf=${smtm.tf}&count=300`);
+  const q = new URLSearchParams({market: smtm.market, tf: smtm.tf, count: 300});
+  const doc = await getJSON(`/api/candles?${q}`);
+  smtm.lastT = null;
   if (doc.candles.length) {
     const precision = pricePrecision(doc.candles.at(-1).c);
     // the axes in the market's digits, with thousands separators (KRW prices run to 9 digits)
@@ -86,7 +94,10 @@ function channel(name, onMessage, onOpen) {
   return ws;
 }
 
-function subscribe(ws) { ws.send(JSON.stringify({subscribe: [{market: smtm.market, tf: smtm.tf}]})); }
+async function subscribe(ws) {
+  if (smtm.marketOpens++) await loadHistory();    // after a reconnect: the candles missed meanwhile
+  ws.send(JSON.stringify({subscribe: [{market: smtm.market, tf: smtm.tf}]}));
+}
 
 function onMarket(msg) {
   if (msg.market !== smtm.market || msg.tf !== smtm.tf) return;
@@ -123,8 +134,9 @@ function onOrders(msg) {
     [fmt(o.avg_fill || o.price, pricePrecision(o.avg_fill || o.price)), "num"], [o.state]]);
 }
 
-function addTimeline(entries) {
+function addTimeline(entries, replace = false) {
   const ol = $("timeline");
+  if (replace) ol.replaceChildren();
   for (const e of entries) {
     const li = document.createElement("li");
     li.className = e.severity;
@@ -137,13 +149,18 @@ function addTimeline(entries) {
 function onSurge(msg) {
   const ul = $("surge");
   const list = msg.type === "surge.state" ? msg.markets : [msg];
-  if (!list.length) return;
+  if (msg.type === "surge.state") ul.replaceChildren();
+  if (!list.length) {
+    if (!ul.children.length) ul.innerHTML = '<li class="empty">none</li>';
+    return;
+  }
   ul.querySelector(".empty")?.remove();
   for (const m of list) {
     const li = document.createElement("li");
     li.textContent = `${hhmm(m.t * 1000)} ${m.market} +${fmt(m.return_pct, 1)} % on ${fmt(m.value_ratio, 1)}x value`;
     ul.prepend(li);
   }
+  while (ul.children.length > 30) ul.lastChild.remove();
 }
 
 async function pollEngine() {
@@ -171,14 +188,14 @@ async function start() {
   smtm.tf = params.get("tf") || markets.timeframes[0];
   for (const m of names) $("market").add(new Option(m, m, false, m === smtm.market));
   for (const t of markets.timeframes) $("tf").add(new Option(t, t, false, t === smtm.tf));
-  const reload = () => { location.search = `?market=${$("market").value}&tf=${$("tf").value}`; };
+  const reload = () => { location.search = `?${new URLSearchParams({market: $("market").value, tf: $("tf").value})}`; };
   $("market").onchange = reload;
   $("tf").onchange = reload;
   await loadHistory();
   channel("market", onMarket, subscribe);
   channel("positions", onPositions);
   channel("orders", onOrders);
-  channel("timeline", (m) => addTimeline(m.type === "timeline" ? m.timeline : [m.entry]));
+  channel("timeline", (m) => m.type === "timeline" ? addTimeline(m.timeline, true) : addTimeline(m.entries || []));
   channel("surge", onSurge);
   pollEngine();
   setInterval(pollEngine, 1000);
