@@ -16,7 +16,7 @@ from ..runtime.config import BaseConfig, GatewayConfig
 from ..runtime.endpoints import publish, withdraw
 from ..runtime.process import Process, start
 from ..views.gateway_source import ShmGatewaySource
-from .app import make_app
+from .app import LOCAL_HOSTS, make_app
 
 #: the environment variable that holds the commands' token (never a file: config files are read by many)
 TOKEN_ENV = "SMTM_GATEWAY_TOKEN"
@@ -41,6 +41,7 @@ class GatewayProcess(Process):
         self.commands_on = token is not None
         self.app = make_app(self.source, max_candles=cfg.max_candles, title=f"SMTM-NG gateway [{base.instance}]",
                             trader_socket=base.run_dir / "trader.sock", token=token, client_queue=cfg.client_queue,
+                            hosts=tuple(dict.fromkeys((*LOCAL_HOSTS, cfg.host))),
                             poll_s=cfg.poll_s, surge=(cfg.surge_tf or base.finest_timeframe, SurgeRule(
                                 cfg.surge_window, cfg.surge_baseline, cfg.surge_min_return_pct,
                                 cfg.surge_min_value_ratio)))

@@ -48,6 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from shm.seqlock import SeqlockTimeout
 
@@ -110,19 +111,25 @@ class _Snapshots:
             self.lock.release()
 
 MARKET_PATTERN = r"^KRW-[A-Z0-9]{1,12}$"
+#: the names a request may give this machine by (Host header) and the origins a WebSocket may come from
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = "SMTM-NG gateway",
              trader_socket: Path | None = None, token: str | None = None, client_queue: int = 256,
-             poll_s: float = 0.05, surge: tuple[str, SurgeRule] | None = None) -> FastAPI:
+             poll_s: float = 0.05, surge: tuple[str, SurgeRule] | None = None,
+             hosts: tuple[str, ...] = LOCAL_HOSTS) -> FastAPI:
     """The application over ``source``; ``max_candles`` bounds ``count`` of ``/api/candles``; ``trader_socket``:
     the trader's command socket (snapshot and commands); ``token``: commands are accepted with it, refused
     (403) without one; ``client_queue`` and ``poll_s``: the WebSocket channels' (:mod:`.channels`); ``surge``: the
     timeframe and rule of the surge alerts (default: the finest timeframe, :class:`SurgeRule`'s defaults)."""
     snapshots = _Snapshots(trader_socket)
-    hub = Hub(source, poll_s=poll_s, queue_size=client_queue, surge=surge)
+    hub = Hub(source, poll_s=poll_s, queue_size=client_queue, surge=surge, origins=hosts)
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
                   version="1")
+    # a request must name this machine (or the configured host): a web page elsewhere cannot reach the API through
+    # DNS rebinding, and (Hub.serve) a WebSocket opened by a page of another origin is refused
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     default_tf = source.base.shm.timeframes[0]
 
     @app.exception_handler(SeqlockTimeout)

@@ -27,6 +27,7 @@ import logging
 import re
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
@@ -69,8 +70,9 @@ class Hub:
     """Every client by channel, and the poller that feeds them (``poll_s`` apart)."""
 
     def __init__(self, source: ShmGatewaySource, *, poll_s: float = 0.05, queue_size: int = 256,
-                 surge: tuple[str, SurgeRule] | None = None):
+                 surge: tuple[str, SurgeRule] | None = None, origins: tuple[str, ...] = ("127.0.0.1", "localhost")):
         self.source = source
+        self.origins = {o.strip("[]") for o in origins}
         self.surge_tf, self.surge_rule = surge or (source.base.finest_timeframe, SurgeRule())
         self._firing: dict[str, int] = {}      # market -> start of the last candle announced as firing
         self._surge_seq = -1
@@ -257,6 +259,10 @@ class Hub:
         """One client's life: accept, greet, then its sender and its reader until either ends."""
         if self._task is None or self._task.done():   # the poller runs on the server's loop from the first client on
             self._task = asyncio.get_running_loop().create_task(self.run())
+        origin = ws.headers.get("origin")
+        if origin is not None and (urlsplit(origin).hostname or "") not in self.origins:
+            await ws.close(code=1008)    # before the handshake: a page of another site may not read the engine
+            return
         await ws.accept()
         c = Client(ws, channel, self.queue_size)
         sender = asyncio.create_task(self._sender(c))

@@ -51,6 +51,15 @@ def test_rest_answers_are_what_shared_memory_holds(env):
         markets = requests.get(f"{base}/api/markets", timeout=10).json()
         assert markets["available"] is False and [m["market"] for m in markets["markets"]] == ["KRW-BTC", "KRW-ETH"]
         assert requests.get(f"{base}/docs", timeout=10).status_code == 200
+        # only requests naming this machine, only WebSockets from its pages (DNS rebinding, other sites' pages)
+        assert requests.get(f"{base}/api/health", headers={"Host": "evil.example"}, timeout=10).status_code == 400
+        import websocket
+        try:
+            _ws(base, "orders", origin="http://evil.example")
+            raise AssertionError("a WebSocket from another origin was accepted")
+        except websocket.WebSocketBadStatusException as e:
+            assert e.status_code == 403
+        _ws(base, "orders", origin=base).close()
         assert "/api/candles" in requests.get(f"{base}/openapi.json", timeout=10).json()["paths"]
     finally:
         env.stop_all()
