@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -126,7 +127,15 @@ def make_app(source: ShmGatewaySource, *, max_candles: int = 2000, title: str = 
     snapshots = _Snapshots(trader_socket)
     hub = Hub(source, poll_s=poll_s, queue_size=client_queue, surge=surge, origins=hosts)
     app = FastAPI(title=title, description="Read-only access to a running SMTM-NG instance (shared memory).",
-                  version="1")
+                  version="1", docs_url=None, redoc_url=None)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        # Swagger UI from the gateway itself (vendored): the API's page works without network
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{title} — API",
+                                   swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+                                   swagger_favicon_url="/static/vendor/swagger-ui/favicon-32x32.png")
     # a request must name this machine (or the configured host): a web page elsewhere cannot reach the API through
     # DNS rebinding, and (Hub.serve) a WebSocket opened by a page of another origin is refused
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))

@@ -92,5 +92,11 @@ def test_the_dashboard_follows_the_replay_and_the_engine(env, browser, tmp_path)
         browser.save_screenshot(str(shot))
         if os.environ.get("SMTM_SHOT_DIR"):
             shutil.copy(shot, os.environ["SMTM_SHOT_DIR"])
+
+        # the API's own page, rendered from the gateway alone (this browser reaches nothing else)
+        browser.get(f"{base}/docs")
+        wait_for(lambda: "/api/candles" in browser.find_element("tag name", "body").text, 20, "Swagger UI drawn")
+        if os.environ.get("SMTM_SHOT_DIR"):
+            browser.save_screenshot(os.path.join(os.environ["SMTM_SHOT_DIR"], "docs.png"))
     finally:
         env.stop_all()

@@ -50,7 +50,11 @@ def test_rest_answers_are_what_shared_memory_holds(env):
 
         markets = requests.get(f"{base}/api/markets", timeout=10).json()
         assert markets["available"] is False and [m["market"] for m in markets["markets"]] == ["KRW-BTC", "KRW-ETH"]
-        assert requests.get(f"{base}/docs", timeout=10).status_code == 200
+        docs = requests.get(f"{base}/docs", timeout=10)
+        assert docs.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
+        assert "cdn" not in docs.text.lower()          # served from the gateway: works without network
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "LICENSE"):
+            assert requests.get(f"{base}/static/vendor/swagger-ui/{asset}", timeout=10).status_code == 200
         # only requests naming this machine, only WebSockets from its pages (DNS rebinding, other sites' pages)
         assert requests.get(f"{base}/api/health", headers={"Host": "evil.example"}, timeout=10).status_code == 400
         import websocket
