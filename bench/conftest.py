@@ -89,6 +89,13 @@ def instance():
     unlink_instance(name)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the load during each measurement -------------------------------------------------------------------------------
 def _cpu_times() -> tuple[int, int, int] | None:
     """(idle + iowait, total, steal) jiffies of all cores since boot, from /proc/stat; None where there is none.

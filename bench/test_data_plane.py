@@ -37,7 +37,6 @@ import queue
 import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import pytest
 from bench.conftest import RESULTS
 from procs.runtime.roster import STATUS_ROWS
 from procs.trading.latency import LatencyProbe
+from shm.ring import record_struct
 from shm.status import StatusRow, StatusTable
 from shm.tables import CANDLE_DTYPE, CANDLES
 from shm.wake import PhasedWait, SpinThenPark, Waker, open_semaphore
@@ -76,8 +76,7 @@ def _pace_yielding(t_next: float) -> None:
 
 
 #: the candle record as bytes (:data:`CANDLE_DTYPE`'s layout), for the transports that carry raw bytes
-RECORD = struct.Struct("<q6dii")
-assert RECORD.size == CANDLE_DTYPE.itemsize
+RECORD = record_struct(CANDLE_DTYPE)      # the ring's own packing of the record: the same bytes
 
 
 def _candle(t: int, i: int) -> tuple:

@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 import requests
 
-from bench.conftest import RESULTS, SHARED_CANDLES, shared_data_dir, shared_markets
+from bench.conftest import RESULTS, SHARED_CANDLES, process_cpu_s, shared_data_dir, shared_markets
 from procs.market.tape import load_market_all
 from procs.market.universe import safety_flags
 from procs.runtime.roster import STATUS_ROWS
@@ -78,13 +78,6 @@ def _data_dir(tmp: Path) -> tuple[str, list[str], str]:
 
 def _summary(us: np.ndarray) -> dict:
     return {**LatencyProbe.summary(us), "samples_us": us} if len(us) else {"n": 0}
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _window(npz: Path, name: str, t0: int, t1: int) -> np.ndarray:
@@ -138,14 +131,14 @@ def _run(tmp: Path, rate: float, monitor: str | None, clients: int | None = None
             time.sleep(1.0)     # connected and subscribed before the window
         t0 = time.monotonic_ns()
         load0 = os.getloadavg()[0]
-        gw_cpu0 = _cpu_s(gateway.pid) if gateway is not None else 0.0
+        gw_cpu0 = process_cpu_s(gateway.pid) if gateway is not None else 0.0
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         time.sleep(SECONDS)
         t1 = time.monotonic_ns()
         load1 = os.getloadavg()[0]
         out = {"load1": (load0, load1)}
         if gateway is not None:
-            out["gateway_cpu_pct"] = 100.0 * (_cpu_s(gateway.pid) - gw_cpu0) / SECONDS
+            out["gateway_cpu_pct"] = 100.0 * (process_cpu_s(gateway.pid) - gw_cpu0) / SECONDS
         if observers is not None:
             assert observers.wait(timeout=60) == 0
             kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)    # the observers' process: waited for just now

@@ -9,7 +9,6 @@ the per-frame costs paid by every trade). Skipped without the shared data.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.conftest import RESULTS, SHARED_CANDLES, shared_data_dir, shared_markets
+from bench.conftest import RESULTS, SHARED_CANDLES, process_cpu_s, shared_data_dir, shared_markets
 from procs.runtime.roster import STATUS_ROWS
 from shm.segment import unlink_instance
 from shm.status import StatusTable
@@ -26,12 +25,6 @@ from tests.helpers import Env, attach, get_json, wait_for
 pytestmark = pytest.mark.skipif(not (SHARED_CANDLES / "minute30").is_dir(),
                                 reason=f"no 40-market data at {SHARED_CANDLES}")
 FORMATS = {"SIMPLE_LIST (the replay profile)": "SIMPLE_LIST", "SIMPLE (one trade a frame)": "SIMPLE"}
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _replay(tmp: Path, fmt: str) -> dict:
@@ -56,7 +49,7 @@ def _replay(tmp: Path, fmt: str) -> dict:
                  interval=0.01)
         wall = time.monotonic() - t0
         trades = int(st.read("ingest")["msgs_out"])
-        cpu = {p.args[-1].split(".")[-1]: _cpu_s(p.pid) for p in env.procs}
+        cpu = {p.args[-1].split(".")[-1]: process_cpu_s(p.pid) for p in env.procs}
         return {"wall_s": wall, "trades": trades, "sent": status["messages_sent"], "frames": status["frames_sent"],
                 "cpu_s": cpu}
     finally:

@@ -30,7 +30,7 @@ import numpy as np
 from .segment import Layout, Segment, ShmError
 from .seqlock import Seqlock, SeqlockTimeout
 
-__all__ = ["CONTROL_DTYPE", "Overrun", "RingTable", "SeqlockTimeout", "TableFull", "ring_layout"]
+__all__ = ["CONTROL_DTYPE", "Overrun", "RingTable", "SeqlockTimeout", "TableFull", "record_struct", "ring_layout"]
 
 CONTROL_DTYPE = np.dtype(
     {"names": ["seq", "count", "name", "rewrites", "generation"], "formats": ["<u8", "<u8", "S16", "<u8", "<u8"],
@@ -71,7 +71,7 @@ _STRUCT_CODES = {"i1": "b", "u1": "B", "i2": "h", "u2": "H", "i4": "i", "u4": "I
                  "f4": "f", "f8": "d"}
 
 
-def _record_struct(dtype: np.dtype) -> struct.Struct | None:
+def record_struct(dtype: np.dtype) -> struct.Struct | None:
     """A little-endian :class:`struct.Struct` that packs a record of ``dtype`` byte for byte (fields in
     offset order, padding as pad bytes, a raw ``V`` field as bytes zero-filled to its size), or None for a
     dtype it cannot express (a field of strings, a sub-array). Packing checks every value (type and range)
@@ -131,7 +131,7 @@ class RingTable:
         # assignment.
         self._counts = memoryview(self._count)
         self._records = memoryview(self._raw.reshape(-1))
-        self._struct = _record_struct(self.dtype)
+        self._struct = record_struct(self.dtype)
         self._gseq = seg.global_seq_word   # the segment's change counter: read on every look of a spinning consumer
         self._name_cache: dict[str, int] = {}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -355,3 +356,20 @@ def start_xvfb() -> tuple[subprocess.Popen, str]:
         xvfb.kill()
         raise AssertionError("Xvfb did not report its display")
     return xvfb, f":{num}"
+
+
+def headless_chromium(window: tuple[int, int]):
+    """Debian's chromium, headless, driven by selenium (chromium-driver), at ``window`` pixels; fails the test naming
+    the packages when they are missing (make debs installs them as root). The caller quits it."""
+    import pytest
+    driver_path = shutil.which("chromedriver")
+    if driver_path is None or shutil.which("chromium") is None:
+        pytest.fail("chromium and chromium-driver are needed (make debs installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--window-size={window[0]},{window[1]}"):
+        opts.add_argument(a)
+    opts.binary_location = shutil.which("chromium")
+    return webdriver.Chrome(service=Service(driver_path), options=opts)

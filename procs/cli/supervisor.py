@@ -138,31 +138,28 @@ def _wait_ready(cfg: Config, expected: list[str], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:
-    if cfg.exchange.enabled:
-        deadline = time.monotonic() + wait_s   # RUNNING comes before the exchange has built its tape
-        while True:
-            try:
-                ep = lookup(cfg.run_dir, "exchange")
-                print(f"\nreplay exchange: {ep.http} (published in {cfg.run_dir / 'exchange.json'})")
-                break
-            except EndpointUnavailable as e:
-                if time.monotonic() > deadline:
-                    print(f"\nreplay exchange: {e}")
-                    break
-                time.sleep(0.2)
-    deadline = time.monotonic() + 5.0   # it publishes its port once it listens, just after RUNNING
+def _published(cfg: Config, name: str, wait_s: float):
+    """The address ``name`` published in the run dir, waited for up to ``wait_s`` (a server publishes it once it
+    listens, just after supervisord calls it RUNNING); the :class:`EndpointUnavailable` if it did not."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
-            gw = lookup(cfg.run_dir, "gateway")
-            print(f"dashboard: {gw.http}/   (the gateway's read-only API: {gw.http}/docs; from another machine: "
-                  f"ssh -L {gw.port}:127.0.0.1:{gw.port} <this host>, then the same URLs there)")
-            break
+            return lookup(cfg.run_dir, name)
         except EndpointUnavailable as e:
             if time.monotonic() > deadline:
-                print(f"gateway: {e}")
-                break
+                return e
             time.sleep(0.2)
+
+
+def _print_where(cfg: Config, sup: Supervisor, wait_s: float = 15.0) -> None:
+    if cfg.exchange.enabled:    # RUNNING comes before the exchange has built its tape
+        ep = _published(cfg, "exchange", wait_s)
+        print(f"\nreplay exchange: {ep}" if isinstance(ep, EndpointUnavailable) else
+              f"\nreplay exchange: {ep.http} (published in {cfg.run_dir / 'exchange.json'})")
+    gw = _published(cfg, "gateway", 5.0)
+    print(f"gateway: {gw}" if isinstance(gw, EndpointUnavailable) else
+          f"dashboard: {gw.http}/   (the gateway's read-only API: {gw.http}/docs; from another machine: "
+          f"ssh -L {gw.port}:127.0.0.1:{gw.port} <this host>, then the same URLs there)")
     if os.environ.get("DISPLAY") and os.environ.get("SMTM_MONITOR_OFFSCREEN") != "1":
         print(f"monitor: a window on display {os.environ['DISPLAY']}")
     else:

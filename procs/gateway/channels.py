@@ -54,7 +54,6 @@ class Client:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.subs: set[tuple[str, str]] = set()
         self.timeline_next = 0      # index of the next timeline entry this client gets
-        self.sent = 0
         self.dropped = False
 
     def put(self, data: bytes) -> bool:
@@ -296,7 +295,6 @@ class Hub:
         while True:
             data = await c.queue.get()
             await c.ws.send_text(data.decode())
-            c.sent += 1
             self.sent[c.channel] += 1
 
     def _handle(self, c: Client, msg) -> None:

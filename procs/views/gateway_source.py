@@ -16,31 +16,20 @@ from shm.ring import RingTable
 from shm.segment import LayoutMismatch, SegmentNotFound, SegmentNotReady
 from shm.status import State, StatusTable
 from shm.symbols import IN_UNIVERSE, TRADABLE, SymbolsTable
-from shm.tables import CANDLES, INDICATORS, TIMELINE, TIMELINE_ROW, candles_with_indicators
+from shm.tables import CANDLES, INDICATORS, TIMELINE_ROW, candles_with_indicators
 from shm.trading import (
     MODE_NAMES,
     RISK_FLAG_NAMES,
-    SEVERITY_NAMES,
-    OrdersTable,
-    PositionsTable,
-    TraderTable,
     record_dict,
 )
 
 from ..market.surge import SurgeRule, surge_at
 from ..runtime.config import BaseConfig
 from ..runtime.roster import STATUS_ROWS
+from ..trading.commands import timeline_entry
+from .trading_source import ENGINE_TABLES
 
 _MISSING = (SegmentNotFound, SegmentNotReady, LayoutMismatch)
-
-
-#: the trader's tables, read-only (the trader writes them; the gateway never reads the ledger)
-_TRADING = {
-    "trader": lambda b: TraderTable.open(b.instance, 1),
-    "positions": lambda b: PositionsTable.open(b.instance, b.shm.rows),
-    "orders": lambda b: OrdersTable.open(b.instance, b.shm.orders_rows),
-    "timeline": lambda b: TIMELINE.open(b.instance, None, 1, b.shm.timeline_capacity),
-}
 
 
 class UnknownMarket(LookupError):
@@ -69,9 +58,9 @@ class ShmGatewaySource:
                 if what == "symbols":
                     self._symbols = self._symbols or SymbolsTable.open(b.instance, b.shm.rows)
                     return self._symbols
-                if what in _TRADING:
+                if what in ENGINE_TABLES:     # the trader's tables (the gateway never reads the ledger)
                     if what not in self._trading:
-                        self._trading[what] = _TRADING[what](b)
+                        self._trading[what] = ENGINE_TABLES[what](b)
                     return self._trading[what]
                 if what not in self._rings:
                     self._rings[what] = (CANDLES.open(b.instance, what, b.shm.rows, b.shm.capacity),
@@ -191,19 +180,15 @@ class ShmGatewaySource:
 
     def timeline(self, n: int) -> dict:
         """The newest ``n`` entries of the trader's timeline, oldest first: ``wall_ns`` (Unix ns UTC),
-        ``market_ms``, ``severity`` (info / warn / alert), ``kind``, ``market``, ``text`` (the why); ``count``
-        the entries written so far."""
+        ``market_ms``, ``severity`` (info / warn / alert), ``kind``, ``market``, ``text`` (the why) — the trader's
+        own TIMELINE.GET entries (:func:`procs.trading.commands.timeline_entry`); ``count`` the entries written so
+        far."""
         t = self._attach("timeline")
         got = t.read_last_of(TIMELINE_ROW, n) if t is not None else None
         if got is None:
             return {"available": False, "count": 0, "timeline": []}
         recs, count = got
-        out = []
-        for r in recs:
-            d = record_dict(r)
-            d["severity"] = SEVERITY_NAMES.get(d["severity"], str(d["severity"]))
-            out.append(d)
-        return {"available": True, "count": int(count), "timeline": out}
+        return {"available": True, "count": int(count), "timeline": [timeline_entry(r) for r in recs]}
 
     # -- cheap looks for the WebSocket poller (one 8-byte load each) ---------------------------------------
     def version(self, table: str) -> int:

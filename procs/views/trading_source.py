@@ -33,6 +33,16 @@ ORDERS_SHOWN = 10
 TIMELINE_SHOWN = 8
 
 
+#: the engine's tables and the trade tape, each attached read-only at the instance's sizes: ``open(base)``
+ENGINE_TABLES = {
+    "trader": lambda b: TraderTable.open(b.instance, 1),
+    "positions": lambda b: PositionsTable.open(b.instance, b.shm.rows),
+    "orders": lambda b: OrdersTable.open(b.instance, b.shm.orders_rows),
+    "timeline": lambda b: TIMELINE.open(b.instance, None, 1, b.shm.timeline_capacity),
+    "trades": lambda b: TRADES.open(b.instance, None, b.shm.rows, b.shm.trades_capacity),
+}
+
+
 class ShmTradingSource:
     """The engine's tables, read-only: :meth:`poll` each frame, :meth:`view` when it said so."""
 
@@ -60,18 +70,10 @@ class ShmTradingSource:
 
     # -- attaching -----------------------------------------------------------------------
     def _attach(self) -> None:
-        b, sh = self.base, self.base.shm
-        opens = {
-            "trader": lambda: TraderTable.open(b.instance, 1),
-            "positions": lambda: PositionsTable.open(b.instance, sh.rows),
-            "orders": lambda: OrdersTable.open(b.instance, sh.orders_rows),
-            "timeline": lambda: TIMELINE.open(b.instance, None, 1, sh.timeline_capacity),
-            "trades": lambda: TRADES.open(b.instance, None, sh.rows, sh.trades_capacity),
-        }
-        for name, fn in opens.items():
+        for name, open_ in ENGINE_TABLES.items():
             if getattr(self, name) is None:
                 try:
-                    setattr(self, name, fn())
+                    setattr(self, name, open_(self.base))
                     self._moved = True
                 except LayoutMismatch as e:  # another configuration wrote it: say so, keep trying
                     self.attach_error = str(e).splitlines()[0]

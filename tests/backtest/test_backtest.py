@@ -112,23 +112,13 @@ def test_smtm_backtest_prints_the_report_and_refuses_a_bad_key(tmp_path):
 
 def test_the_html_report_renders_in_a_headless_browser(tmp_path):
     """The report opens in Debian's chromium (selenium, headless) with every plot drawn and the metric table."""
-    import shutil
-
     from procs.backtest import report
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None or shutil.which("chromium") is None:
-        pytest.fail("chromium and chromium-driver are needed (make debs installs them as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from tests.helpers import headless_chromium
     cfg = TraderConfig.model_validate(CHURN)
     r = run_backtest(_spec(), cfg, tmp_path / "bt")
     m = M.compute(r)
     page = report.write(r, m, "Backtest: test", "4 markets, 3 days")
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,2000"):
-        opts.add_argument(a)
-    opts.binary_location = shutil.which("chromium")
-    browser = webdriver.Chrome(service=Service(driver_path), options=opts)
+    browser = headless_chromium((1280, 2000))
     try:
         browser.get(page.as_uri())
         assert browser.title == "Backtest: test"

@@ -11,7 +11,7 @@ import requests
 from procs.trading.client import TraderClient
 from shm.tables import CANDLES
 from tests.e2e.test_gateway import _url
-from tests.helpers import attach, wait_for
+from tests.helpers import attach, headless_chromium, wait_for
 
 PIXELS = """
 const cs = Array.from(document.querySelectorAll('#chart canvas'));
@@ -31,16 +31,7 @@ return best;
 
 @pytest.fixture
 def browser():
-    driver_path = shutil.which("chromedriver")
-    if driver_path is None or shutil.which("chromium") is None:
-        pytest.fail("chromium and chromium-driver are needed (make debs installs them as root)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
-        opts.add_argument(a)
-    opts.binary_location = shutil.which("chromium")
-    b = webdriver.Chrome(service=Service(driver_path), options=opts)
+    b = headless_chromium((1400, 900))
     try:
         yield b
     finally:
